@@ -1,0 +1,44 @@
+# The README's commands. `make demo` runs the platform; `make test` runs every test.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.goshen-installed
+TORCH  := torch==2.13.0
+
+.PHONY: setup demo up test lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	@# Take the CPU build of torch when pip can find it locally, so the project's torch
+	@# requirement is already met and pip never pulls the multi-gigabyte CUDA build.
+	@if $(BIN)/pip install --dry-run --no-index --no-deps --quiet $(TORCH) >/dev/null 2>&1; then \
+		echo "installing $(TORCH) (local CPU build)"; \
+		$(BIN)/pip install --quiet $(TORCH) 2>&1 | grep -v "^WARNING: Location" || true; \
+	fi
+	$(BIN)/pip install --quiet -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import goshen, serving, goshen_pipelines, dashboard, torch, dagster, mlflow"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/goshen demo
+
+up: setup
+	$(BIN)/goshen up
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .goshen .pytest_cache .ruff_cache

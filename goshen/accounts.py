@@ -1,0 +1,157 @@
+"""Users and their API keys: create, authenticate, scope checks and revocation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from goshen import keys
+from goshen.db.models import ApiKey, Role, User, utcnow
+from goshen.errors import ConflictError, InvalidInputError, NotFoundError
+
+SCOPES: tuple[str, ...] = (
+    "generate",
+    "predict",
+    "jobs",
+    "models",
+    "datasets",
+    "training",
+    "keys",
+    "usage",
+    "admin",
+)
+DEVELOPER_SCOPES: tuple[str, ...] = tuple(scope for scope in SCOPES if scope != "admin")
+# Writing last_used_at on every request would turn each read into a write; a minute is enough.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key presented and the user it belongs to."""
+
+    user: User
+    key: ApiKey
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user.role == Role.admin and "admin" in self.key.scopes
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.key.scopes
+
+
+def normalize_email(email: str) -> str:
+    value = email.strip().lower()
+    local, _, domain = value.partition("@")
+    if not local or "." not in domain or any(c.isspace() for c in value):
+        raise InvalidInputError(f"{email!r} is not an email address", field="email")
+    return value
+
+
+def create_user(session: Session, *, email: str, name: str = "", role: Role) -> User:
+    user = User(email=normalize_email(email), name=name, role=role)
+    session.add(user)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise ConflictError(f"a user with email {user.email} already exists") from None
+    return user
+
+
+def get_user_by_email(session: Session, email: str) -> User | None:
+    return session.scalar(select(User).where(User.email == normalize_email(email)))
+
+
+def check_scopes(requested: list[str] | None, *, owner: User, granting: ApiKey | None) -> list[str]:
+    """The scopes a new key gets: never more than its owner's role or the granting key allow."""
+    if requested is None:
+        allowed = SCOPES if owner.role == Role.admin else DEVELOPER_SCOPES
+        requested = [s for s in allowed if granting is None or s in granting.scopes]
+    unknown = sorted(set(requested) - set(SCOPES))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown scopes {unknown}; choose from {list(SCOPES)}", field="scopes"
+        )
+    if "admin" in requested and owner.role != Role.admin:
+        raise InvalidInputError("only admin users can hold the 'admin' scope", field="scopes")
+    if granting is not None:
+        beyond = sorted(set(requested) - set(granting.scopes))
+        if beyond:
+            raise InvalidInputError(
+                f"a key cannot grant scopes it does not hold: {beyond}", field="scopes"
+            )
+    if not requested:
+        raise InvalidInputError("a key needs at least one scope", field="scopes")
+    return [s for s in SCOPES if s in requested]
+
+
+def issue_key(
+    session: Session,
+    owner: User,
+    *,
+    name: str,
+    scopes: list[str] | None = None,
+    granting: ApiKey | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key for `owner`; returns the row and the plaintext, which is never stored."""
+    if owner.disabled_at is not None:
+        raise ConflictError(f"user {owner.id} is disabled; enable it before issuing keys")
+    new = keys.generate_key()
+    key = ApiKey(
+        user_id=owner.id,
+        name=name,
+        prefix=new.prefix,
+        secret_hash=new.secret_hash,
+        last4=new.last4,
+        scopes=check_scopes(scopes, owner=owner, granting=granting),
+    )
+    session.add(key)
+    session.flush()
+    return key, new.plaintext
+
+
+def authenticate(session: Session, plaintext: str) -> Principal | None:
+    """The principal for a presented key, or None if it is unknown, revoked or disabled."""
+    prefix = keys.key_prefix(plaintext)
+    if prefix is None:
+        return None
+    row = session.execute(
+        select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.prefix == prefix)
+    ).first()
+    if row is None:
+        return None
+    key, user = row
+    if not keys.matches(plaintext, key.secret_hash):
+        return None
+    if key.revoked_at is not None or user.disabled_at is not None:
+        return None
+    now = utcnow()
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+        key.last_used_at = now
+    return Principal(user=user, key=key)
+
+
+def revoke_key(key: ApiKey) -> ApiKey:
+    """Revoke at once; revoking twice keeps the first time."""
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+    return key
+
+
+def get_key(session: Session, key_id: str, *, owner_id: str | None = None) -> ApiKey:
+    """A key by id; with `owner_id`, another user's key is reported as missing."""
+    key = session.get(ApiKey, key_id)
+    if key is None or (owner_id is not None and key.user_id != owner_id):
+        raise NotFoundError(f"no key with id {key_id}")
+    return key
+
+
+def create_admin(session: Session, *, email: str, name: str = "") -> tuple[User, ApiKey, str]:
+    """A new admin user with one key holding every scope."""
+    user = create_user(session, email=email, name=name, role=Role.admin)
+    key, plaintext = issue_key(session, user, name="admin (goshen admin create)")
+    return user, key, plaintext

@@ -1,0 +1,212 @@
+"""Platform settings: every knob comes from a GOSHEN_* environment variable or a .env file."""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_PREFIX = "GOSHEN_"
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class StorageBackend(StrEnum):
+    local = "local"
+    s3 = "s3"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names it and says what to fix."""
+
+
+class Settings(BaseSettings):
+    """Goshen's configuration. Defaults are the embedded single-machine setup."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Environment = Environment.development
+    home: Path = Path(".goshen")
+    database_url: str | None = None
+    secret_key: str | None = Field(default=None, min_length=32, repr=False)
+    log_level: str = "INFO"
+
+    host: str = "127.0.0.1"
+    api_port: Port = 8000
+    mlflow_port: Port = 5000
+    dagster_port: Port = 3000
+    dashboard_port: Port = 8501
+    public_url: str | None = None
+
+    storage_backend: StorageBackend = StorageBackend.local
+    storage_path: Path | None = None
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = Field(default=None, repr=False)
+    signed_url_ttl_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+
+    mlflow_tracking_uri: str | None = None
+    mlflow_backend_store_uri: str | None = None
+    mlflow_artifacts_destination: str | None = None
+    dagster_home: Path | None = None
+    mlflow_workers: int = Field(default=1, ge=1, le=64)
+
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
+    shutdown_grace_seconds: float = Field(default=20.0, gt=0, le=600)
+    startup_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
+    max_page_size: int = Field(default=100, ge=1, le=1000)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_supported(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                "is not a database URL; expected e.g. postgresql+psycopg://user@host:5432/goshen "
+                "or sqlite:///path/to/goshen.db"
+            ) from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(
+                f"uses {url.get_backend_name()!r}; Goshen runs on 'postgresql' or 'sqlite'"
+            )
+        return value
+
+    @field_validator("public_url", "s3_endpoint_url", "mlflow_tracking_uri")
+    @classmethod
+    def _is_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.storage_backend is StorageBackend.s3 and not self.s3_bucket:
+            raise ValueError("GOSHEN_S3_BUCKET is required when GOSHEN_STORAGE_BACKEND=s3")
+        if self.env is Environment.production:
+            if self.secret_key is None:
+                raise ValueError("GOSHEN_SECRET_KEY is required when GOSHEN_ENV=production")
+            if self.database_url is None or self.database_url.startswith("sqlite"):
+                raise ValueError(
+                    "GOSHEN_DATABASE_URL must point at PostgreSQL when GOSHEN_ENV=production"
+                )
+        ports = {
+            "GOSHEN_API_PORT": self.api_port,
+            "GOSHEN_MLFLOW_PORT": self.mlflow_port,
+            "GOSHEN_DAGSTER_PORT": self.dagster_port,
+            "GOSHEN_DASHBOARD_PORT": self.dashboard_port,
+        }
+        if len(set(ports.values())) != len(ports):
+            raise ValueError(f"service ports must differ, got {ports}")
+        return self
+
+    @cached_property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home_dir / 'goshen.db'}"
+
+    @cached_property
+    def artifacts_dir(self) -> Path:
+        return (self.storage_path or self.home_dir / "artifacts").expanduser().resolve()
+
+    @cached_property
+    def api_url(self) -> str:
+        """Where clients reach the API; signed download URLs start with it."""
+        return self.public_url or f"http://{_url_host(self.host)}:{self.api_port}"
+
+    def local_url(self, port: int) -> str:
+        """Where a service bound to GOSHEN_HOST on `port` answers on this machine."""
+        return f"http://{_url_host(self.host)}:{port}"
+
+    @cached_property
+    def resolved_mlflow_tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{_url_host(self.host)}:{self.mlflow_port}"
+
+    @cached_property
+    def resolved_mlflow_backend_store_uri(self) -> str:
+        default = f"sqlite:///{self.home_dir / 'mlflow' / 'mlflow.db'}"
+        return self.mlflow_backend_store_uri or default
+
+    @cached_property
+    def resolved_mlflow_artifacts_destination(self) -> str:
+        return self.mlflow_artifacts_destination or str(self.home_dir / "mlflow" / "artifacts")
+
+    @cached_property
+    def resolved_dagster_home(self) -> Path:
+        return (self.dagster_home or self.home_dir / "dagster").expanduser().resolve()
+
+    @cached_property
+    def signing_key(self) -> bytes:
+        """Key for HMAC-signed local download URLs, shared by every process of one install."""
+        if self.secret_key is not None:
+            return self.secret_key.encode()
+        return _development_secret(self.home_dir).encode()
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - binding everywhere; clients still use loopback
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _development_secret(home: Path) -> str:
+    """A random secret kept under GOSHEN_HOME, made once, so restarts keep URLs valid."""
+    path = home / "secret_key"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        candidate = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+        candidate.write_text(secrets.token_urlsafe(48))
+        candidate.chmod(0o600)
+        try:
+            path.hardlink_to(candidate)
+        except FileExistsError:
+            pass  # another process made it first; theirs wins
+        finally:
+            candidate.unlink()
+    return path.read_text().strip()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning a validation failure into one line that names the setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
+    if first["loc"]:
+        name = ENV_PREFIX + str(first["loc"][0]).upper()
+        return f"invalid setting {name}: {message}"
+    return f"invalid settings: {message}"

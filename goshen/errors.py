@@ -1,0 +1,36 @@
+"""Errors the platform raises for things a caller can fix; the API maps each to an HTTP status."""
+
+from __future__ import annotations
+
+
+class GoshenError(Exception):
+    """Base class; `str(error)` is a message that says what to fix."""
+
+    status_code = 400
+    title = "Bad request"
+
+
+class NotFoundError(GoshenError):
+    status_code = 404
+    title = "Not found"
+
+
+class ConflictError(GoshenError):
+    status_code = 409
+    title = "Conflict"
+
+
+class PermissionDeniedError(GoshenError):
+    status_code = 403
+    title = "Forbidden"
+
+
+class InvalidInputError(GoshenError):
+    """A request field is wrong; `field` names it."""
+
+    status_code = 422
+    title = "Invalid input"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field

@@ -1,0 +1,1 @@
+"""Model runtimes shared by serving and the pipelines."""

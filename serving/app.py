@@ -1,0 +1,47 @@
+"""The HTTP API: `create_app()` builds it; uvicorn runs it with `--factory`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from goshen.storage import make_store
+
+from goshen.config import Settings, load_settings
+from goshen.db import make_engine, make_sessionmaker, migrate
+from serving.metrics import install_metrics
+from serving.problems import install_problem_handlers
+from serving.routes import admin, files, health, keys
+
+API_DESCRIPTION = """Goshen's HTTP API. Authenticate with an API key in the `Authorization` header:
+`Authorization: Bearer gsk_...`. Errors are `application/problem+json` (RFC 9457)."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.resolved_database_url)
+        migrate.upgrade(engine)
+        app.state.engine = engine
+        app.state.sessionmaker = make_sessionmaker(engine)
+        app.state.store = make_store(settings)
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="Goshen",
+        version="1",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = install_metrics(app)
+    install_problem_handlers(app)
+    for router in (health.router, keys.router, admin.router, files.router):
+        app.include_router(router)
+    return app

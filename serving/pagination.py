@@ -1,0 +1,49 @@
+"""Cursor pagination: ids sort by creation time, so the cursor is the last id of a page."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import Query
+from pydantic import BaseModel
+from sqlalchemy import Select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 20
+_CURSOR = re.compile(r"^[a-z]{2,4}_[0-9A-HJKMNP-TV-Z]{26}$")
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    has_more: bool
+    next_cursor: str | None
+
+
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"page size, at most {MAX_LIMIT}")]
+Cursor = Annotated[
+    str | None,
+    Query(pattern=_CURSOR.pattern, description="`next_cursor` of the previous page"),
+]
+
+
+def paginate(
+    session: Session,
+    query: Select[Any],
+    id_column: InstrumentedAttribute[str],
+    public: type[T],
+    *,
+    limit: int,
+    cursor: str | None,
+) -> Page[T]:
+    """Newest first; fetches one extra row to know whether another page follows."""
+    if cursor is not None:
+        query = query.where(id_column < cursor)
+    rows = session.scalars(query.order_by(id_column.desc()).limit(limit + 1)).all()
+    items = [public.model_validate(row) for row in rows[:limit]]
+    has_more = len(rows) > limit
+    next_cursor = rows[limit - 1].id if has_more else None
+    return Page[public](data=items, has_more=has_more, next_cursor=next_cursor)

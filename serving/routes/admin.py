@@ -1,0 +1,102 @@
+"""Admin routes: users and every user's keys."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from goshen import accounts
+from goshen.db.models import ApiKey, User, utcnow
+from goshen.errors import ConflictError, NotFoundError
+from serving.deps import AdminPrincipal, SessionDep
+from serving.pagination import Cursor, Limit, Page, paginate
+from serving.schemas import KeyCreate, KeyCreated, KeyPublic, UserCreate, UserPublic, UserUpdate
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+def _user(session: Session, user_id: str) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFoundError(f"no user with id {user_id}")
+    return user
+
+
+@router.get("/users")
+def list_users(
+    _admin: AdminPrincipal,
+    session: SessionDep,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+    email: Annotated[str | None, Query(max_length=320)] = None,
+) -> Page[UserPublic]:
+    query = select(User)
+    if email is not None:
+        query = query.where(User.email == email.strip().lower())
+    return paginate(session, query, User.id, UserPublic, limit=limit, cursor=cursor)
+
+
+@router.post("/users", status_code=201)
+def create_user(body: UserCreate, _admin: AdminPrincipal, session: SessionDep) -> UserPublic:
+    user = accounts.create_user(session, email=body.email, name=body.name, role=body.role)
+    session.commit()
+    return UserPublic.model_validate(user)
+
+
+@router.get("/users/{user_id}")
+def get_user(user_id: str, _admin: AdminPrincipal, session: SessionDep) -> UserPublic:
+    return UserPublic.model_validate(_user(session, user_id))
+
+
+@router.patch("/users/{user_id}")
+def update_user(
+    user_id: str, body: UserUpdate, admin: AdminPrincipal, session: SessionDep
+) -> UserPublic:
+    """Rename, change role, or disable (all keys stop working) and re-enable a user."""
+    user = _user(session, user_id)
+    if user.id == admin.user.id and (body.disabled or body.role not in (None, user.role)):
+        raise ConflictError("you cannot disable or demote your own account; ask another admin")
+    if body.name is not None:
+        user.name = body.name
+    if body.role is not None:
+        user.role = body.role
+    if body.disabled is not None:
+        user.disabled_at = (user.disabled_at or utcnow()) if body.disabled else None
+    session.commit()
+    return UserPublic.model_validate(user)
+
+
+@router.post("/users/{user_id}/keys", status_code=201)
+def create_user_key(
+    user_id: str, body: KeyCreate, _admin: AdminPrincipal, session: SessionDep
+) -> KeyCreated:
+    """Issue a key for a user; its secret is in this response only."""
+    key, plaintext = accounts.issue_key(
+        session, _user(session, user_id), name=body.name, scopes=body.scopes
+    )
+    session.commit()
+    return KeyCreated.of(key, plaintext)
+
+
+@router.get("/keys")
+def list_all_keys(
+    _admin: AdminPrincipal,
+    session: SessionDep,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+    user_id: Annotated[str | None, Query(max_length=40)] = None,
+) -> Page[KeyPublic]:
+    query = select(ApiKey)
+    if user_id is not None:
+        query = query.where(ApiKey.user_id == user_id)
+    return paginate(session, query, ApiKey.id, KeyPublic, limit=limit, cursor=cursor)
+
+
+@router.delete("/keys/{key_id}")
+def revoke_any_key(key_id: str, _admin: AdminPrincipal, session: SessionDep) -> KeyPublic:
+    key = accounts.revoke_key(accounts.get_key(session, key_id))
+    session.commit()
+    return KeyPublic.model_validate(key)

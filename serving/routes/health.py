@@ -1,0 +1,47 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+router = APIRouter(tags=["health"])
+log = logging.getLogger(__name__)
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up and serving."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "a dependency is unavailable"}})
+def readyz(request: Request) -> JSONResponse:
+    """Ready for traffic: every dependency answers."""
+    checks = {"database": _check_database(request)}
+    ready = all(check["ok"] for check in checks.values())
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+def _check_database(request: Request) -> dict[str, Any]:
+    try:
+        with request.app.state.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        # The full error can name hosts and users; it goes to the log, not to anonymous callers.
+        log.warning("readiness: database check failed: %s", exc)
+        return {"ok": False, "error": f"database unreachable ({exc.__class__.__name__})"}
+    return {"ok": True, "error": None}
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request) -> Response:
+    return request.app.state.metrics.render()

@@ -1,0 +1,46 @@
+"""A user's own API keys."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import select
+
+from goshen import accounts
+from goshen.db.models import ApiKey
+from serving.deps import KeysPrincipal, SessionDep
+from serving.pagination import Cursor, Limit, Page, paginate
+from serving.schemas import KeyCreate, KeyCreated, KeyPublic
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+
+@router.post("", status_code=201)
+def create_key(body: KeyCreate, principal: KeysPrincipal, session: SessionDep) -> KeyCreated:
+    """Create a key; its secret is in this response only."""
+    key, plaintext = accounts.issue_key(
+        session, principal.user, name=body.name, scopes=body.scopes, granting=principal.key
+    )
+    session.commit()
+    return KeyCreated.of(key, plaintext)
+
+
+@router.get("")
+def list_keys(
+    principal: KeysPrincipal, session: SessionDep, limit: Limit = 20, cursor: Cursor = None
+) -> Page[KeyPublic]:
+    query = select(ApiKey).where(ApiKey.user_id == principal.user.id)
+    return paginate(session, query, ApiKey.id, KeyPublic, limit=limit, cursor=cursor)
+
+
+@router.get("/{key_id}")
+def get_key(key_id: str, principal: KeysPrincipal, session: SessionDep) -> KeyPublic:
+    key = accounts.get_key(session, key_id, owner_id=principal.user.id)
+    return KeyPublic.model_validate(key)
+
+
+@router.delete("/{key_id}")
+def revoke_key(key_id: str, principal: KeysPrincipal, session: SessionDep) -> KeyPublic:
+    """Revoke a key; it stops working at once."""
+    key = accounts.revoke_key(accounts.get_key(session, key_id, owner_id=principal.user.id))
+    session.commit()
+    return KeyPublic.model_validate(key)
