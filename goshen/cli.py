@@ -19,6 +19,13 @@ def _up(settings: Settings, _args: argparse.Namespace) -> int:
     return run_platform(settings)
 
 
+def _demo(settings: Settings, _args: argparse.Namespace) -> int:
+    from goshen.demo import walkthrough
+    from goshen.supervisor import run_platform
+
+    return run_platform(settings, on_ready=lambda: walkthrough(settings))
+
+
 def _worker(settings: Settings, _args: argparse.Namespace) -> int:
     # The worker lives with the serving code; it needs no web framework.
     from serving.worker import run_worker
@@ -103,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("up", help="run every service on this machine").set_defaults(run=_up)
+    commands.add_parser(
+        "demo", help="run every service and walk through the API once they answer"
+    ).set_defaults(run=_demo)
     commands.add_parser("worker", help="run a job worker").set_defaults(run=_worker)
     commands.add_parser("api", help="run the HTTP API alone").set_defaults(run=_api)
     commands.add_parser("mlflow", help="run the MLflow tracking server").set_defaults(run=_mlflow)

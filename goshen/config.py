@@ -70,7 +70,6 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
     shutdown_grace_seconds: float = Field(default=20.0, gt=0, le=600)
     startup_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
-    max_page_size: int = Field(default=100, ge=1, le=1000)
 
     @field_validator("database_url")
     @classmethod

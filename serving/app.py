@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from goshen.storage import make_store
 
 from goshen.config import Settings, load_settings
 from goshen.db import make_engine, make_sessionmaker, migrate
+from goshen.storage import make_store
 from serving.metrics import install_metrics
 from serving.problems import install_problem_handlers
 from serving.routes import admin, files, health, keys

@@ -7,12 +7,12 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from goshen.storage import ArtifactStore
 from sqlalchemy.orm import Session
 
 from goshen import accounts
 from goshen.accounts import Principal
 from goshen.config import Settings
+from goshen.storage import ArtifactStore
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer gsk_...`")
 

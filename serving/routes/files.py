@@ -8,9 +8,9 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
-from goshen.storage import verify_signed_url
 
 from goshen.config import StorageBackend
+from goshen.storage import verify_signed_url
 from serving.deps import SettingsDep, StoreDep
 
 router = APIRouter(prefix="/v1/files", tags=["files"])

@@ -1,0 +1,1 @@
+"""Assets, checks, jobs, schedules and sensors, one folder per domain."""

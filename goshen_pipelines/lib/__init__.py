@@ -1,0 +1,1 @@
+"""Plain Python the assets call (no Dagster imports): training loops, export, metrics."""

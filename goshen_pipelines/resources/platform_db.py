@@ -1,0 +1,51 @@
+"""The platform database as a Dagster resource."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from goshen.config import load_settings
+from goshen.db import make_engine, make_sessionmaker, session_scope
+
+
+class PlatformDatabase(dg.ConfigurableResource):
+    """The platform database (users, jobs, datasets, training jobs) that assets read and write.
+
+    Left unset, `database_url` is read from GOSHEN_DATABASE_URL when a run starts (not when the code
+    location loads), falling back to the embedded SQLite file under GOSHEN_HOME, so runs use the
+    same database as the API and workers and the URL's password never shows in Dagster's UI.
+    """
+
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; unset means GOSHEN_DATABASE_URL or the embedded SQLite.",
+    )
+
+    _engine: Engine | None = PrivateAttr(default=None)
+
+    @property
+    def url(self) -> str:
+        return self.database_url or load_settings().resolved_database_url
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.url)
+        return self._engine
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits when the block ends and rolls back if it raises."""
+        with session_scope(make_sessionmaker(self.engine)) as session:
+            yield session
