@@ -4,6 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.goshen-installed
 TORCH  := torch==2.13.0
+SHELL  := bash
+.SHELLFLAGS := -eo pipefail -c
+# pip.conf on some machines names index folders that do not exist; pip warns once per package.
+QUIET_PIP := { grep -v "^WARNING: Location" || true; }
 
 .PHONY: setup demo up test lint format bench clean
 
@@ -15,9 +19,9 @@ $(STAMP): pyproject.toml
 	@# requirement is already met and pip never pulls the multi-gigabyte CUDA build.
 	@if $(BIN)/pip install --dry-run --no-index --no-deps --quiet $(TORCH) >/dev/null 2>&1; then \
 		echo "installing $(TORCH) (local CPU build)"; \
-		$(BIN)/pip install --quiet $(TORCH) 2>&1 | grep -v "^WARNING: Location" || true; \
+		$(BIN)/pip install --quiet $(TORCH) 2>&1 | $(QUIET_PIP); \
 	fi
-	$(BIN)/pip install --quiet -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip install --quiet -e '.[dev]' 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -c "import goshen, serving, goshen_pipelines, dashboard, torch, dagster, mlflow"
 	touch $(STAMP)
 

@@ -61,11 +61,21 @@ class Settings(BaseSettings):
     s3_secret_access_key: str | None = Field(default=None, repr=False)
     signed_url_ttl_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
 
+    max_upload_bytes: int = Field(default=200 * 1024**2, ge=1)
+    max_archive_entries: int = Field(default=20_000, ge=1)
+    max_uncompressed_bytes: int = Field(default=1024**3, ge=1)
+    max_compression_ratio: int = Field(default=100, ge=1)
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1)
+    max_table_rows: int = Field(default=1_000_000, ge=1)
+    max_table_columns: int = Field(default=1000, ge=1)
+
     mlflow_tracking_uri: str | None = None
     mlflow_backend_store_uri: str | None = None
     mlflow_artifacts_destination: str | None = None
     dagster_home: Path | None = None
     mlflow_workers: int = Field(default=1, ge=1, le=64)
+
+    training_price_micros_per_second: int = Field(default=100, ge=0)
 
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
     shutdown_grace_seconds: float = Field(default=20.0, gt=0, le=600)

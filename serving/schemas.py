@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from goshen.db.models import ApiKey, Role
+from goshen.db.models import ApiKey, Role, TrainingStatus
+from goshen.training import Task, TrainingConfig
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
@@ -68,3 +69,31 @@ class UserPublic(PublicBody):
     role: Role
     created_at: datetime
     disabled_at: datetime | None
+
+
+class TrainingJobCreate(RequestBody):
+    dataset_id: Annotated[str, StringConstraints(max_length=40)]
+    task: Task
+    model_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
+    config: TrainingConfig = Field(default_factory=TrainingConfig)
+
+
+class TrainingJobPublic(PublicBody):
+    id: str
+    dataset_id: str | None
+    task: str
+    model_name: str
+    config: dict[str, Any]
+    status: TrainingStatus
+    progress: dict[str, Any] | None
+    error: str | None
+    dagster_run_id: str | None
+    mlflow_run_id: str | None
+    registered_model: str | None
+    registered_version: str | None
+    estimated_cost_micros: int | None
+    gpu_seconds: float | None
+    cost_micros: int | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None

@@ -1,0 +1,176 @@
+"""Training jobs: what a request may ask for, what it will cost, and its state changes.
+
+The API writes a `queued` row; a Dagster sensor launches one run per row; the run reports
+progress, logs and its outcome back to the row through these functions.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from goshen.db.models import (
+    Dataset,
+    DatasetKind,
+    DatasetStatus,
+    TrainingJob,
+    TrainingStatus,
+    User,
+    utcnow,
+)
+from goshen.errors import ConflictError, InvalidInputError, NotFoundError
+
+MAX_EPOCHS = 200
+MAX_BATCH_SIZE = 1024
+IMAGE_SIZES = (8, 16, 32, 64)
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+TERMINAL = (TrainingStatus.succeeded, TrainingStatus.failed, TrainingStatus.canceled)
+# Rough CPU cost per sample and epoch, measured on the digits models (BENCHMARKS.md).
+SECONDS_PER_SAMPLE_EPOCH = {"diffusion": 0.004, "classification": 0.0002, "regression": 0.0002}
+
+
+class Task(StrEnum):
+    diffusion = "diffusion"
+    classification = "classification"
+    regression = "regression"
+
+    @property
+    def dataset_kind(self) -> DatasetKind:
+        return DatasetKind.images if self is Task.diffusion else DatasetKind.tabular
+
+
+class TrainingConfig(BaseModel):
+    """Hyperparameters a training job may set; everything is bounded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(default=20, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(default=64, ge=1, le=MAX_BATCH_SIZE)
+    learning_rate: float = Field(default=1e-3, gt=0, le=1)
+    image_size: int = Field(default=16, description=f"diffusion only; one of {IMAGE_SIZES}")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    target: str | None = Field(default=None, max_length=200, description="tables: target column")
+
+    @field_validator("image_size")
+    @classmethod
+    def _known_image_size(cls, value: int) -> int:
+        if value not in IMAGE_SIZES:
+            raise ValueError(f"must be one of {IMAGE_SIZES}")
+        return value
+
+
+def registered_model_name(user_id: str, model_name: str) -> str:
+    """Users share one MLflow registry; their models are named per user so they never collide."""
+    return f"{user_id}.{model_name}"
+
+
+def estimate_seconds(task: Task, config: TrainingConfig, samples: int) -> float:
+    return SECONDS_PER_SAMPLE_EPOCH[task] * max(samples, 1) * config.epochs
+
+
+def check_request(dataset: Dataset, task: Task, config: TrainingConfig) -> None:
+    """Refuse a job that cannot train on this dataset, naming the field to fix."""
+    if dataset.status not in (DatasetStatus.uploaded, DatasetStatus.ready):
+        raise ConflictError(f"dataset {dataset.id} is {dataset.status}; it cannot be trained on")
+    if dataset.kind != task.dataset_kind:
+        raise InvalidInputError(
+            f"task {task} needs a {task.dataset_kind} dataset; {dataset.id} is {dataset.kind}",
+            field="task",
+        )
+    if task is Task.diffusion:
+        return
+    columns = list((dataset.schema or {}).get("columns", {}))
+    if config.target is None:
+        raise InvalidInputError(f"config.target must name one of {columns}", field="config.target")
+    if config.target not in columns:
+        raise InvalidInputError(
+            f"column {config.target!r} is not in dataset {dataset.id}; it has {columns}",
+            field="config.target",
+        )
+
+
+def submit(
+    session: Session,
+    user: User,
+    *,
+    dataset_id: str,
+    task: Task,
+    model_name: str,
+    config: TrainingConfig,
+    price_micros_per_second: int,
+) -> TrainingJob:
+    """A validated, priced `queued` training job; the Dagster sensor picks it up."""
+    if not MODEL_NAME.match(model_name):
+        raise InvalidInputError(
+            "model_name must be 2-63 lowercase letters, digits or '-'", field="model_name"
+        )
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.user_id != user.id:
+        raise NotFoundError(f"no dataset with id {dataset_id}")
+    check_request(dataset, task, config)
+    seconds = estimate_seconds(task, config, dataset.file_count)
+    job = TrainingJob(
+        user_id=user.id,
+        dataset_id=dataset.id,
+        task=task,
+        model_name=model_name,
+        config=config.model_dump(),
+        registered_model=registered_model_name(user.id, model_name),
+        estimated_cost_micros=round(seconds * price_micros_per_second),
+        logs="",
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_owned(session: Session, job_id: str, user_id: str) -> TrainingJob:
+    job = session.get(TrainingJob, job_id)
+    if job is None or job.user_id != user_id:
+        raise NotFoundError(f"no training job with id {job_id}")
+    return job
+
+
+def cancel(job: TrainingJob) -> TrainingJob:
+    """Queued jobs end at once; running ones are stopped by the sensor that watches this flag."""
+    if job.status in TERMINAL:
+        raise ConflictError(f"training job {job.id} already ended {job.status}")
+    job.cancel_requested = True
+    if job.status == TrainingStatus.queued:
+        job.status = TrainingStatus.canceled
+        job.completed_at = utcnow()
+    return job
+
+
+def mark_running(session: Session, job_id: str, dagster_run_id: str) -> None:
+    session.execute(
+        update(TrainingJob)
+        .where(TrainingJob.id == job_id, TrainingJob.status == TrainingStatus.queued)
+        .values(status=TrainingStatus.running, dagster_run_id=dagster_run_id, started_at=utcnow())
+    )
+
+
+def append_log(
+    session: Session, job_id: str, line: str, progress: dict[str, Any] | None = None
+) -> None:
+    """Add one log line (and the latest progress) to the job, so API readers see it at once."""
+    job = session.get(TrainingJob, job_id, with_for_update=True)
+    if job is None:
+        raise NotFoundError(f"no training job with id {job_id}")
+    job.logs = f"{job.logs}{line.rstrip()}\n"
+    if progress is not None:
+        job.progress = progress
+
+
+def finish(session: Session, job_id: str, status: TrainingStatus, **fields: Any) -> None:
+    """Record the outcome once; a job that already ended keeps its first outcome."""
+    session.execute(
+        update(TrainingJob)
+        .where(TrainingJob.id == job_id, TrainingJob.status.not_in(TERMINAL))
+        .values(status=status, completed_at=utcnow(), **fields)
+    )

@@ -1,0 +1,125 @@
+"""Training jobs: submit, watch (with a live log stream), cancel."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from goshen import training
+from goshen.accounts import Principal
+from goshen.db.models import TrainingJob
+from serving.deps import SessionDep, SettingsDep, require_scope
+from serving.pagination import Cursor, Limit, Page, paginate
+from serving.schemas import TrainingJobCreate, TrainingJobPublic
+
+router = APIRouter(prefix="/v1/training-jobs", tags=["training"])
+TrainingPrincipal = Annotated[Principal, Depends(require_scope("training"))]
+LOG_POLL_SECONDS = 0.5
+KEEPALIVE_SECONDS = 15.0
+
+
+@router.post("", status_code=201)
+def submit_training_job(
+    body: TrainingJobCreate,
+    principal: TrainingPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> TrainingJobPublic:
+    """Validate, price and queue a training job; a Dagster run starts it shortly."""
+    job = training.submit(
+        session,
+        principal.user,
+        dataset_id=body.dataset_id,
+        task=body.task,
+        model_name=body.model_name,
+        config=body.config,
+        price_micros_per_second=settings.training_price_micros_per_second,
+    )
+    session.commit()
+    return TrainingJobPublic.model_validate(job)
+
+
+@router.get("")
+def list_training_jobs(
+    principal: TrainingPrincipal, session: SessionDep, limit: Limit = 20, cursor: Cursor = None
+) -> Page[TrainingJobPublic]:
+    query = select(TrainingJob).where(TrainingJob.user_id == principal.user.id)
+    return paginate(session, query, TrainingJob.id, TrainingJobPublic, limit=limit, cursor=cursor)
+
+
+@router.get("/{job_id}")
+def get_training_job(
+    job_id: str, principal: TrainingPrincipal, session: SessionDep
+) -> TrainingJobPublic:
+    return TrainingJobPublic.model_validate(training.get_owned(session, job_id, principal.user.id))
+
+
+@router.post("/{job_id}/cancel")
+def cancel_training_job(
+    job_id: str, principal: TrainingPrincipal, session: SessionDep
+) -> TrainingJobPublic:
+    """Queued jobs end at once; a running job's Dagster run is terminated within seconds."""
+    job = training.cancel(training.get_owned(session, job_id, principal.user.id))
+    session.commit()
+    return TrainingJobPublic.model_validate(job)
+
+
+@router.get(
+    "/{job_id}/logs",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def stream_training_logs(
+    job_id: str,
+    request: Request,
+    principal: TrainingPrincipal,
+    session: SessionDep,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+) -> StreamingResponse:
+    """Server-sent events: `log` per line, `status` on changes, `done` when the job ends.
+
+    Each event's id is the log offset after it, so a client resuming with `Last-Event-ID`
+    gets only the lines it missed.
+    """
+    training.get_owned(session, job_id, principal.user.id)
+    session.close()  # the stream polls with short sessions of its own
+    events = _log_events(request.app.state.sessionmaker, job_id, last_event_id or 0)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+def _log_events(factory: sessionmaker[Session], job_id: str, offset: int) -> Iterator[str]:
+    status = None
+    last_sent = time.monotonic()
+    while True:
+        with factory() as session:
+            job = session.get(TrainingJob, job_id)
+            assert job is not None, "training jobs are never deleted while streamed"
+            logs, current, terminal = job.logs, job.status, job.status in training.TERMINAL
+        for line in logs[offset:].splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break  # a line still being written; send it whole next time
+            offset += len(line)
+            yield _event("log", line.rstrip("\n"), offset)
+            last_sent = time.monotonic()
+        if current != status:
+            status = current
+            yield _event("status", json.dumps({"status": str(current)}), offset)
+        if terminal:
+            yield _event("done", json.dumps({"status": str(current)}), offset)
+            return
+        if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()
+        time.sleep(LOG_POLL_SECONDS)
+
+
+def _event(name: str, data: str, event_id: int) -> str:
+    return f"id: {event_id}\nevent: {name}\ndata: {data}\n\n"
