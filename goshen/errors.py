@@ -34,3 +34,10 @@ class InvalidInputError(GoshenError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class PayloadTooLargeError(GoshenError):
+    """An upload passes a size limit (bytes, entries, pixels, rows); the message names the limit."""
+
+    status_code = 413
+    title = "Content too large"

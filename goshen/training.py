@@ -113,7 +113,8 @@ def submit(
     if dataset is None or dataset.user_id != user.id:
         raise NotFoundError(f"no dataset with id {dataset_id}")
     check_request(dataset, task, config)
-    seconds = estimate_seconds(task, config, dataset.file_count)
+    samples = dataset.file_count if task is Task.diffusion else (dataset.stats or {}).get("rows", 1)
+    seconds = estimate_seconds(task, config, samples)
     job = TrainingJob(
         user_id=user.id,
         dataset_id=dataset.id,

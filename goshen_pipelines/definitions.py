@@ -1,13 +1,29 @@
-"""Goshen's Dagster code location: its assets, checks, jobs, schedules, sensors and resources."""
+"""Goshen's Dagster code location: its assets, checks, jobs, sensors and resources."""
 
 import dagster as dg
 
+from goshen_pipelines.defs.datasets import assets as datasets
+from goshen_pipelines.defs.jobs import digits_models_job, training_run_job
+from goshen_pipelines.defs.registry import assets as registry
+from goshen_pipelines.defs.training import assets as training
+from goshen_pipelines.defs.training import sensors as training_sensors
 from goshen_pipelines.resources import ArtifactStorage, MLflowTracking, PlatformDatabase
+from goshen_pipelines.resources.io import AssetStorage
 
 defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([datasets, training, registry]),
+    jobs=[digits_models_job, training_run_job],
+    sensors=[
+        datasets.uploaded_dataset_sensor,
+        training_sensors.training_job_sensor,
+        training_sensors.training_cancel_sensor,
+        training_sensors.training_failure_sensor,
+        training_sensors.training_canceled_sensor,
+    ],
     resources={
         "platform_db": PlatformDatabase(),
         "mlflow": MLflowTracking(),
         "artifact_store": ArtifactStorage(),
+        "io_manager": AssetStorage(),
     },
 )

@@ -12,7 +12,7 @@ from goshen.db import make_engine, make_sessionmaker, migrate
 from goshen.storage import make_store
 from serving.metrics import install_metrics
 from serving.problems import install_problem_handlers
-from serving.routes import admin, files, health, keys, training
+from serving.routes import admin, datasets, files, health, keys, training
 
 API_DESCRIPTION = """Goshen's HTTP API. Authenticate with an API key in the `Authorization` header:
 `Authorization: Bearer gsk_...`. Errors are `application/problem+json` (RFC 9457)."""
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = install_metrics(app)
     install_problem_handlers(app)
-    for router in (health.router, keys.router, admin.router, files.router, training.router):
+    routers = (health, keys, admin, files, datasets, training)
+    for router in (module.router for module in routers):
         app.include_router(router)
     return app

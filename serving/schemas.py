@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from goshen.db.models import ApiKey, Role, TrainingStatus
+from goshen.db.models import ApiKey, DatasetKind, DatasetStatus, Role, TrainingStatus
 from goshen.training import Task, TrainingConfig
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -97,3 +97,34 @@ class TrainingJobPublic(PublicBody):
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+
+
+class DatasetCreate(RequestBody):
+    """The text fields of a dataset upload; the file itself is the multipart part `file`."""
+
+    name: Name
+    kind: DatasetKind | None = Field(
+        default=None, description="images or tabular; inferred from the file's content when absent"
+    )
+    target: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        default=None, description="tables: the target column, whose distribution goes into stats"
+    )
+
+
+class DatasetPublic(PublicBody):
+    id: str
+    name: str
+    kind: DatasetKind
+    status: DatasetStatus
+    size_bytes: int = Field(description="bytes the dataset takes in the artifact store")
+    file_count: int = Field(description="images of an image archive; 1 for a table")
+    # `schema` would shadow a BaseModel method, hence the alias.
+    schema_: dict[str, Any] | None = Field(
+        validation_alias="schema",
+        serialization_alias="schema",
+        description="columns and their types, as {columns: {name: dtype}}",
+    )
+    stats: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime

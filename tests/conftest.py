@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -176,9 +177,7 @@ def live_api(settings: Settings) -> Iterator[Settings]:
 
     from serving.app import create_app
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     served = Settings(**{**settings.model_dump(), "api_port": port, "_env_file": None})
     server = uvicorn.Server(
         uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning")
@@ -192,6 +191,50 @@ def live_api(settings: Settings) -> Iterator[Settings]:
     yield served
     server.should_exit = True
     thread.join(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server (SQLite backend, local artifacts) on loopback; its URI."""
+    import httpx
+
+    from goshen.tracking import (
+        prepare_local_stores,
+        tracking_server_command,
+        tracking_server_environment,
+    )
+
+    home = tmp_path_factory.mktemp("mlflow-home")
+    settings = Settings(_env_file=None, home=home, mlflow_port=_free_port())
+    prepare_local_stores(settings)
+    log = (home / "mlflow.log").open("wb")
+    server = subprocess.Popen(
+        tracking_server_command(settings),
+        env={**os.environ, **tracking_server_environment(settings)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = settings.resolved_mlflow_tracking_uri
+    deadline = time.monotonic() + 120
+    while True:
+        assert server.poll() is None, (home / "mlflow.log").read_text()[-2000:]
+        assert time.monotonic() < deadline, "the MLflow server did not answer in 120 s"
+        try:
+            if httpx.get(f"{uri}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    yield uri
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+    log.close()
 
 
 @dataclass

@@ -1,0 +1,209 @@
+"""Sampling from class-conditional diffusion models, with a PyTorch or an ONNX Runtime denoiser.
+
+Model space is images in [-1, 1] with one channel; callers get uint8 images in [0, 255].
+An exported denoiser takes `sample` float32 [B, 1, H, W], `timestep` int64 [B] and
+`class_labels` int64 [B], and returns the predicted noise `noise` float32 [B, 1, H, W].
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from PIL import Image
+
+SCHEDULERS: dict[str, type[SchedulerMixin]] = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+
+StepCallback = Callable[[int, int], bool]
+
+
+class SamplingCanceled(Exception):
+    """The caller's `on_step` asked to stop before the last denoising step."""
+
+
+@dataclass(frozen=True)
+class DiffusionModelSpec:
+    """What a sampler needs to know about a trained denoiser besides its weights."""
+
+    image_size: int
+    num_classes: int
+    scheduler_config: dict[str, Any]
+    # The label the model was trained on for "no class"; None when it has no guidance.
+    null_class: int | None = None
+    guidance_scale: float = 1.0
+    num_inference_steps: int = 25
+    scheduler: str = "ddim"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable form, for MLflow and the registry."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiffusionModelSpec:
+        """The inverse of `to_dict`."""
+        return cls(**data)
+
+
+class Denoiser(Protocol):
+    """Predicts the noise in `sample` at `timestep` for `class_labels` (all batched)."""
+
+    device: torch.device
+
+    def __call__(
+        self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+class TorchDenoiser:
+    """A diffusers UNet2DModel (or any module of the same call shape) run by PyTorch."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.unet = unet.eval()
+        self.device = next(unet.parameters()).device
+
+    @torch.inference_mode()
+    def __call__(
+        self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
+    ) -> torch.Tensor:
+        return self.unet(sample, timestep, class_labels=class_labels, return_dict=False)[0]
+
+
+class OnnxDenoiser:
+    """An exported denoiser run by ONNX Runtime; inputs and outputs cross as host arrays."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str], intra_op_threads: int | None = None) -> OnnxDenoiser:
+        """Load an exported denoiser on the best provider this machine has."""
+        return cls(onnx_session(path, intra_op_threads))
+
+    def __call__(
+        self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
+    ) -> torch.Tensor:
+        feeds = {
+            "sample": sample.numpy().astype(np.float32, copy=False),
+            "timestep": timestep.numpy().astype(np.int64, copy=False),
+            "class_labels": class_labels.numpy().astype(np.int64, copy=False),
+        }
+        (noise,) = self.session.run(["noise"], feeds)
+        return torch.from_numpy(noise)
+
+
+def onnx_session(
+    path: str | os.PathLike[str], intra_op_threads: int | None = None
+) -> ort.InferenceSession:
+    """An ONNX Runtime session on CUDA when the installed runtime offers it, else on the CPU."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
+    providers = ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
+
+
+def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
+    """A fresh scheduler of the named kind ("ddpm" or "ddim") from a trained model's config."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
+    return SCHEDULERS[name].from_config(config)
+
+
+def sample_images(
+    denoiser: Denoiser,
+    spec: DiffusionModelSpec,
+    class_labels: Sequence[int],
+    *,
+    seed: int = 0,
+    scheduler: str | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    on_step: StepCallback | None = None,
+) -> np.ndarray:
+    """Generate one image per class label as uint8 (B, H, W); the same seed gives the same images.
+
+    `on_step(step, total)` runs after every denoising step; returning False cancels the run
+    with `SamplingCanceled`. Settings left as None take the spec's defaults.
+    """
+    _check_labels(spec, class_labels)
+    noise_scheduler = make_scheduler(scheduler or spec.scheduler, spec.scheduler_config)
+    total = num_inference_steps or spec.num_inference_steps
+    noise_scheduler.set_timesteps(total)
+    scale = spec.guidance_scale if guidance_scale is None else guidance_scale
+    # Noise comes from a CPU generator so a seed means the same images on any device.
+    generator = torch.Generator("cpu").manual_seed(seed)
+    shape = (len(class_labels), 1, spec.image_size, spec.image_size)
+    sample = torch.randn(shape, generator=generator).to(denoiser.device)
+    labels = torch.tensor(list(class_labels), dtype=torch.int64, device=denoiser.device)
+    for step, timestep in enumerate(noise_scheduler.timesteps, start=1):
+        noise = _guided_noise(denoiser, sample, timestep, labels, spec.null_class, scale)
+        sample = noise_scheduler.step(noise, timestep, sample, generator=generator).prev_sample
+        if on_step is not None and on_step(step, total) is False:
+            raise SamplingCanceled(f"canceled after step {step} of {total}")
+    return to_uint8(sample)
+
+
+def _check_labels(spec: DiffusionModelSpec, class_labels: Sequence[int]) -> None:
+    if not class_labels:
+        raise ValueError("class_labels is empty; pass at least one class to generate")
+    bad = sorted({label for label in class_labels if not 0 <= label < spec.num_classes})
+    if bad:
+        raise ValueError(f"class labels {bad} are outside 0..{spec.num_classes - 1}")
+
+
+def _guided_noise(
+    denoiser: Denoiser,
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    labels: torch.Tensor,
+    null_class: int | None,
+    scale: float,
+) -> torch.Tensor:
+    """Classifier-free guidance: one batched call for the conditional and unconditional noise."""
+    batch = sample.shape[0]
+    if null_class is None or scale == 1.0:
+        return denoiser(sample, _timesteps(timestep, batch, sample.device), labels)
+    both = denoiser(
+        torch.cat([sample, sample]),
+        _timesteps(timestep, 2 * batch, sample.device),
+        torch.cat([labels, torch.full_like(labels, null_class)]),
+    )
+    conditional, unconditional = both.to(sample.device).chunk(2)
+    return unconditional + scale * (conditional - unconditional)
+
+
+def _timesteps(timestep: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    return torch.full((batch,), int(timestep), dtype=torch.int64, device=device)
+
+
+def to_uint8(sample: torch.Tensor) -> np.ndarray:
+    """Model-space images [B, 1, H, W] in [-1, 1] as uint8 (B, H, W)."""
+    pixels = ((sample[:, 0].clamp(-1, 1) + 1) * 127.5).round()
+    return pixels.to(torch.uint8).cpu().numpy()
+
+
+def to_png_grid(images: np.ndarray, columns: int, scale: int = 4) -> bytes:
+    """A PNG of uint8 images (B, H, W) in a grid, each enlarged `scale` times for viewing."""
+    count, height, width = images.shape
+    rows = -(-count // columns)
+    grid = np.zeros((rows * height, columns * width), dtype=np.uint8)
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        grid[row * height : (row + 1) * height, column * width : (column + 1) * width] = image
+    picture = Image.fromarray(grid)
+    picture = picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()

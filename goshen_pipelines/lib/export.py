@@ -1,0 +1,110 @@
+"""ONNX export of the trained models, with a dynamic batch axis, and the parity check on them.
+
+Exported denoiser: inputs `sample` float32 [B, 1, H, W], `timestep` int64 [B] (diffusers'
+schedulers count timesteps in integers), `class_labels` int64 [B]; output `noise` [B, 1, H, W].
+Exported tabular model: input `features` float32 [B, F] of raw (unscaled) features; output
+`probabilities` float32 [B, C] for classifiers, `prediction` float32 [B] for regressors.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from diffusers import UNet2DModel
+from torch import nn
+
+from goshen_pipelines.lib.classifier import TrainedTabularModel
+
+OPSET = 17
+BATCH_AXIS = "batch"
+
+
+class DenoiserForExport(nn.Module):
+    """A UNet2DModel with the plain positional call and tensor output the ONNX graph has."""
+
+    def __init__(self, unet: UNet2DModel) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
+    ) -> torch.Tensor:
+        return self.unet(sample, timestep, class_labels=class_labels, return_dict=False)[0]
+
+
+def export_onnx(
+    module: nn.Module, path: str | os.PathLike[str], inputs: dict[str, np.ndarray], output: str
+) -> Path:
+    """Trace `module` on `inputs` (named, in call order) into a checked ONNX file at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arguments = tuple(torch.from_numpy(array) for array in inputs.values())
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of dynamo=True, which needs the
+        # onnxscript package; this one handles these models and needs nothing extra.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module.eval(),
+            arguments,
+            os.fspath(path),
+            input_names=list(inputs),
+            output_names=[output],
+            dynamic_axes={name: {0: BATCH_AXIS} for name in [*inputs, output]},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    check_onnx(path)
+    return path
+
+
+def check_onnx(path: str | os.PathLike[str]) -> None:
+    """Raise `onnx.checker.ValidationError` unless the file is a valid, shape-consistent model."""
+    onnx.checker.check_model(os.fspath(path), full_check=True)
+
+
+def denoiser_inputs(
+    image_size: int, num_classes: int, batch_size: int = 3, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Fixed denoiser inputs for export and parity: noise, spread timesteps, valid class labels."""
+    rng = np.random.default_rng(seed)
+    return {
+        "sample": rng.standard_normal((batch_size, 1, image_size, image_size), dtype=np.float32),
+        "timestep": rng.integers(0, 1000, batch_size, dtype=np.int64),
+        "class_labels": rng.integers(0, num_classes, batch_size, dtype=np.int64),
+    }
+
+
+def tabular_inputs(features: np.ndarray, batch_size: int = 3) -> dict[str, np.ndarray]:
+    """The first rows of a real feature matrix, so parity is checked where the model is used."""
+    return {"features": np.ascontiguousarray(features[:batch_size], dtype=np.float32)}
+
+
+def export_denoiser(unet: UNet2DModel, path: str | os.PathLike[str], num_classes: int) -> Path:
+    """Export a trained UNet2DModel as the denoiser graph described in this module's docstring."""
+    size = unet.config.sample_size
+    return export_onnx(DenoiserForExport(unet), path, denoiser_inputs(size, num_classes), "noise")
+
+
+def export_tabular_model(
+    model: TrainedTabularModel, path: str | os.PathLike[str], features: np.ndarray
+) -> Path:
+    """Export a trained classifier or regressor; `features` are real rows to trace with."""
+    output = "probabilities" if model.task == "classification" else "prediction"
+    return export_onnx(model.export_module(), path, tabular_inputs(features), output)
+
+
+def parity(
+    module: nn.Module, onnx_path: str | os.PathLike[str], inputs: dict[str, np.ndarray]
+) -> float:
+    """Max absolute difference between `module` in PyTorch and its ONNX file in ONNX Runtime."""
+    session = ort.InferenceSession(os.fspath(onnx_path), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, inputs)
+    with torch.inference_mode():
+        torch_out = module.eval()(*(torch.from_numpy(array) for array in inputs.values()))
+    return float(np.abs(torch_out.numpy() - onnx_out).max())

@@ -1,0 +1,186 @@
+"""A user's datasets: upload an image archive or a table, list, read and delete them."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from goshen.accounts import Principal
+from goshen.db.models import Dataset, DatasetKind, DatasetStatus, TrainingJob, TrainingStatus
+from goshen.errors import ConflictError, InvalidInputError, NotFoundError
+from goshen.ids import new_id
+from goshen.storage import ArtifactStore, artifact_key
+from goshen.uploads import UploadLimits, store_dataset
+from serving.deps import SessionDep, SettingsDep, StoreDep, require_scope
+from serving.multipart import receive_upload
+from serving.pagination import Cursor, Limit, Page, paginate
+from serving.schemas import DatasetCreate, DatasetPublic
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+DatasetsPrincipal = Annotated[Principal, Depends(require_scope("datasets"))]
+
+_UPLOAD_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "name"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "a .zip, .tar or .tar.gz of PNG, JPEG, BMP or GIF "
+                            "images (optional top-level labels.csv of file,label; or one folder "
+                            "per class), or a CSV or Parquet table",
+                        },
+                        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "kind": {
+                            "type": "string",
+                            "enum": [kind.value for kind in DatasetKind],
+                            "description": "inferred from the file's content when absent",
+                        },
+                        "target": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 200,
+                            "description": "tables: the target column, described in stats",
+                        },
+                    },
+                    "additionalProperties": False,
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra=_UPLOAD_FORM,
+    responses={
+        413: {"description": "the upload passes a GOSHEN_MAX_* limit, which the detail names"},
+        415: {"description": "the body is not multipart/form-data"},
+        422: {"description": "a field is wrong, or the file's content is refused"},
+    },
+)
+async def create_dataset(
+    request: Request,
+    principal: DatasetsPrincipal,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> DatasetPublic:
+    """Upload a dataset; it is checked against the upload limits before anything is kept."""
+    limits = UploadLimits.from_settings(settings)
+    with tempfile.TemporaryDirectory(prefix="goshen-upload-") as workdir:
+        upload = await receive_upload(
+            request,
+            Path(workdir) / "upload",
+            file_field="file",
+            max_file_bytes=limits.max_upload_bytes,
+            limit_name="GOSHEN_MAX_UPLOAD_BYTES",
+        )
+        try:
+            body = DatasetCreate.model_validate(upload.fields)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+            ) from None
+        if upload.file is None:
+            raise InvalidInputError("attach the dataset as the multipart part 'file'", field="file")
+        return await run_in_threadpool(
+            _store_and_record, session, store, principal.user.id, body, upload.file, limits
+        )
+
+
+def _store_and_record(
+    session: Session,
+    store: ArtifactStore,
+    user_id: str,
+    body: DatasetCreate,
+    upload: Path,
+    limits: UploadLimits,
+) -> DatasetPublic:
+    """Store the checked upload, then its row; if either fails, neither is kept."""
+    dataset_id = new_id("ds")
+    prefix = artifact_key("datasets", user_id, dataset_id)
+    stored = store_dataset(upload, store, prefix, limits, kind=body.kind, target=body.target)
+    try:
+        dataset = Dataset(
+            id=dataset_id,
+            user_id=user_id,
+            name=body.name,
+            kind=stored.kind,
+            status=DatasetStatus.uploaded,
+            storage_prefix=prefix,
+            size_bytes=stored.size_bytes,
+            file_count=stored.file_count,
+            schema=stored.schema,
+            stats=stored.stats,
+        )
+        session.add(dataset)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        store.delete_prefix(prefix)
+        raise
+    return DatasetPublic.model_validate(dataset)
+
+
+@router.get("")
+def list_datasets(
+    principal: DatasetsPrincipal, session: SessionDep, limit: Limit = 20, cursor: Cursor = None
+) -> Page[DatasetPublic]:
+    query = select(Dataset).where(Dataset.user_id == principal.user.id)
+    return paginate(session, query, Dataset.id, DatasetPublic, limit=limit, cursor=cursor)
+
+
+@router.get("/{dataset_id}")
+def get_dataset(
+    dataset_id: str, principal: DatasetsPrincipal, session: SessionDep
+) -> DatasetPublic:
+    return DatasetPublic.model_validate(_owned(session, dataset_id, principal.user.id))
+
+
+@router.delete("/{dataset_id}")
+def delete_dataset(
+    dataset_id: str, principal: DatasetsPrincipal, session: SessionDep, store: StoreDep
+) -> DatasetPublic:
+    """Delete the dataset's stored objects, then its row; answers the dataset as it was."""
+    dataset = _owned(session, dataset_id, principal.user.id)
+    training = session.scalar(
+        select(TrainingJob.id).where(
+            TrainingJob.dataset_id == dataset.id,
+            TrainingJob.status.in_([TrainingStatus.queued, TrainingStatus.running]),
+        )
+    )
+    if training is not None:
+        raise ConflictError(
+            f"dataset {dataset.id} is in use by training job {training}; "
+            "cancel it or wait for it to end, then delete the dataset"
+        )
+    public = DatasetPublic.model_validate(dataset)
+    # Objects first: a failure here leaves the row, so the delete can be retried.
+    store.delete_prefix(dataset.storage_prefix)
+    session.execute(delete(Dataset).where(Dataset.id == dataset.id))
+    session.commit()
+    return public
+
+
+def _owned(session: Session, dataset_id: str, user_id: str) -> Dataset:
+    """The user's dataset; another user's is reported as missing."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.user_id != user_id:
+        raise NotFoundError(f"no dataset with id {dataset_id}")
+    return dataset

@@ -1,0 +1,90 @@
+"""The built-in digits graph, materialized in-process with tiny settings.
+
+MLflow is a real tracking server on loopback; the artifact store is a local folder; Dagster runs
+on an ephemeral instance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from goshen import registry
+from goshen_pipelines.defs.jobs import digits_models_job
+from goshen_pipelines.definitions import defs
+from goshen_pipelines.resources import ArtifactStorage, MLflowTracking, PlatformDatabase
+
+TINY = {
+    "ops": {
+        "digits_classifier": {"config": {"epochs": 3}},
+        "digits_diffusion": {"config": {"epochs": 1, "batch_size": 256}},
+        "digits_diffusion_onnx": {"config": {"samples_per_class": 2}},
+    }
+}
+
+
+@pytest.fixture
+def resources(tmp_path: Path, mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> dict:
+    monkeypatch.setenv("GOSHEN_HOME", str(tmp_path))
+    yield {
+        "platform_db": PlatformDatabase(database_url=f"sqlite:///{tmp_path / 'goshen.db'}"),
+        "mlflow": MLflowTracking(tracking_uri=mlflow_server),
+        "artifact_store": ArtifactStorage(),
+        "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io")),
+    }
+    mlflow.set_tracking_uri("")
+
+
+def _materialization(result: dg.ExecuteInProcessResult, asset: str) -> dg.AssetMaterialization:
+    (event,) = result.asset_materializations_for_node(asset)
+    return event
+
+
+def test_the_digits_graph_trains_checks_registers_and_promotes(resources: dict) -> None:
+    job = defs.resolve_job_def(digits_models_job.name)
+    result = job.execute_in_process(
+        run_config=TINY, instance=dg.DagsterInstance.ephemeral(), resources=resources
+    )
+    assert result.success
+
+    dataset = _materialization(result, "digits_dataset").metadata
+    assert dataset["rows"].value == 1797
+    assert dataset["classes"].value == [str(d) for d in range(10)]
+    assert dataset["label_balance"].value > 0.9
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {
+        "not_empty": True,
+        "schema": True,
+        "label_balance": True,
+        "onnx_parity": True,
+    }
+
+    diffusion = _materialization(result, "digits_diffusion").metadata
+    assert diffusion["samples"].value.startswith("![generated samples](data:image/png;base64,")
+    assert "/#/experiments/" in diffusion["mlflow_run"].value
+    run = mlflow.get_run(diffusion["mlflow_run_id"].value)
+    assert run.data.tags["dagster_run_id"] == result.run_id
+    assert run.data.tags["dataset_id"] == "digits"
+    assert "loss" in run.data.metrics and "class_match" in run.data.metrics
+
+    client = MlflowClient(resources["mlflow"].uri, resources["mlflow"].uri)
+    for name, asset in [
+        ("digits-classifier", "digits_classifier_onnx"),
+        ("digits-diffusion", "digits_diffusion_onnx"),
+    ]:
+        registered = _materialization(result, asset).metadata
+        live = registry.version_by_alias(client, name, registry.PRODUCTION)
+        assert str(live.version) == registered["version"].value
+        assert live.tags[registry.CHECKS_TAG] == "true"
+        assert float(live.tags[registry.PARITY_TAG]) <= 1e-4
+        assert (
+            live.run_id
+            == _materialization(result, asset.removesuffix("_onnx")).metadata["mlflow_run_id"].value
+        )
+        assert registry.load_onnx(name).graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    promoted = _materialization(result, "digits_diffusion_production").metadata
+    assert promoted["live_model_uri"].value == "models:/digits-diffusion@production"
