@@ -103,7 +103,10 @@ def main() -> None:
         }
         with timed(seconds, "quality_onnx"):
             quality = class_match_rate(
-                OnnxDenoiser.from_path(unet_path), diffusion.spec, classifier.predict, args.per_class
+                OnnxDenoiser.from_path(unet_path),
+                diffusion.spec,
+                classifier.predict,
+                args.per_class,
             )
     report(diffusion_config, classifier_config, seconds, classifier.metrics, parity, quality)
 

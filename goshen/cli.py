@@ -26,6 +26,13 @@ def _demo(settings: Settings, _args: argparse.Namespace) -> int:
     return run_platform(settings, on_ready=lambda: walkthrough(settings))
 
 
+def _train(settings: Settings, args: argparse.Namespace) -> int:
+    # The pipelines own training; the CLI only hands them the settings.
+    from goshen_pipelines.train import train_digits
+
+    return train_digits(settings)
+
+
 def _worker(settings: Settings, _args: argparse.Namespace) -> int:
     # The worker lives with the serving code; it needs no web framework.
     from serving.worker import run_worker
@@ -113,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "demo", help="run every service and walk through the API once they answer"
     ).set_defaults(run=_demo)
+    train = commands.add_parser("train", help="train the built-in models").add_subparsers(
+        dest="train_command", required=True, metavar="MODELS"
+    )
+    train.add_parser(
+        "digits", help="digits-diffusion and digits-classifier, end to end, with progress"
+    ).set_defaults(run=_train)
     commands.add_parser("worker", help="run a job worker").set_defaults(run=_worker)
     commands.add_parser("api", help="run the HTTP API alone").set_defaults(run=_api)
     commands.add_parser("mlflow", help="run the MLflow tracking server").set_defaults(run=_mlflow)

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
 
+import httpx
 from sqlalchemy.engine import make_url
 
 from goshen.config import Settings
 from goshen.db.engine import normalize_url
+from goshen.errors import GoshenError
 
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _ALL_INTERFACES = ("0.0.0.0", "::")  # noqa: S104 - names, not a bind
@@ -112,3 +119,50 @@ def _tracking_uri_host(settings: Settings) -> str:
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def tracking_server_answers(uri: str) -> bool:
+    try:
+        return httpx.get(f"{uri.rstrip('/')}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def running_tracking_server(settings: Settings, log: Path | None = None) -> Iterator[str]:
+    """The tracking server's URI; the embedded one is started for the block if it is down."""
+    uri = settings.resolved_mlflow_tracking_uri
+    if tracking_server_answers(uri):
+        yield uri
+        return
+    if settings.mlflow_tracking_uri is not None:
+        raise GoshenError(f"MLflow does not answer at {uri} (GOSHEN_MLFLOW_TRACKING_URI)")
+    prepare_local_stores(settings)
+    log = log or settings.home_dir / "logs" / "mlflow.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as output:
+        server = subprocess.Popen(
+            tracking_server_command(settings),
+            env={**os.environ, **tracking_server_environment(settings)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_until_answering(server, uri, settings.startup_timeout_seconds, log)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=settings.shutdown_grace_seconds)
+
+
+def _wait_until_answering(
+    server: subprocess.Popen[bytes], uri: str, timeout: float, log: Path
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not tracking_server_answers(uri):
+        if server.poll() is not None:
+            raise GoshenError(f"the MLflow server exited with {server.returncode}; see {log}")
+        if time.monotonic() > deadline:
+            raise GoshenError(f"MLflow did not answer at {uri} within {timeout:.0f} s; see {log}")
+        time.sleep(0.5)

@@ -7,6 +7,7 @@ from goshen_pipelines.defs.jobs import digits_models_job, training_run_job
 from goshen_pipelines.defs.registry import assets as registry
 from goshen_pipelines.defs.training import assets as training
 from goshen_pipelines.defs.training import sensors as training_sensors
+from goshen_pipelines.progress import progress_logger
 from goshen_pipelines.resources import ArtifactStorage, MLflowTracking, PlatformDatabase
 from goshen_pipelines.resources.io import AssetStorage
 
@@ -20,6 +21,7 @@ defs = dg.Definitions(
         training_sensors.training_failure_sensor,
         training_sensors.training_canceled_sensor,
     ],
+    loggers={"progress": progress_logger},
     resources={
         "platform_db": PlatformDatabase(),
         "mlflow": MLflowTracking(),

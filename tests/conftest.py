@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -202,39 +201,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow tracking server (SQLite backend, local artifacts) on loopback; its URI."""
-    import httpx
-
-    from goshen.tracking import (
-        prepare_local_stores,
-        tracking_server_command,
-        tracking_server_environment,
-    )
+    from goshen.tracking import running_tracking_server
 
     home = tmp_path_factory.mktemp("mlflow-home")
     settings = Settings(_env_file=None, home=home, mlflow_port=_free_port())
-    prepare_local_stores(settings)
-    log = (home / "mlflow.log").open("wb")
-    server = subprocess.Popen(
-        tracking_server_command(settings),
-        env={**os.environ, **tracking_server_environment(settings)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    uri = settings.resolved_mlflow_tracking_uri
-    deadline = time.monotonic() + 120
-    while True:
-        assert server.poll() is None, (home / "mlflow.log").read_text()[-2000:]
-        assert time.monotonic() < deadline, "the MLflow server did not answer in 120 s"
-        try:
-            if httpx.get(f"{uri}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    yield uri
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
-    log.close()
+    with running_tracking_server(settings) as uri:
+        yield uri
 
 
 @dataclass

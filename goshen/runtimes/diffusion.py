@@ -85,7 +85,9 @@ class OnnxDenoiser:
         self.session = session
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike[str], intra_op_threads: int | None = None) -> OnnxDenoiser:
+    def from_path(
+        cls, path: str | os.PathLike[str], intra_op_threads: int | None = None
+    ) -> OnnxDenoiser:
         """Load an exported denoiser on the best provider this machine has."""
         return cls(onnx_session(path, intra_op_threads))
 

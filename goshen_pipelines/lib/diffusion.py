@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -33,6 +32,9 @@ class DiffusionConfig:
     seed: int = 0
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    # Min-SNR loss weighting (Hang et al., 2023); 0 turns it off.
+    min_snr_gamma: float = 5.0
     block_out_channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = 1
     norm_num_groups: int = 8
@@ -83,6 +85,7 @@ def noise_scheduler_config(config: DiffusionConfig) -> dict[str, object]:
     scheduler = DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
         # Trailing spacing starts few-step sampling at pure noise, which short DDIM runs need.
         timestep_spacing="trailing",
     )
@@ -122,9 +125,25 @@ class DiffusionModule(L.LightningModule):
             labels = labels.masked_fill(dropped, self.null_class)
         noisy = self.noise_scheduler.add_noise(images, noise, timesteps)
         predicted = self.unet(noisy, timesteps, class_labels=labels, return_dict=False)[0]
-        loss = F.mse_loss(predicted, noise)
+        if self.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(images, noise, timesteps)
+        else:
+            target = noise
+        errors = (predicted - target).pow(2).mean(dim=(1, 2, 3))
+        loss = (errors * self._loss_weights(timesteps)).mean()
         self._losses.append(loss.detach())
         return loss
+
+    def _loss_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Min-SNR weights: the nearly clean timesteps stop dominating the gradient."""
+        if not self.config.min_snr_gamma:
+            return torch.ones_like(timesteps, dtype=torch.float32)
+        alphas = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+        snr = alphas / (1 - alphas)
+        clipped = snr.clamp(max=self.config.min_snr_gamma)
+        if self.config.prediction_type == "v_prediction":
+            return clipped / (snr + 1)
+        return clipped / snr
 
     def on_train_batch_end(self, *_: object) -> None:
         if self.ema_unet is None:

@@ -28,4 +28,4 @@ class AssetStorage(dg.ConfigurableIOManagerFactory):
             prefix = f"{settings.s3_prefix.strip('/')}/dagster".lstrip("/")
             return S3PickleIOManager(s3_resource=s3, s3_bucket=settings.s3_bucket, s3_prefix=prefix)
         base_dir = settings.resolved_dagster_home / "storage"
-        return dg.FilesystemIOManager(base_dir=str(base_dir))
+        return dg.FilesystemIOManager(base_dir=str(base_dir)).create_io_manager(context)

@@ -48,6 +48,11 @@ class DigitsClassifierConfig(dg.Config):
     seed: int = ClassifierConfig.seed
 
 
+def _log(context: dg.AssetExecutionContext) -> runs.Report:
+    """Epoch lines into the run's log, where the Dagster UI and `goshen train` show them."""
+    return lambda line, _progress: context.log.info(line)
+
+
 def _tags(context: dg.AssetExecutionContext, dataset_id: str) -> dict[str, str]:
     return {"dagster_run_id": context.run.run_id, "dataset_id": dataset_id}
 
@@ -109,7 +114,7 @@ def digits_classifier(
         DIGITS_EXPERIMENT, "digits-classifier", tags, asdict(lib_config)
     ) as run_id:
         trained = train_classifier(
-            features, labels, lib_config, runs.epoch_logger(lib_config.epochs, None)
+            features, labels, lib_config, runs.epoch_logger(lib_config.epochs, _log(context))
         )
     return _output(TrainedModel(trained, run_id, tags, features), mlflow, trained.metrics)
 
@@ -129,7 +134,7 @@ def digits_diffusion(
     with runs.tracked_run(
         DIGITS_EXPERIMENT, "digits-diffusion", tags, asdict(lib_config)
     ) as run_id:
-        trained, metadata = _train_diffusion(images, labels, num_classes, lib_config, None)
+        trained, metadata = _train_diffusion(images, labels, num_classes, lib_config, _log(context))
     return _output(TrainedModel(trained, run_id, tags), mlflow, metadata)
 
 
@@ -137,10 +142,13 @@ class TrainingCanceled(Exception):
     """The job's cancel was requested while it trained."""
 
 
-def _job_reporter(platform_db: PlatformDatabase, job_id: str) -> runs.Report:
+def _job_reporter(
+    context: dg.AssetExecutionContext, platform_db: PlatformDatabase, job_id: str
+) -> runs.Report:
     """Log lines and progress to the job row; stop training once a cancel is requested."""
 
     def report(line: str, progress: dict[str, Any]) -> None:
+        context.log.info(line)
         with platform_db.session() as session:
             training.append_log(session, job_id, line, progress)
             canceled = session.get(TrainingJob, job_id).cancel_requested
@@ -173,7 +181,7 @@ def training_run(
         data = load_canonical(session, artifact_store.store, job.dataset_id)
         task, config = training.Task(job.task), training.TrainingConfig(**job.config)
         experiment, dataset_id = f"training/{job.user_id}", job.dataset_id
-    report = _job_reporter(platform_db, job_id)
+    report = _job_reporter(context, platform_db, job_id)
     tags = {**_tags(context, dataset_id), "training_job_id": job_id}
     with runs.tracked_run(experiment, job_id, tags, config.model_dump()) as run_id:
         with platform_db.session() as session:

@@ -1,7 +1,7 @@
-"""The built-in digits graph, materialized in-process with tiny settings.
+"""The built-in digits graph as `goshen train digits` runs it, with tiny settings.
 
-MLflow is a real tracking server on loopback; the artifact store is a local folder; Dagster runs
-on an ephemeral instance.
+MLflow is a real tracking server on loopback; the resources are the code location's own,
+configured through GOSHEN_* settings; the run lands on a Dagster instance under GOSHEN_HOME.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from goshen import registry
-from goshen_pipelines.defs.jobs import digits_models_job
-from goshen_pipelines.definitions import defs
-from goshen_pipelines.resources import ArtifactStorage, MLflowTracking, PlatformDatabase
+from goshen.config import Settings
+from goshen_pipelines.train import run_digits_job
 
 TINY = {
     "ops": {
@@ -28,14 +27,10 @@ TINY = {
 
 
 @pytest.fixture
-def resources(tmp_path: Path, mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> dict:
+def settings(tmp_path: Path, mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("GOSHEN_HOME", str(tmp_path))
-    yield {
-        "platform_db": PlatformDatabase(database_url=f"sqlite:///{tmp_path / 'goshen.db'}"),
-        "mlflow": MLflowTracking(tracking_uri=mlflow_server),
-        "artifact_store": ArtifactStorage(),
-        "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io")),
-    }
+    monkeypatch.setenv("GOSHEN_MLFLOW_TRACKING_URI", mlflow_server)
+    yield Settings(_env_file=None)
     mlflow.set_tracking_uri("")
 
 
@@ -44,12 +39,14 @@ def _materialization(result: dg.ExecuteInProcessResult, asset: str) -> dg.AssetM
     return event
 
 
-def test_the_digits_graph_trains_checks_registers_and_promotes(resources: dict) -> None:
-    job = defs.resolve_job_def(digits_models_job.name)
-    result = job.execute_in_process(
-        run_config=TINY, instance=dg.DagsterInstance.ephemeral(), resources=resources
-    )
+def test_the_digits_graph_trains_checks_registers_and_promotes(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_digits_job(settings, TINY)
     assert result.success
+    progress = capsys.readouterr().out
+    assert "digits_diffusion" in progress and "epoch 1/1 " in progress
+    assert "check onnx_parity passed" in progress
 
     dataset = _materialization(result, "digits_dataset").metadata
     assert dataset["rows"].value == 1797
@@ -71,7 +68,7 @@ def test_the_digits_graph_trains_checks_registers_and_promotes(resources: dict) 
     assert run.data.tags["dataset_id"] == "digits"
     assert "loss" in run.data.metrics and "class_match" in run.data.metrics
 
-    client = MlflowClient(resources["mlflow"].uri, resources["mlflow"].uri)
+    client = MlflowClient(settings.resolved_mlflow_tracking_uri)
     for name, asset in [
         ("digits-classifier", "digits_classifier_onnx"),
         ("digits-diffusion", "digits_diffusion_onnx"),
