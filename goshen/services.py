@@ -36,6 +36,14 @@ telemetry:
   enabled: false
 nux:
   enabled: false
+# One run at a time, each in one process (the jobs use the in-process executor): SQLite gets a
+# single run writing its events, not several runs and step processes writing at once.
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+concurrency:
+  runs:
+    max_concurrent_runs: 1
 """
 
 

@@ -32,7 +32,7 @@ def restore_mlflow_uri() -> Iterator[None]:
 def test_definitions_load_with_the_platform_resources() -> None:
     dg.Definitions.validate_loadable(defs)
     resources = defs.get_repository_def().get_top_level_resources()
-    assert set(resources) == {"platform_db", "mlflow", "artifact_store"}
+    assert set(resources) == {"platform_db", "mlflow", "artifact_store", "io_manager"}
 
 
 @pytest.mark.usefixtures("restore_mlflow_uri")
