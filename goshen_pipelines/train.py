@@ -5,6 +5,7 @@ next to runs launched there; MLflow is the platform's tracking server, started f
 it is not already up.
 """
 
+import logging
 import os
 
 import dagster as dg
@@ -16,6 +17,8 @@ from goshen_pipelines.definitions import defs
 from goshen_pipelines.defs.jobs import digits_models_job
 
 PROMOTIONS = ("digits_classifier_production", "digits_diffusion_production")
+# Their INFO lines (accelerator banners, "View run at ...") would bury the progress display.
+CHATTY_LOGGERS = ("lightning", "lightning.pytorch", "mlflow", "alembic")
 
 
 def run_digits_job(settings: Settings, run_config: dict | None = None) -> dg.ExecuteInProcessResult:
@@ -29,6 +32,8 @@ def run_digits_job(settings: Settings, run_config: dict | None = None) -> dg.Exe
 
 def train_digits(settings: Settings) -> int:
     """The `goshen train digits` command: 0 when every step and check succeeded."""
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     result = run_digits_job(settings)
     for asset in PROMOTIONS:
         for event in result.asset_materializations_for_node(asset):

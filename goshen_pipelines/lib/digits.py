@@ -20,20 +20,20 @@ def load_digit_images() -> tuple[np.ndarray, np.ndarray]:
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of float images (N, H, W) to (N, size, size)."""
+    """Resize float images (N, H, W) to (N, size, size): bilinear up, area average down."""
     if images.shape[1:] == (size, size):
         return images.astype(np.float32, copy=False)
     batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-    # Antialiasing matters only when shrinking; it keeps thin strokes from vanishing.
-    shrinking = size < images.shape[1]
-    resized = F.interpolate(
-        batch, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking
-    )
+    if size < images.shape[1]:
+        # Averaging each block keeps thin strokes that point-sampling would skip.
+        resized = F.interpolate(batch, size=(size, size), mode="area")
+    else:
+        resized = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
     return resized[:, 0].numpy()
 
 
 def classifier_features(images: np.ndarray) -> np.ndarray:
-    """Images (N, H, W) in [0, 1] as the digits classifier's input: 8x8 pixels flattened to (N, 64)."""
+    """Images (N, H, W) in [0, 1] as digits-classifier input: 8x8 pixels flattened to (N, 64)."""
     return resize_images(images, DIGIT_SIZE).reshape(len(images), DIGIT_SIZE * DIGIT_SIZE)
 
 

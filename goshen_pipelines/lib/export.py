@@ -49,6 +49,9 @@ def export_onnx(
         # The TorchScript exporter is deprecated in favour of dynamo=True, which needs the
         # onnxscript package; this one handles these models and needs nothing extra.
         warnings.simplefilter("ignore", DeprecationWarning)
+        # diffusers' shape checks (channel asserts, a memory-layout branch on batch size) trace
+        # as constants; none of them changes what the graph computes.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             module.eval(),
             arguments,

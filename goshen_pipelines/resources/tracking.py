@@ -35,6 +35,8 @@ class MLflowTracking(dg.ConfigurableResource):
 
         # mlflow.start_run() and log_model() in asset code use the process-wide URI.
         mlflow.set_tracking_uri(self.uri)
+        # The registry follows explicitly: an earlier registry URI in this process must not win.
+        mlflow.set_registry_uri(self.uri)
 
     def client(self) -> MlflowClient:
         """A client for runs and the model registry on this tracking server."""

@@ -26,6 +26,7 @@ def tracking(tmp_path: Path) -> Iterator[MlflowClient]:
     mlflow.set_experiment(experiment_id=experiment)
     yield MlflowClient(uri, uri)
     mlflow.set_tracking_uri("")
+    mlflow.set_registry_uri("")
 
 
 def _identity_model(scale: float) -> onnx.ModelProto:

@@ -32,6 +32,7 @@ def settings(tmp_path: Path, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("GOSHEN_MLFLOW_TRACKING_URI", mlflow_server)
     yield Settings(_env_file=None)
     mlflow.set_tracking_uri("")
+    mlflow.set_registry_uri("")
 
 
 def _materialization(result: dg.ExecuteInProcessResult, asset: str) -> dg.AssetMaterialization:

@@ -1,6 +1,6 @@
 """A training job from the API to a registered model, through the sensor and a Dagster run.
 
-The API, the platform database (SQLite and PostgreSQL) and MLflow (a tracking server on
+The API, the platform database (PostgreSQL) and MLflow (a tracking server on
 loopback) are real; the Dagster run executes in-process on an ephemeral instance, the way the
 daemon would launch it from the sensor's run request.
 """
@@ -29,6 +29,9 @@ from goshen_pipelines.lib.digits import load_digit_images
 from goshen_pipelines.resources import ArtifactStorage, MLflowTracking, PlatformDatabase
 
 TINY = {"epochs": 1, "batch_size": 32, "image_size": 8}
+# The API and database layers run on both backends in tests/serving; this flow trains a model,
+# so it runs once, on the production backend.
+pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 
 def _digits_archive(per_class: int = 20) -> bytes:
@@ -54,6 +57,7 @@ def resources(settings: Settings, mlflow_server: str, monkeypatch: pytest.Monkey
         "io_manager": dg.FilesystemIOManager(base_dir=str(Path(settings.home_dir) / "io")),
     }
     mlflow.set_tracking_uri("")
+    mlflow.set_registry_uri("")
 
 
 def _submit(client: TestClient, developer, model_name: str) -> str:  # type: ignore[no-untyped-def]
@@ -117,6 +121,7 @@ def test_api_job_trains_through_the_sensor_and_loads_as_production(
     assert "event: log\ndata: epoch 1/1 " in logs and " loss=" in logs and "event: done" in logs
 
     mlflow.set_tracking_uri(resources["mlflow"].uri)
+    mlflow.set_registry_uri(resources["mlflow"].uri)
     name = f"{developer.user_id}.zeros-and-ones"
     model = registry.load_onnx(name)
     assert [i.name for i in model.graph.input] == ["sample", "timestep", "class_labels"]
