@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from goshen.runtimes.diffusion import OnnxDenoiser, to_png_grid
 from goshen_pipelines.lib import export
@@ -35,6 +34,7 @@ from goshen_pipelines.lib.classifier import (
 from goshen_pipelines.lib.diffusion import DiffusionConfig, TrainedDiffusion, train_diffusion
 from goshen_pipelines.lib.digits import NUM_DIGIT_CLASSES, classifier_features, load_digit_images
 from goshen_pipelines.lib.quality import class_match_rate
+from goshen_pipelines.lib.trainer import training_threads
 
 
 @contextmanager
@@ -102,7 +102,7 @@ def main() -> None:
     images, labels = load_digit_images()
     features = classifier_features(images)
 
-    print(f"torch threads: {torch.get_num_threads()}, cpus: {os.cpu_count()}", flush=True)
+    print(f"cpus: {os.cpu_count()}, training threads: {training_threads()}", flush=True)
     with timed(seconds, "train_classifier"):
         classifier = train_classifier(
             features, labels, DIGITS_CLASSIFIER_CONFIG, progress("classifier", args.quiet)
@@ -134,6 +134,7 @@ def main() -> None:
         args.grid.write_bytes(to_png_grid(default.images[: NUM_DIGIT_CLASSES * 8], 10))
     figures = {
         "machine": f"{platform.processor() or platform.machine()} x{os.cpu_count()}",
+        "training_threads": training_threads(),
         "seconds": seconds,
         "train_seconds_total": round(seconds["train_classifier"] + seconds["train_diffusion"], 2),
         "classifier_val_accuracy": round(classifier.metrics["val_accuracy"], 4),

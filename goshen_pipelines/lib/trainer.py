@@ -18,7 +18,7 @@ def fit(module: L.LightningModule, loader: DataLoader, epochs: int) -> None:
     """Train on the best accelerator (GPU when present), writing nothing to the working dir."""
     with (
         tempfile.TemporaryDirectory(prefix="goshen-train-") as root,
-        _cpu_threads(max(1, (os.cpu_count() or 1) - 1)),
+        _cpu_threads(training_threads()),
         warnings.catch_warnings(),
     ):
         # The data is an in-memory tensor; loader worker processes would only add start-up time.
@@ -38,14 +38,19 @@ def fit(module: L.LightningModule, loader: DataLoader, epochs: int) -> None:
         trainer.fit(module, loader)
 
 
+def training_threads() -> int:
+    """CPU threads for training: every core but one.
+
+    The spare core is for the platform's other processes (API, Dagster, MLflow): an OpenMP team
+    sized to every core stalls at each barrier whenever one of them runs, which measured 2-5x
+    slower on a 2-core machine than one thread fewer.
+    """
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 @contextmanager
 def _cpu_threads(count: int) -> Iterator[None]:
-    """Use `count` intra-op threads for the block, then restore the process's setting.
-
-    Training leaves one core to the platform's other processes (API, Dagster, MLflow): an OpenMP
-    team sized to every core stalls at each barrier whenever one of them runs, which measured
-    2-5x slower on a 2-core machine than one thread fewer.
-    """
+    """Use `count` intra-op threads for the block, then restore the process's setting."""
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:

@@ -1,6 +1,6 @@
 """Training runs with Lightning, one MLflow run each: the built-in digits models and API jobs."""
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import dagster as dg
@@ -12,7 +12,12 @@ from goshen.errors import NotFoundError
 from goshen.runtimes.diffusion import sample_images, to_png_grid
 from goshen_pipelines.lib import ingest, runs
 from goshen_pipelines.lib.arrays import image_arrays, table_arrays
-from goshen_pipelines.lib.classifier import ClassifierConfig, TrainedTabularModel, train_classifier
+from goshen_pipelines.lib.classifier import (
+    DIGITS_CLASSIFIER_CONFIG,
+    ClassifierConfig,
+    TrainedTabularModel,
+    train_classifier,
+)
 from goshen_pipelines.lib.datasets import DIGITS_KEY, load_canonical
 from goshen_pipelines.lib.diffusion import DiffusionConfig, TrainedDiffusion, train_diffusion
 from goshen_pipelines.lib.digits import classifier_features, resize_images
@@ -42,10 +47,10 @@ class DigitsDiffusionConfig(dg.Config):
 
 
 class DigitsClassifierConfig(dg.Config):
-    epochs: int = ClassifierConfig.epochs
-    batch_size: int = ClassifierConfig.batch_size
-    learning_rate: float = ClassifierConfig.learning_rate
-    seed: int = ClassifierConfig.seed
+    epochs: int = DIGITS_CLASSIFIER_CONFIG.epochs
+    batch_size: int = DIGITS_CLASSIFIER_CONFIG.batch_size
+    learning_rate: float = DIGITS_CLASSIFIER_CONFIG.learning_rate
+    seed: int = DIGITS_CLASSIFIER_CONFIG.seed
 
 
 def _log(context: dg.AssetExecutionContext) -> runs.Report:
@@ -108,7 +113,8 @@ def digits_classifier(
     data = ingest.read_canonical(artifact_store.store, DIGITS_KEY)
     images, labels, _ = image_arrays(data)
     features = classifier_features(images)
-    lib_config = ClassifierConfig(**config.model_dump())
+    # The digits preset trains on lightly noised inputs, so it can judge generated digits fairly.
+    lib_config = replace(DIGITS_CLASSIFIER_CONFIG, **config.model_dump())
     tags = _tags(context, "digits")
     with runs.tracked_run(
         DIGITS_EXPERIMENT, "digits-classifier", tags, asdict(lib_config)

@@ -169,6 +169,7 @@ def test_onnx_session_prefers_cuda_when_offered(monkeypatch: pytest.MonkeyPatch)
     options = chosen["options"]
     assert options.intra_op_num_threads == 3
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     diffusion.onnx_session("model.onnx")
