@@ -10,8 +10,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from goshen import keys
+from goshen.db import access
 from goshen.db.models import ApiKey, Role, User, utcnow
-from goshen.errors import ConflictError, InvalidInputError, NotFoundError
+from goshen.errors import ConflictError, InvalidInputError
 
 SCOPES: tuple[str, ...] = (
     "generate",
@@ -144,10 +145,7 @@ def revoke_key(key: ApiKey) -> ApiKey:
 
 def get_key(session: Session, key_id: str, *, owner_id: str | None = None) -> ApiKey:
     """A key by id; with `owner_id`, another user's key is reported as missing."""
-    key = session.get(ApiKey, key_id)
-    if key is None or (owner_id is not None and key.user_id != owner_id):
-        raise NotFoundError(f"no key with id {key_id}")
-    return key
+    return access.get_owned(session, ApiKey, key_id, owner_id, "key")
 
 
 def create_admin(session: Session, *, email: str, name: str = "") -> tuple[User, ApiKey, str]:

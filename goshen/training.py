@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from goshen.db import access
 from goshen.db.models import (
     Dataset,
     DatasetKind,
@@ -109,9 +110,7 @@ def submit(
         raise InvalidInputError(
             "model_name must be 2-63 lowercase letters, digits or '-'", field="model_name"
         )
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.user_id != user.id:
-        raise NotFoundError(f"no dataset with id {dataset_id}")
+    dataset = access.get_owned(session, Dataset, dataset_id, user.id, "dataset")
     check_request(dataset, task, config)
     samples = dataset.file_count if task is Task.diffusion else (dataset.stats or {}).get("rows", 1)
     seconds = estimate_seconds(task, config, samples)
@@ -131,10 +130,7 @@ def submit(
 
 
 def get_owned(session: Session, job_id: str, user_id: str) -> TrainingJob:
-    job = session.get(TrainingJob, job_id)
-    if job is None or job.user_id != user_id:
-        raise NotFoundError(f"no training job with id {job_id}")
-    return job
+    return access.get_owned(session, TrainingJob, job_id, user_id, "training job")
 
 
 def cancel(job: TrainingJob) -> TrainingJob:

@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from goshen.accounts import Principal
+from goshen.db import access
 from goshen.db.models import Dataset, DatasetKind, DatasetStatus, TrainingJob, TrainingStatus
-from goshen.errors import ConflictError, InvalidInputError, NotFoundError
+from goshen.errors import ConflictError, InvalidInputError
 from goshen.ids import new_id
 from goshen.storage import ArtifactStore, artifact_key
 from goshen.uploads import UploadLimits, store_dataset
@@ -179,8 +180,4 @@ def delete_dataset(
 
 
 def _owned(session: Session, dataset_id: str, user_id: str) -> Dataset:
-    """The user's dataset; another user's is reported as missing."""
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.user_id != user_id:
-        raise NotFoundError(f"no dataset with id {dataset_id}")
-    return dataset
+    return access.get_owned(session, Dataset, dataset_id, user_id, "dataset")

@@ -1,8 +1,8 @@
 """Datasets: the built-in digits and every uploaded dataset, as canonical Parquet with stats."""
 
 import dagster as dg
-from sqlalchemy import select
 
+from goshen.db.access import ids_since
 from goshen.db.models import Dataset, DatasetStatus
 from goshen_pipelines.lib import ingest
 from goshen_pipelines.lib.datasets import DIGITS_KEY, ingest_uploaded
@@ -92,15 +92,8 @@ def uploaded_dataset_sensor(
 ) -> dg.SensorResult:
     """Ingest every dataset uploaded since the cursor, once (the run key is the dataset id)."""
     with platform_db.session() as session:
-        new_ids = list(
-            session.scalars(
-                select(Dataset.id)
-                .where(Dataset.id > (context.cursor or ""))
-                .where(Dataset.status == DatasetStatus.uploaded)
-                .order_by(Dataset.id)
-                .limit(25)
-            )
-        )
+        query = ids_since(Dataset.id, Dataset.status, DatasetStatus.uploaded, context.cursor, 25)
+        new_ids = list(session.scalars(query))
     if not new_ids:
         return dg.SensorResult(skip_reason="no new datasets")
     return dg.SensorResult(

@@ -9,6 +9,7 @@ import dagster as dg
 from sqlalchemy import select
 
 from goshen import training
+from goshen.db.access import ids_since
 from goshen.db.models import TrainingJob, TrainingStatus
 from goshen_pipelines.defs.jobs import training_run_job
 from goshen_pipelines.defs.training.assets import training_job_partitions
@@ -31,15 +32,10 @@ def training_job_sensor(
 ) -> dg.SensorResult:
     """Launch a run for every training job queued since the cursor."""
     with platform_db.session() as session:
-        new_ids = list(
-            session.scalars(
-                select(TrainingJob.id)
-                .where(TrainingJob.id > (context.cursor or ""))
-                .where(TrainingJob.status == TrainingStatus.queued)
-                .order_by(TrainingJob.id)
-                .limit(BATCH)
-            )
+        query = ids_since(
+            TrainingJob.id, TrainingJob.status, TrainingStatus.queued, context.cursor, BATCH
         )
+        new_ids = list(session.scalars(query))
     if not new_ids:
         return dg.SensorResult(skip_reason="no new training jobs")
     return dg.SensorResult(

@@ -1,0 +1,39 @@
+"""Tenant isolation in one place: another user's object is reported missing, never forbidden."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from goshen.db.models import Base
+from goshen.errors import NotFoundError
+
+T = TypeVar("T", bound=Base)
+
+
+def get_owned(
+    session: Session, model: type[T], object_id: str, user_id: str | None, noun: str
+) -> T:
+    """The object with this id; with `user_id`, only if that user owns it, else NotFoundError."""
+    found = session.get(model, object_id)
+    if found is None or (user_id is not None and found.user_id != user_id):  # type: ignore[attr-defined]
+        raise NotFoundError(f"no {noun} with id {object_id}")
+    return found
+
+
+def ids_since(
+    id_column: InstrumentedAttribute[str],
+    status_column: InstrumentedAttribute[Any],
+    status: str,
+    cursor: str | None,
+    limit: int,
+) -> Select[tuple[str]]:
+    """Ids in `status` created after `cursor` (ids sort by creation time), oldest first."""
+    return (
+        select(id_column)
+        .where(id_column > (cursor or ""), status_column == status)
+        .order_by(id_column)
+        .limit(limit)
+    )
