@@ -27,6 +27,11 @@ class StorageBackend(StrEnum):
     s3 = "s3"
 
 
+class DiffusionEngine(StrEnum):
+    onnx = "onnx"
+    torch = "torch"
+
+
 class SettingsError(Exception):
     """A setting is missing or malformed; the message names it and says what to fix."""
 
@@ -78,6 +83,22 @@ class Settings(BaseSettings):
     training_price_micros_per_second: int = Field(default=100, ge=0)
 
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
+    worker_max_batch_size: int = Field(default=8, ge=1, le=64)
+    worker_batch_wait_seconds: float = Field(default=0.0, ge=0, le=10)
+    worker_model_cache_size: int = Field(default=2, ge=1, le=64)
+    worker_drain_seconds: float = Field(default=10.0, ge=0, le=3600)
+    diffusion_engine: DiffusionEngine = DiffusionEngine.onnx
+
+    queue_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    job_lease_seconds: float = Field(default=30.0, ge=1, le=3600)
+    queue_recovery_seconds: float = Field(default=5.0, gt=0, le=3600)
+    job_max_attempts: int = Field(default=3, ge=1, le=20)
+    job_retry_base_seconds: float = Field(default=2.0, ge=0, le=3600)
+    job_timeout_seconds: float = Field(default=600.0, gt=0, le=24 * 3600)
+    max_active_jobs_per_user: int = Field(default=100, ge=1)
+
+    webhook_allow_loopback: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     shutdown_grace_seconds: float = Field(default=20.0, gt=0, le=600)
     startup_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
 
@@ -118,7 +139,17 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.storage_backend is StorageBackend.s3 and not self.s3_bucket:
             raise ValueError("GOSHEN_S3_BUCKET is required when GOSHEN_STORAGE_BACKEND=s3")
+        if self.worker_drain_seconds >= self.shutdown_grace_seconds:
+            raise ValueError(
+                "GOSHEN_WORKER_DRAIN_SECONDS must be shorter than GOSHEN_SHUTDOWN_GRACE_SECONDS, "
+                "so a stopping worker releases its jobs before it is killed"
+            )
         if self.env is Environment.production:
+            if self.webhook_allow_loopback:
+                raise ValueError(
+                    "GOSHEN_WEBHOOK_ALLOW_LOOPBACK is for local development and tests; "
+                    "it is refused when GOSHEN_ENV=production"
+                )
             if self.secret_key is None:
                 raise ValueError("GOSHEN_SECRET_KEY is required when GOSHEN_ENV=production")
             if self.database_url is None or self.database_url.startswith("sqlite"):

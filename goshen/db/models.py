@@ -93,6 +93,14 @@ class ModelKind(StrEnum):
     onnx = "onnx"
 
 
+class ModelRuntime(StrEnum):
+    """What runs a catalog entry, which also fixes its input schema."""
+
+    onnx_diffusion = "onnx-diffusion"  # the platform's class-conditional UNet, exported to ONNX
+    diffusers = "diffusers"  # a diffusers Stable-Diffusion-family pipeline folder
+    onnx = "onnx"  # an ONNX graph served by /predict
+
+
 class PricingUnit(StrEnum):
     image = "image"
     second = "second"
@@ -169,6 +177,8 @@ class User(Base):
     role: Mapped[Role] = mapped_column(_enum(Role), default=Role.developer)
     created_at: Mapped[datetime] = _created_at()
     disabled_at: Mapped[datetime | None]
+    # Signs this user's webhooks (Standard Webhooks `whsec_...`); made on first use.
+    webhook_secret: Mapped[str | None] = mapped_column(String(64))
 
 
 class ApiKey(Base):
@@ -194,6 +204,7 @@ class Model(Base):
     id: Mapped[str] = _id_column("mdl")
     name: Mapped[str] = mapped_column(String(200), unique=True)
     kind: Mapped[ModelKind] = mapped_column(_enum(ModelKind))
+    runtime: Mapped[ModelRuntime] = mapped_column(_enum(ModelRuntime))
     description: Mapped[str] = mapped_column(Text, default="")
     registered_model: Mapped[str] = mapped_column(String(200))
     alias: Mapped[str | None] = mapped_column(String(100))
@@ -226,6 +237,13 @@ class Job(Base):
             postgresql_where=text("status = 'queued'"),
             sqlite_where=text("status = 'queued'"),
         ),
+        # Stalled-job recovery: running jobs whose lease ran out.
+        Index(
+            "ix_jobs_lease_expiry",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
         Index("ix_jobs_user_created", "user_id", "id"),
     )
 
@@ -235,6 +253,8 @@ class Job(Base):
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"), index=True)
     model_version: Mapped[str | None] = mapped_column(String(40))
     input: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Jobs of one model with the same batch key may run as one batch (same steps, size, ...).
+    batch_key: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.queued)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
@@ -264,6 +284,25 @@ class Job(Base):
     cost_micros: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class JobEvent(Base):
+    """A job's event stream (status, progress, log, output, done), in commit order per job.
+
+    Writers lock the job row before inserting, so within one job ids grow in commit order and a
+    reader resuming after id N misses nothing.
+    """
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(20))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = _created_at()
+
+
 class UsageEvent(Base):
     """Append-only metering: one row per (job, kind), or per synchronous request."""
 
@@ -282,6 +321,9 @@ class UsageEvent(Base):
     quantity: Mapped[float] = mapped_column(Float)
     unit: Mapped[PricingUnit] = mapped_column(_enum(PricingUnit))
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What was consumed, whatever the pricing unit: images made and compute seconds.
+    images: Mapped[int | None] = mapped_column(Integer)
+    seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = _created_at()
 
 

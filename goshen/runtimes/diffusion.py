@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -23,6 +24,8 @@ from PIL import Image
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 
 StepCallback = Callable[[int, int], bool]
+# After each step: (step, total) -> the rows of the batch to stop now.
+RowStepCallback = Callable[[int, int], AbstractSet[int]]
 
 
 class SamplingCanceled(Exception):
@@ -126,6 +129,16 @@ def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
     return SCHEDULERS[name].from_config(config)
 
 
+def image_seeds(seed: int, count: int) -> list[int]:
+    """Independent per-image seeds for a request's `count` images, derived from its one seed.
+
+    A prefix stays the same when `count` grows, and no two requests' seeds overlap the way
+    `seed + i` would (request seed 1's second image is not request seed 2's first).
+    """
+    words = np.random.SeedSequence(seed).generate_state(count, dtype=np.uint64)
+    return [int(word >> np.uint64(1)) for word in words]  # torch seeds must fit in int64
+
+
 def sample_images(
     denoiser: Denoiser,
     spec: DiffusionModelSpec,
@@ -142,22 +155,69 @@ def sample_images(
     `on_step(step, total)` runs after every denoising step; returning False cancels the run
     with `SamplingCanceled`. Settings left as None take the spec's defaults.
     """
+
+    def stop_all(step: int, total: int) -> AbstractSet[int]:
+        if on_step is not None and on_step(step, total) is False:
+            raise SamplingCanceled(f"canceled after step {step} of {total}")
+        return frozenset()
+
+    images = sample_batch(
+        denoiser,
+        spec,
+        class_labels,
+        image_seeds(seed, len(class_labels)),
+        scheduler=scheduler,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        on_step=stop_all,
+    )
+    return np.stack([images[row] for row in range(len(class_labels))])
+
+
+def sample_batch(
+    denoiser: Denoiser,
+    spec: DiffusionModelSpec,
+    class_labels: Sequence[int],
+    seeds: Sequence[int],
+    *,
+    scheduler: str | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    on_step: RowStepCallback | None = None,
+) -> dict[int, np.ndarray]:
+    """Generate one uint8 (H, W) image per row of (class label, seed), batched in one loop.
+
+    Each row draws its noise from its own seed, so a row's image does not depend on which other
+    rows share the batch. `on_step(step, total)` runs after every step and returns the rows to
+    stop; they leave the batch at once (no more compute is spent on them). Returns the images of
+    the rows that ran to the end, by row index.
+    """
     _check_labels(spec, class_labels)
+    if len(seeds) != len(class_labels):
+        raise ValueError(f"got {len(seeds)} seeds for {len(class_labels)} class labels")
     noise_scheduler = make_scheduler(scheduler or spec.scheduler, spec.scheduler_config)
     total = num_inference_steps or spec.num_inference_steps
     noise_scheduler.set_timesteps(total)
     scale = spec.guidance_scale if guidance_scale is None else guidance_scale
-    # Noise comes from a CPU generator so a seed means the same images on any device.
-    generator = torch.Generator("cpu").manual_seed(seed)
-    shape = (len(class_labels), 1, spec.image_size, spec.image_size)
-    sample = torch.randn(shape, generator=generator).to(denoiser.device)
+    # Noise comes from CPU generators so a seed means the same image on any device.
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    shape = (1, 1, spec.image_size, spec.image_size)
+    sample = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(denoiser.device)
     labels = torch.tensor(list(class_labels), dtype=torch.int64, device=denoiser.device)
+    rows = list(range(len(class_labels)))
     for step, timestep in enumerate(noise_scheduler.timesteps, start=1):
         noise = _guided_noise(denoiser, sample, timestep, labels, spec.null_class, scale)
-        sample = noise_scheduler.step(noise, timestep, sample, generator=generator).prev_sample
-        if on_step is not None and on_step(step, total) is False:
-            raise SamplingCanceled(f"canceled after step {step} of {total}")
-    return to_uint8(sample)
+        sample = noise_scheduler.step(noise, timestep, sample, generator=generators).prev_sample
+        stopped = on_step(step, total) if on_step is not None else frozenset()
+        if stopped:
+            keep = [index for index, row in enumerate(rows) if row not in stopped]
+            if not keep:
+                return {}
+            rows = [rows[index] for index in keep]
+            generators = [generators[index] for index in keep]
+            picked = torch.tensor(keep, device=sample.device)
+            sample, labels = sample.index_select(0, picked), labels.index_select(0, picked)
+    return dict(zip(rows, to_uint8(sample), strict=True))
 
 
 def _check_labels(spec: DiffusionModelSpec, class_labels: Sequence[int]) -> None:

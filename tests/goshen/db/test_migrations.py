@@ -25,6 +25,7 @@ TABLES = {
     "training_jobs",
     "webhook_deliveries",
     "workers",
+    "job_events",
 }
 
 
