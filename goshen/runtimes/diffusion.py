@@ -8,20 +8,23 @@ An exported denoiser takes `sample` float32 [B, 1, H, W], `timestep` int64 [B] a
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
-SCHEDULERS: dict[str, type[SchedulerMixin]] = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+# make_scheduler and SCHEDULERS moved with the step code; they stay importable from here.
+from goshen.runtimes.schedulers import SCHEDULERS as SCHEDULERS
+from goshen.runtimes.schedulers import make_scheduler as make_scheduler
+from goshen.runtimes.schedulers import sampling_steps
 
 StepCallback = Callable[[int, int], bool]
 # After each step: (step, total) -> the rows of the batch to stop now.
@@ -80,19 +83,39 @@ class TorchDenoiser:
 
 
 class OnnxDenoiser:
-    """An exported denoiser run by ONNX Runtime; inputs and outputs cross as host arrays."""
+    """An exported denoiser run by ONNX Runtime; inputs and outputs cross as host arrays.
+
+    With `parallel_calls` above 1, each batch is cut into that many slices of rows that run at
+    once on the same session (ONNX Runtime sessions take concurrent calls). Meant for a CPU
+    session with one intra-op thread: a small UNet's operators are too short to split well
+    across threads, so whole slices per core run faster, and every row's result is the same.
+    """
 
     device = torch.device("cpu")
 
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, parallel_calls: int = 1) -> None:
         self.session = session
+        self.parallel_calls = max(1, parallel_calls)
+        # The calling thread runs the first slice itself; these threads run the others.
+        self._pool = (
+            ThreadPoolExecutor(self.parallel_calls - 1, thread_name_prefix="onnx-denoiser")
+            if self.parallel_calls > 1
+            else None
+        )
 
     @classmethod
     def from_path(
         cls, path: str | os.PathLike[str], intra_op_threads: int | None = None
     ) -> OnnxDenoiser:
-        """Load an exported denoiser on the best provider this machine has."""
-        return cls(onnx_session(path, intra_op_threads))
+        """Load an exported denoiser on the best provider this machine has.
+
+        On the CPU, `intra_op_threads` (default: all cores) single-threaded slices of each batch
+        run in parallel; CUDA sessions get that many intra-op threads, as before.
+        """
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return cls(onnx_session(path, intra_op_threads))
+        threads = intra_op_threads or os.cpu_count() or 1
+        return cls(onnx_session(path, intra_op_threads=1), parallel_calls=threads)
 
     def __call__(
         self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
@@ -102,8 +125,23 @@ class OnnxDenoiser:
             "timestep": timestep.numpy().astype(np.int64, copy=False),
             "class_labels": class_labels.numpy().astype(np.int64, copy=False),
         }
-        (noise,) = self.session.run(["noise"], feeds)
-        return torch.from_numpy(noise)
+        return torch.from_numpy(self._run(feeds))
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The predicted noise for `feeds`, one slice of rows per parallel call."""
+        batch = len(feeds["sample"])
+        slices = min(self.parallel_calls, batch)
+        if self._pool is None or slices == 1:
+            return self.session.run(["noise"], feeds)[0]
+        # Row slices of C-contiguous arrays stay contiguous: ONNX Runtime reads them in place.
+        edges = [batch * part // slices for part in range(slices + 1)]
+        parts = [
+            {name: array[start:stop] for name, array in feeds.items()}
+            for start, stop in itertools.pairwise(edges)
+        ]
+        others = [self._pool.submit(self.session.run, ["noise"], part) for part in parts[1:]]
+        first = self.session.run(["noise"], parts[0])[0]
+        return np.concatenate([first, *(future.result()[0] for future in others)])
 
 
 def onnx_session(
@@ -120,13 +158,6 @@ def onnx_session(
     if "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     return ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
-
-
-def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
-    """A fresh scheduler of the named kind ("ddpm" or "ddim") from a trained model's config."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
-    return SCHEDULERS[name].from_config(config)
 
 
 def image_seeds(seed: int, count: int) -> list[int]:
@@ -195,9 +226,8 @@ def sample_batch(
     _check_labels(spec, class_labels)
     if len(seeds) != len(class_labels):
         raise ValueError(f"got {len(seeds)} seeds for {len(class_labels)} class labels")
-    noise_scheduler = make_scheduler(scheduler or spec.scheduler, spec.scheduler_config)
     total = num_inference_steps or spec.num_inference_steps
-    noise_scheduler.set_timesteps(total)
+    steps = sampling_steps(scheduler or spec.scheduler, spec.scheduler_config, total)
     scale = spec.guidance_scale if guidance_scale is None else guidance_scale
     # Noise comes from CPU generators so a seed means the same image on any device.
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -205,16 +235,16 @@ def sample_batch(
     sample = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(denoiser.device)
     labels = torch.tensor(list(class_labels), dtype=torch.int64, device=denoiser.device)
     rows = list(range(len(class_labels)))
-    for step, timestep in enumerate(noise_scheduler.timesteps, start=1):
+    for index, timestep in enumerate(steps.timesteps):
         noise = _guided_noise(denoiser, sample, timestep, labels, spec.null_class, scale)
-        sample = noise_scheduler.step(noise, timestep, sample, generator=generators).prev_sample
-        stopped = on_step(step, total) if on_step is not None else frozenset()
+        sample = steps.step(index, noise, sample, generators)
+        stopped = on_step(index + 1, total) if on_step is not None else frozenset()
         if stopped:
-            keep = [index for index, row in enumerate(rows) if row not in stopped]
+            keep = [position for position, row in enumerate(rows) if row not in stopped]
             if not keep:
                 return {}
-            rows = [rows[index] for index in keep]
-            generators = [generators[index] for index in keep]
+            rows = [rows[position] for position in keep]
+            generators = [generators[position] for position in keep]
             picked = torch.tensor(keep, device=sample.device)
             sample, labels = sample.index_select(0, picked), labels.index_select(0, picked)
     return dict(zip(rows, to_uint8(sample), strict=True))
@@ -231,7 +261,7 @@ def _check_labels(spec: DiffusionModelSpec, class_labels: Sequence[int]) -> None
 def _guided_noise(
     denoiser: Denoiser,
     sample: torch.Tensor,
-    timestep: torch.Tensor,
+    timestep: int | torch.Tensor,
     labels: torch.Tensor,
     null_class: int | None,
     scale: float,
@@ -249,7 +279,7 @@ def _guided_noise(
     return unconditional + scale * (conditional - unconditional)
 
 
-def _timesteps(timestep: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+def _timesteps(timestep: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
     return torch.full((batch,), int(timestep), dtype=torch.int64, device=device)
 
 

@@ -174,3 +174,56 @@ def test_onnx_session_prefers_cuda_when_offered(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     diffusion.onnx_session("model.onnx")
     assert chosen["providers"] == ["CPUExecutionProvider"]
+
+
+class RowMath(torch.nn.Module):
+    """A denoiser-shaped graph whose every output row depends on that row's inputs only."""
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
+    ) -> torch.Tensor:
+        rows = (-1, 1, 1, 1)
+        return sample * timestep.view(rows).float() + class_labels.view(rows).float()
+
+
+@pytest.fixture(scope="module")
+def row_math_onnx(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = str(tmp_path_factory.mktemp("onnx") / "rows.onnx")
+    names = ["sample", "timestep", "class_labels"]
+    torch.onnx.export(
+        RowMath(),
+        (torch.randn(3, 1, 8, 8), torch.arange(3), torch.arange(3)),
+        path,
+        input_names=names,
+        output_names=["noise"],
+        dynamic_axes={name: {0: "batch"} for name in [*names, "noise"]},
+        opset_version=17,
+        dynamo=False,
+    )
+    return path
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_parallel_slices_return_the_whole_batch_in_order(row_math_onnx: str, batch: int) -> None:
+    session = diffusion.onnx_session(row_math_onnx, intra_op_threads=1)
+    sliced = diffusion.OnnxDenoiser(session, parallel_calls=3)
+    sample = torch.randn(batch, 1, 8, 8)
+    timestep, labels = torch.arange(batch) + 1, torch.arange(batch) % 3
+    expected = RowMath()(sample, timestep, labels)
+    assert torch.equal(sliced(sample, timestep, labels), expected)
+
+
+def test_cpu_denoisers_slice_batches_and_cuda_ones_do_not(
+    row_math_onnx: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert diffusion.OnnxDenoiser.from_path(row_math_onnx, intra_op_threads=2).parallel_calls == 2
+
+    threads: list[int] = []
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(
+        diffusion, "onnx_session", lambda path, intra_op_threads: threads.append(intra_op_threads)
+    )
+    cuda = diffusion.OnnxDenoiser.from_path(row_math_onnx, intra_op_threads=3)
+    assert (cuda.parallel_calls, threads) == (1, [3])
