@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -221,9 +222,8 @@ def _supervise(
             print(f"goshen: starting {', '.join(s.name for s in services)}", flush=True)
             for service in services:
                 supervisor.start(service)
-            if _wait_until_ready(supervisor, settings):
-                if on_ready is not None:
-                    _run_on_ready(on_ready)
+            ready = _wait_until_ready(supervisor, settings)
+            if ready and (on_ready is None or _run_on_ready(supervisor, on_ready)):
                 _print_banner(settings)
                 supervisor.wait_while_running()
         except PlatformError as exc:
@@ -260,11 +260,31 @@ def _prepare(settings: Settings, supervisor: Supervisor) -> None:
     supervisor.run_step(dagster_instance_migration(settings), settings.startup_timeout_seconds)
 
 
-def _run_on_ready(on_ready: Callable[[], None]) -> None:
-    try:
-        on_ready()
-    except Exception as exc:  # any failure stops the platform, with its reason
+def _run_on_ready(supervisor: Supervisor, on_ready: Callable[[], None]) -> bool:
+    """Run `on_ready` beside the services; False if asked to stop before it finished.
+
+    It runs in a thread, so a Ctrl-C or a service that dies stops the wait at once (the demo's
+    walkthrough can spend minutes training models).
+    """
+    failure: list[Exception] = []
+
+    def run() -> None:
+        try:
+            on_ready()
+        except Exception as exc:  # noqa: BLE001 - any failure stops the platform, with its reason
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="on-ready", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        if supervisor.stop_signal is not None:
+            return False
+        supervisor.check_alive()
+        thread.join(POLL_SECONDS)
+    if failure:
+        exc = failure[0]
         raise PlatformError(f"the platform is up, but {exc.__class__.__name__}: {exc}") from exc
+    return True
 
 
 def _check_ports_free(host: str, services: Sequence[Service]) -> None:

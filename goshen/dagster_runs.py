@@ -1,0 +1,118 @@
+"""Launching and following Dagster runs through the webserver's GraphQL API.
+
+Runs launched this way go through the instance's run coordinator and launcher like runs started
+in the Dagster UI, and show there; `goshen demo` uses it to train the built-in models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from goshen.errors import GoshenError
+
+REPOSITORY = "__repository__"  # what Dagster calls the repository of a Definitions object
+TERMINAL_STATUSES = ("SUCCESS", "FAILURE", "CANCELED")
+
+LAUNCH_RUN = """
+mutation LaunchRun($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}
+"""
+RUN_STATUS = """
+query RunStatus($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { status }
+    ... on Error { message }
+  }
+}
+"""
+RUN_MESSAGES = """
+query RunMessages($runId: ID!, $cursor: String) {
+  logsForRun(runId: $runId, afterCursor: $cursor) {
+    __typename
+    ... on EventConnection {
+      cursor
+      events {
+        __typename
+        ... on MessageEvent { message eventType level stepKey }
+      }
+    }
+    ... on Error { message }
+  }
+}
+"""
+
+
+class DagsterRunError(GoshenError):
+    """Dagster refused a run or answered with an error; the message carries Dagster's words."""
+
+
+@dataclass(frozen=True)
+class RunMessage:
+    step: str | None
+    event_type: str | None
+    level: str | None
+    message: str
+
+
+def _graphql(url: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(
+        f"{url.rstrip('/')}/graphql", json={"query": query, "variables": variables}, timeout=30
+    )
+    response.raise_for_status()
+    body = response.json()
+    if body.get("errors"):
+        raise DagsterRunError(f"Dagster's GraphQL API answered with errors: {body['errors']}")
+    return body["data"]
+
+
+def launch_job(url: str, location: str, job: str, run_config: dict[str, Any] | None = None) -> str:
+    """Launch `job` of code location `location`; the new run's id."""
+    params = {
+        "selector": {
+            "repositoryLocationName": location,
+            "repositoryName": REPOSITORY,
+            "jobName": job,
+        },
+        "runConfigData": run_config or {},
+    }
+    result = _graphql(url, LAUNCH_RUN, {"params": params})["launchRun"]
+    if result["__typename"] == "LaunchRunSuccess":
+        return result["run"]["runId"]
+    detail = result.get("message") or "; ".join(e["message"] for e in result.get("errors", []))
+    raise DagsterRunError(f"Dagster did not launch {job}: {result['__typename']}: {detail}")
+
+
+def run_status(url: str, run_id: str) -> str:
+    """QUEUED, STARTING, STARTED, SUCCESS, FAILURE, CANCELED, ..."""
+    result = _graphql(url, RUN_STATUS, {"runId": run_id})["runOrError"]
+    if result["__typename"] != "Run":
+        raise DagsterRunError(f"Dagster has no run {run_id}: {result.get('message')}")
+    return result["status"]
+
+
+def run_messages(url: str, run_id: str, cursor: str | None) -> tuple[list[RunMessage], str | None]:
+    """The run's log messages after `cursor`, and the cursor to pass next time."""
+    result = _graphql(url, RUN_MESSAGES, {"runId": run_id, "cursor": cursor})["logsForRun"]
+    if result["__typename"] != "EventConnection":
+        raise DagsterRunError(f"Dagster cannot list the events of run {run_id}: {result}")
+    messages = [
+        RunMessage(
+            event.get("stepKey"),
+            event.get("eventType"),
+            event.get("level"),
+            event.get("message") or "",
+        )
+        for event in result["events"]
+        if "message" in event
+    ]
+    return messages, result["cursor"]
