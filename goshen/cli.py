@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from goshen.config import Settings, SettingsError, load_settings
 from goshen.errors import GoshenError
@@ -38,6 +39,18 @@ def _worker(settings: Settings, _args: argparse.Namespace) -> int:
     from serving.worker import run_worker
 
     return run_worker(settings)
+
+
+def _webhooks(settings: Settings, _args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from serving.webhook_delivery import run_dispatcher
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return run_dispatcher(settings, stop)
 
 
 def _api(settings: Settings, _args: argparse.Namespace) -> int:
@@ -109,6 +122,38 @@ def _admin_create(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_add_pipeline(settings: Settings, args: argparse.Namespace) -> int:
+    import mlflow
+
+    from goshen import catalog, registry
+    from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
+    from goshen.db.models import PricingUnit, Visibility
+    from goshen.tracking import running_tracking_server
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        migrate.upgrade(engine)
+        with running_tracking_server(settings) as uri:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            registered = registry.log_diffusers_pipeline(Path(args.folder), args.name)
+        with session_scope(make_sessionmaker(engine)) as session:
+            catalog.add_pipeline_entry(
+                session,
+                name=args.name,
+                registered_model=registered.name,
+                version=registered.version,
+                description=args.description,
+                pricing_unit=PricingUnit(args.unit),
+                price_micros=args.price_micros,
+                visibility=Visibility.private if args.private else Visibility.public,
+            )
+    finally:
+        engine.dispose()
+    print(f"registered {registered.name} v{registered.version}; generate with model {args.name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="goshen",
@@ -127,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         "digits", help="digits-diffusion and digits-classifier, end to end, with progress"
     ).set_defaults(run=_train)
     commands.add_parser("worker", help="run a job worker").set_defaults(run=_worker)
+    commands.add_parser(
+        "webhooks", help="deliver job webhooks (signed, retried); any number may run"
+    ).set_defaults(run=_webhooks)
     commands.add_parser("api", help="run the HTTP API alone").set_defaults(run=_api)
     commands.add_parser("mlflow", help="run the MLflow tracking server").set_defaults(run=_mlflow)
 
@@ -140,6 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
     downgrade.add_argument("revision", help="target revision, e.g. -1 or base")
     downgrade.set_defaults(run=_db_downgrade)
     db.add_parser("current", help="show the schema revision").set_defaults(run=_db_current)
+
+    models = commands.add_parser("models", help="the model catalog").add_subparsers(
+        dest="models_command", required=True, metavar="ACTION"
+    )
+    pipeline = models.add_parser(
+        "add-pipeline",
+        help="register a diffusers text-to-image pipeline folder in MLflow and serve it",
+    )
+    pipeline.add_argument("folder", help="a saved pipeline (model_index.json, safetensors)")
+    pipeline.add_argument("--name", required=True, help="catalog and registered model name")
+    pipeline.add_argument("--description", default="")
+    pipeline.add_argument("--unit", choices=["image", "second", "request"], default="image")
+    pipeline.add_argument("--price-micros", type=int, default=0, help="per unit, in micro-credits")
+    pipeline.add_argument("--private", action="store_true", help="not listed for other users")
+    pipeline.set_defaults(run=_models_add_pipeline)
 
     admin = commands.add_parser("admin", help="administration").add_subparsers(
         dest="admin_command", required=True, metavar="ACTION"

@@ -2,12 +2,15 @@
 
 from goshen.client import GoshenClient
 with GoshenClient("http://127.0.0.1:8000", api_key="gsk_...") as goshen:
-    key = goshen.create_key("ci")
+    job = goshen.generate("digits-diffusion", {"digit": 7, "num_images": 4}, wait=60)
+    png = goshen.download(job["output"]["images"][0]["url"])
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -111,6 +114,103 @@ class GoshenClient:
 
     def admin_revoke_key(self, key_id: str) -> dict[str, Any]:
         return self.request("DELETE", f"/v1/admin/keys/{key_id}")
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return list(self.paginate("/v1/models"))
+
+    def get_model(self, name: str) -> dict[str, Any]:
+        """A catalog model: its input JSON Schema, examples, pricing and status."""
+        return self.request("GET", f"/v1/models/{name}")
+
+    def generate(
+        self,
+        model: str,
+        model_input: dict[str, Any],
+        *,
+        wait: int | None = None,
+        webhook: str | None = None,
+        webhook_events_filter: list[str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue a generation job; with `wait` (seconds, at most 60) the answer comes when it
+        ends or the time is up."""
+        headers = {}
+        if wait is not None:
+            headers["Prefer"] = f"wait={wait}"
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        body = _without_none(
+            model=model,
+            input=model_input,
+            webhook=webhook,
+            webhook_events_filter=webhook_events_filter,
+        )
+        timeout = self._http.timeout.read
+        if wait is not None and timeout is not None:
+            timeout = max(timeout, wait + 10)
+        return self.request("POST", "/v1/generate", json=body, headers=headers, timeout=timeout)
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/jobs/{job_id}")
+
+    def list_jobs(self, *, status: str | None = None, model: str | None = None) -> Iterator[dict]:
+        return self.paginate("/v1/jobs", **_without_none(status=status, model=model))
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def job_events(self, job_id: str, last_event_id: int | None = None) -> Iterator[JobEvent]:
+        """The job's server-sent events as they happen, until `done`."""
+        headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+        with self._http.stream(
+            "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=None
+        ) as response:
+            if response.is_error:
+                response.read()
+                raise GoshenAPIError(response.status_code, _problem(response))
+            yield from _server_sent_events(response.iter_lines())
+
+    def wait_for_job(self, job_id: str) -> dict[str, Any]:
+        """Follow the job's events until it ends; the job as it ended."""
+        for _ in self.job_events(job_id):
+            pass
+        return self.get_job(job_id)
+
+    def download(self, url: str) -> bytes:
+        """An output file by its signed link (the link itself is the credential)."""
+        response = httpx.get(url, timeout=self._http.timeout)
+        if response.is_error:
+            raise GoshenAPIError(response.status_code, _problem(response))
+        return response.content
+
+    def webhook_secret(self) -> str:
+        """The `whsec_...` secret this account's webhooks are signed with."""
+        return self.request("GET", "/v1/webhooks/default/secret")["key"]
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One server-sent event of a job: `kind` is status, progress, log, output or done."""
+
+    id: int
+    kind: str
+    data: dict[str, Any]
+
+
+def _server_sent_events(lines: Iterator[str]) -> Iterator[JobEvent]:
+    event_id, kind, data = 0, "message", ""
+    for line in lines:
+        if line.startswith("id:"):
+            event_id = int(line[3:].strip())
+        elif line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
+        elif not line and data:
+            yield JobEvent(event_id, kind, json.loads(data))
+            if kind == "done":
+                return
+            kind, data = "message", ""
 
 
 def _without_none(**fields: Any) -> dict[str, Any]:

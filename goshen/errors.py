@@ -41,3 +41,14 @@ class PayloadTooLargeError(GoshenError):
 
     status_code = 413
     title = "Content too large"
+
+
+class RateLimitedError(GoshenError):
+    """Too many requests or jobs for now; `retry_after_seconds` says when to try again."""
+
+    status_code = 429
+    title = "Too many requests"
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds

@@ -6,11 +6,17 @@ version's tags carry what promotion needs to decide (its metric, its parity chec
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
+import httpx
 import mlflow
 import mlflow.onnx
 import onnx
@@ -18,7 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from goshen.errors import NotFoundError
+from goshen.errors import GoshenError, InvalidInputError, NotFoundError
 
 PRODUCTION = "production"
 PREVIOUS = "previous"
@@ -26,6 +32,19 @@ METRIC_TAG = "goshen.metric"
 METRIC_NAME_TAG = "goshen.metric_name"
 PARITY_TAG = "goshen.parity_max_abs_diff"
 CHECKS_TAG = "goshen.checks_passed"
+RUNTIME_TAG = "goshen.runtime"
+PIPELINE_CLASS_TAG = "goshen.pipeline_class"
+PIPELINE_INDEX = "model_index.json"
+PIPELINE_ARTIFACT = "pipeline"
+# Weight formats that run pickled code when loaded: RELIABILITY.md accepts safetensors only.
+PICKLE_SUFFIXES = frozenset({".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle"})
+
+
+class RegistryUnavailableError(GoshenError):
+    """The MLflow tracking server did not answer as expected."""
+
+    status_code = 503
+    title = "Registry unavailable"
 
 
 @dataclass(frozen=True)
@@ -50,14 +69,20 @@ def log_onnx_model(
     *,
     metadata: dict[str, Any],
     tags: dict[str, str],
+    extra_files: list[Path] | None = None,
 ) -> RegisteredVersion:
-    """Log `model` to the active MLflow run and register it as a new version of that name."""
+    """Log `model` to the active MLflow run and register it as a new version of that name.
+
+    `extra_files` travel in the version's `extra_files/` folder (the PyTorch weights of a
+    diffusion model, so the same version can also be served by PyTorch).
+    """
     info = mlflow.onnx.log_model(
         model,
         name="model",
         registered_model_name=registered_name,
         metadata=metadata,
         save_as_external_data=False,
+        extra_files=[str(path) for path in extra_files] if extra_files else None,
         await_registration_for=60,
         # Inferring requirements starts a subprocess per model; these are all ONNX ever needs.
         pip_requirements=[
@@ -140,3 +165,146 @@ def load_onnx(name: str, alias: str = PRODUCTION) -> onnx.ModelProto:
         return mlflow.onnx.load_model(f"models:/{name}@{alias}")
     except MlflowException as exc:
         raise NotFoundError(f"no model {name}@{alias} in the MLflow registry: {exc}") from exc
+
+
+def version_for_alias(tracking_uri: str, name: str, alias: str, timeout: float = 5.0) -> str | None:
+    """The version `name@alias` points at, or None when there is none; one bounded REST call.
+
+    The API asks this while a caller waits, so it does not go through MlflowClient, whose
+    retries can hold a request for minutes when the tracking server is down.
+    """
+    try:
+        response = httpx.get(
+            f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/registered-models/alias",
+            params={"name": name, "alias": alias},
+            timeout=timeout,
+        )
+    except httpx.HTTPError as exc:
+        raise RegistryUnavailableError(f"MLflow does not answer at {tracking_uri}: {exc}") from exc
+    if response.status_code == 404 or (
+        response.status_code == 400 and "RESOURCE_DOES_NOT_EXIST" in response.text
+    ):
+        return None
+    if response.is_error:
+        raise RegistryUnavailableError(
+            f"MLflow answered {response.status_code} for {name}@{alias}: {response.text[:300]}"
+        )
+    return str(response.json()["model_version"]["version"])
+
+
+def download_version(name: str, version: str, destination: Path) -> Path:
+    """Download `models:/name/version` into `destination` (made atomically: a half-finished
+    download is never seen by another process sharing the folder) and return it."""
+    if (destination / ".complete").exists():
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
+    try:
+        mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(staging))
+        (staging / ".complete").touch()
+        try:
+            staging.rename(destination)
+        except OSError:
+            if not (destination / ".complete").exists():
+                raise
+    except MlflowException as exc:
+        raise NotFoundError(
+            f"no model {name} version {version} in the MLflow registry: {exc}"
+        ) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return destination
+
+
+def log_diffusers_pipeline(
+    folder: Path, registered_name: str, *, tags: dict[str, str] | None = None
+) -> RegisteredVersion:
+    """Register a diffusers pipeline folder (safetensors weights only) as a new model version.
+
+    The folder becomes the artifacts of one MLflow run (the active one, else a new one) under
+    `pipeline/`, and the version's source is that artifact folder: `models:/name/version`
+    downloads the folder as it was, model_index.json at the top.
+    """
+    folder = Path(folder)
+    pipeline_class = check_pipeline_folder(folder)
+    with _run_for(registered_name) as run_id:
+        mlflow.log_artifacts(str(folder), artifact_path=PIPELINE_ARTIFACT)
+    client = MlflowClient()
+    _ensure_registered_model(client, registered_name)
+    version = client.create_model_version(
+        registered_name,
+        f"runs:/{run_id}/{PIPELINE_ARTIFACT}",
+        run_id=run_id,
+        tags={**(tags or {}), RUNTIME_TAG: "diffusers", PIPELINE_CLASS_TAG: pipeline_class},
+        await_creation_for=60,
+    )
+    number = str(version.version)
+    return RegisteredVersion(registered_name, number, f"models:/{registered_name}/{number}", run_id)
+
+
+def check_pipeline_folder(folder: Path) -> str:
+    """The pipeline class a folder saved by diffusers holds; InvalidInputError if it is not one
+    the platform may serve (no model_index.json, pickle weights, links, no safetensors)."""
+    index = folder / PIPELINE_INDEX
+    if not index.is_file():
+        raise InvalidInputError(
+            f"{folder} has no {PIPELINE_INDEX} at its top; pass the folder a diffusers "
+            "pipeline was saved to with save_pretrained",
+            field="folder",
+        )
+    files = [path for path in sorted(folder.rglob("*")) if path.is_file() or path.is_symlink()]
+    _refuse(folder, [p for p in files if p.is_symlink()], "links (copy the files in instead)")
+    _refuse(
+        folder,
+        [p for p in files if p.suffix.lower() in PICKLE_SUFFIXES],
+        "pickle weight files, which run code when loaded; save the pipeline with "
+        "safe_serialization=True (safetensors) and remove them",
+    )
+    if not any(path.suffix == ".safetensors" for path in files):
+        raise InvalidInputError(f"{folder} holds no .safetensors weights", field="folder")
+    try:
+        pipeline_class = json.loads(index.read_text()).get("_class_name")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise InvalidInputError(f"{index} is not a JSON object: {exc}", field="folder") from exc
+    if not isinstance(pipeline_class, str):
+        raise InvalidInputError(f"{index} names no pipeline class (_class_name)", field="folder")
+    return pipeline_class
+
+
+def pipeline_folder(downloaded: Path) -> Path:
+    """The folder holding model_index.json in a downloaded pipeline version.
+
+    Versions from `log_diffusers_pipeline` have it at the top; a version registered by other
+    means may nest it (the shallowest wins). With none, `downloaded` itself: loading it then
+    says what is missing.
+    """
+    if (downloaded / PIPELINE_INDEX).is_file():
+        return downloaded
+    found = sorted(downloaded.rglob(PIPELINE_INDEX), key=lambda path: (len(path.parts), path))
+    return found[0].parent if found else downloaded
+
+
+def _refuse(folder: Path, paths: list[Path], what: str) -> None:
+    if paths:
+        names = ", ".join(str(path.relative_to(folder)) for path in paths[:5])
+        more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+        raise InvalidInputError(f"{folder} holds {what}: {names}{more}", field="folder")
+
+
+@contextmanager
+def _run_for(registered_name: str) -> Iterator[str]:
+    """The active MLflow run's id, or a new run's for the block."""
+    active = mlflow.active_run()
+    if active is not None:
+        yield active.info.run_id
+        return
+    with mlflow.start_run(run_name=f"register {registered_name}") as run:
+        yield run.info.run_id
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise

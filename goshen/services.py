@@ -81,6 +81,7 @@ def platform_services(settings: Settings) -> list[Service]:
     return [
         _api(settings),
         Service(name="worker", argv=(sys.executable, "-m", "goshen.cli", "worker")),
+        Service(name="webhooks", argv=(sys.executable, "-m", "goshen.cli", "webhooks")),
         _mlflow(settings),
         *_dagster(settings),
         _dashboard(settings),

@@ -63,6 +63,16 @@ def require_scope(scope: str) -> Callable[[Principal], Principal]:
     return check
 
 
+def require_any_scope(*scopes: str) -> Callable[[Principal], Principal]:
+    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if not any(principal.has_scope(scope) for scope in scopes):
+            wanted = " or ".join(f"'{scope}'" for scope in scopes)
+            raise HTTPException(403, f"this API key lacks the {wanted} scope")
+        return principal
+
+    return check
+
+
 def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     if not principal.is_admin:
         raise HTTPException(403, "admin routes need an admin user's key with the 'admin' scope")

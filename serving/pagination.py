@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
@@ -38,12 +39,17 @@ def paginate(
     *,
     limit: int,
     cursor: str | None,
+    render: Callable[[Sequence[Any]], list[T]] | None = None,
 ) -> Page[T]:
-    """Newest first; fetches one extra row to know whether another page follows."""
+    """Newest first; fetches one extra row to know whether another page follows.
+
+    `render` turns a page of rows into public bodies when `public.model_validate` cannot.
+    """
     if cursor is not None:
         query = query.where(id_column < cursor)
     rows = session.scalars(query.order_by(id_column.desc()).limit(limit + 1)).all()
-    items = [public.model_validate(row) for row in rows[:limit]]
+    page = rows[:limit]
+    items = render(page) if render else [public.model_validate(row) for row in page]
     has_more = len(rows) > limit
     next_cursor = rows[limit - 1].id if has_more else None
     return Page[public](data=items, has_more=has_more, next_cursor=next_cursor)

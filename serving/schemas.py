@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from goshen.db.models import ApiKey, DatasetKind, DatasetStatus, Role, TrainingStatus
+from goshen.db.models import (
+    ApiKey,
+    DatasetKind,
+    DatasetStatus,
+    JobStatus,
+    ModelKind,
+    ModelRuntime,
+    ModelStatus,
+    Role,
+    TrainingStatus,
+    Visibility,
+)
 from goshen.training import Task, TrainingConfig
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -128,3 +139,94 @@ class DatasetPublic(PublicBody):
     error: str | None
     created_at: datetime
     updated_at: datetime
+
+
+WebhookEvent = Literal["start", "output", "logs", "completed"]
+
+
+class JobCreate(RequestBody):
+    """POST /v1/generate: which model, its input (checked against the model's schema), and an
+    optional webhook. Server-owned fields (status, priority, cost, owner) are refused."""
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        description="a catalog model name, as listed by GET /v1/models"
+    )
+    input: dict[str, Any] = Field(
+        description="the model's input; GET /v1/models/{name} publishes its JSON Schema"
+    )
+    webhook: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = Field(
+        default=None, description="an https URL to POST job events to (Standard Webhooks signed)"
+    )
+    webhook_events_filter: list[WebhookEvent] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4,
+        description="which events to send; default: start, output, logs and completed",
+    )
+
+
+class JobUrls(BaseModel):
+    get: str
+    cancel: str
+    stream: str
+
+
+class JobMetrics(BaseModel):
+    queue_seconds: float | None = Field(description="from submission to the start of its run")
+    run_seconds: float | None = Field(description="from the start of its run to its end")
+    device: str | None = Field(description="where it ran")
+    peak_memory_bytes: int | None = Field(
+        description="peak accelerator memory of its batch (CUDA), or the worker's peak RSS (CPU)"
+    )
+
+
+class OutputImage(BaseModel):
+    url: str = Field(
+        description="a signed download link; it expires (GOSHEN_SIGNED_URL_TTL_SECONDS)"
+    )
+    content_type: str
+    width: int
+    height: int
+
+
+class JobOutput(BaseModel):
+    images: list[OutputImage]
+
+
+class JobPublic(BaseModel):
+    id: str
+    model: str
+    version: str | None
+    status: JobStatus
+    input: dict[str, Any]
+    output: JobOutput | None
+    error: str | None
+    logs: str
+    progress: dict[str, Any] | None
+    attempts: int
+    cancel_requested: bool
+    webhook: str | None
+    webhook_events_filter: list[str]
+    cost_micros: int | None
+    metrics: JobMetrics
+    urls: JobUrls
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class ModelPublic(BaseModel):
+    """A catalog entry as developers see it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    kind: ModelKind
+    runtime: ModelRuntime
+    description: str
+    status: ModelStatus
+    live_version: str | None
+    visibility: Visibility
+    pricing: dict[str, Any]
+    input_schema: dict[str, Any]
+    examples: list[Any]

@@ -1,7 +1,10 @@
-"""`goshen worker`: a process that runs jobs on this host's GPU (or CPU).
+"""`goshen worker`: claims jobs from the shared queue and runs them on this host's GPU (or CPU).
 
-It registers in the workers table and heartbeats there, so admins see it and the queue can tell
-live workers from dead ones; on SIGTERM or Ctrl-C it marks itself stopped and exits.
+Any number of workers on any number of hosts share one database. Each registers in the workers
+table and heartbeats there (host, device, memory, loaded models); claims batches of compatible
+jobs; returns stalled jobs of dead workers to the queue; and wakes at once on PostgreSQL
+notifications, polling otherwise. On SIGTERM it claims nothing new, lets the running batch finish
+within GOSHEN_WORKER_DRAIN_SECONDS, releases it otherwise, and marks itself stopped.
 """
 
 from __future__ import annotations
@@ -12,14 +15,21 @@ import secrets
 import signal
 import socket
 import threading
+import time
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.config import Settings
 from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
-from goshen.db.models import Worker, WorkerStatus, utcnow
+from goshen.db.models import Job, Model, Worker, WorkerStatus, utcnow
 from goshen.runtimes.devices import detect_device
+from goshen.storage import make_store
+from serving import queue
+from serving.batch import WorkerContext, WorkerStopping, run_batch, send_webhook
+from serving.model_cache import ModelCache, ModelSource, RegistrySource
+from serving.notifications import JOBS_CHANNEL, Listener
+from serving.queue import Claim
 
 log = logging.getLogger(__name__)
 
@@ -44,35 +54,162 @@ def register_worker(factory: sessionmaker[Session], worker_id: str) -> Worker:
     return worker
 
 
-def heartbeat(factory: sessionmaker[Session], worker_id: str, status: WorkerStatus) -> None:
+def heartbeat(
+    factory: sessionmaker[Session],
+    worker_id: str,
+    status: WorkerStatus,
+    loaded_models: list[dict[str, str]] | None = None,
+) -> None:
+    values: dict[str, object] = {"heartbeat_at": utcnow(), "status": status}
+    if loaded_models is not None:
+        values["loaded_models"] = loaded_models
     with session_scope(factory) as session:
-        session.execute(
-            update(Worker)
-            .where(Worker.id == worker_id)
-            .values(heartbeat_at=utcnow(), status=status)
-        )
+        session.execute(update(Worker).where(Worker.id == worker_id).values(**values))
 
 
-def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
-    """Register, heartbeat until told to stop, then mark this worker stopped."""
-    stop = stop or _stop_on_signals()
+class _WorkerHeartbeat(threading.Thread):
+    """Reports the worker alive every GOSHEN_WORKER_HEARTBEAT_SECONDS, with what it is doing."""
+
+    def __init__(self, context: WorkerContext) -> None:
+        super().__init__(name="worker-heartbeat", daemon=True)
+        self.context = context
+        self.busy = False
+        self.finished = threading.Event()
+
+    def status(self) -> WorkerStatus:
+        if self.context.stop.is_set():
+            return WorkerStatus.draining
+        return WorkerStatus.busy if self.busy else WorkerStatus.idle
+
+    def run(self) -> None:
+        interval = self.context.settings.worker_heartbeat_seconds
+        while not self.finished.wait(interval):
+            try:
+                heartbeat(
+                    self.context.factory,
+                    self.context.worker_id,
+                    self.status(),
+                    self.context.cache.loaded(),
+                )
+            except Exception:
+                log.exception("worker heartbeat failed; trying again in %.1f s", interval)
+
+
+def run_worker(
+    settings: Settings, stop: threading.Event | None = None, source: ModelSource | None = None
+) -> int:
+    """Run jobs until told to stop; `source` replaces the MLflow registry (benchmarks, tests)."""
+    hurry = threading.Event()
+    stop = stop or _stop_on_signals(hurry)
     engine = make_engine(settings.resolved_database_url)
+    cache = ModelCache(source or RegistrySource(settings), settings.worker_model_cache_size)
+    listener = Listener(settings.resolved_database_url, (JOBS_CHANNEL,))
     try:
         migrate.upgrade(engine)
         factory = make_sessionmaker(engine)
         worker = register_worker(factory, new_worker_id())
+        context = WorkerContext(
+            settings, factory, make_store(settings), worker.id, cache, stop, hurry
+        )
         log.info("worker %s ready on %s", worker.id, worker.device_name)
-        while not stop.wait(settings.worker_heartbeat_seconds):
-            heartbeat(factory, worker.id, WorkerStatus.idle)
-        heartbeat(factory, worker.id, WorkerStatus.stopped)
+        beat = _WorkerHeartbeat(context)
+        beat.start()
+        try:
+            _work(context, listener, beat)
+        finally:
+            beat.finished.set()
+            beat.join()
+            heartbeat(factory, worker.id, WorkerStatus.stopped, [])
         log.info("worker %s stopped", worker.id)
     finally:
+        listener.close()
+        cache.close()
         engine.dispose()
     return 0
 
 
-def _stop_on_signals() -> threading.Event:
+def _work(context: WorkerContext, listener: Listener, beat: _WorkerHeartbeat) -> None:
+    settings = context.settings
+    next_recovery = 0.0
+    while not context.stop.is_set():
+        if time.monotonic() >= next_recovery:
+            _recover(context)
+            next_recovery = time.monotonic() + settings.queue_recovery_seconds
+        claims = claim(context)
+        if not claims:
+            listener.wait(settings.queue_poll_seconds)
+            continue
+        beat.busy = True
+        try:
+            run_batch(context, claims)
+        except WorkerStopping:
+            return
+        except Exception:
+            # The database or the store went away mid-batch: the leases lapse and recovery
+            # requeues the jobs; this worker carries on once they answer again.
+            log.exception(
+                "batch of %d jobs could not finish; its jobs will be recovered", len(claims)
+            )
+            time.sleep(settings.queue_poll_seconds)
+        finally:
+            beat.busy = False
+
+
+def claim(context: WorkerContext) -> list[Claim]:
+    """Claim a batch, waiting up to GOSHEN_WORKER_BATCH_WAIT_SECONDS for compatible jobs."""
+    settings = context.settings
+    with session_scope(context.factory) as session:
+        claims = queue.claim_batch(
+            session,
+            context.worker_id,
+            max_images=settings.worker_max_batch_size,
+            lease_seconds=settings.job_lease_seconds,
+        )
+        _send_start_webhooks(context, session, claims)
+    room = settings.worker_max_batch_size - sum(c.images for c in claims)
+    if claims and room > 0 and settings.worker_batch_wait_seconds > 0:
+        time.sleep(settings.worker_batch_wait_seconds)
+        with session_scope(context.factory) as session:
+            more = queue.claim_compatible(
+                session,
+                context.worker_id,
+                claims[0].job_id,
+                max_images=room,
+                lease_seconds=settings.job_lease_seconds,
+            )
+            _send_start_webhooks(context, session, more)
+        claims += more
+    return claims
+
+
+def _send_start_webhooks(context: WorkerContext, session: Session, claims: list[Claim]) -> None:
+    for claim in claims:
+        job = session.get(Job, claim.job_id)
+        if job is not None and job.webhook is not None:
+            send_webhook(context, session, job, session.get(Model, job.model_id), "start")
+
+
+def _recover(context: WorkerContext) -> None:
+    with session_scope(context.factory) as session:
+        recovered = queue.recover_stalled(
+            session, retry_base_seconds=context.settings.job_retry_base_seconds
+        )
+    for job in recovered:
+        log.warning("recovered job %s from a stalled worker: now %s", job.id, job.status)
+
+
+def _stop_on_signals(hurry: threading.Event) -> threading.Event:
+    """SIGTERM or Ctrl-C: stop claiming and drain; a second one: release at the next step."""
     stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            log.info("signal %d again: releasing the running batch at its next step", signum)
+            hurry.set()
+            return
+        log.info("signal %d: finishing the running batch, claiming nothing new", signum)
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
     return stop

@@ -8,14 +8,17 @@ does not answer, its runs are skipped locally; under CI=true that is a failure.
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -180,8 +183,19 @@ def client(settings: Settings) -> Iterator[TestClient]:
 @pytest.fixture
 def live_api(settings: Settings) -> Iterator[Settings]:
     """The API served by a real uvicorn on a free loopback port; returns settings pointing at it."""
-    import threading
+    with serve_api(settings) as served:
+        yield served
 
+
+@pytest.fixture
+def run_api():  # type: ignore[no-untyped-def]
+    """`with run_api(settings) as served:` the API on uvicorn with those settings."""
+    return serve_api
+
+
+@contextmanager
+def serve_api(settings: Settings) -> Iterator[Settings]:
+    """Serve the API with a real uvicorn on a free loopback port, in a thread, for the block."""
     import uvicorn
 
     from serving.app import create_app
@@ -197,9 +211,11 @@ def live_api(settings: Settings) -> Iterator[Settings]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    yield served
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield served
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def _free_port() -> int:
@@ -331,3 +347,288 @@ def _sigv4_query_signature(
     auth = S3SigV4QueryAuth(credentials, "s3", region, expires=int(params["X-Amz-Expires"]))
     string_to_sign = auth.string_to_sign(request, auth.canonical_request(request))
     return auth.signature(string_to_sign, request)
+
+
+# A Stable Diffusion pipeline with random weights, built here: nothing comes from a model hub.
+_CLIP_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+def _byte_level_characters() -> list[str]:
+    """The 256 printable stand-ins byte-level BPE (GPT-2, CLIP) uses for the bytes 0..255."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    characters, shifted = [], 0
+    for byte in range(256):
+        if byte in printable:
+            characters.append(chr(byte))
+        else:
+            characters.append(chr(256 + shifted))
+            shifted += 1
+    return characters
+
+
+def _tiny_clip_tokenizer(folder: Path) -> Any:
+    """A CLIPTokenizer over single bytes (no merges): every text tokenizes, one token a byte."""
+    from transformers import CLIPTokenizer
+
+    characters = _byte_level_characters()
+    tokens = [*characters, *(f"{c}</w>" for c in characters), *_CLIP_SPECIAL_TOKENS]
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer.from_pretrained(folder, local_files_only=True, model_max_length=77)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved StableDiffusionPipeline (safetensors) with random weights; its folder.
+
+    Small enough that a 64x64, 2-step image takes a few hundredths of a second on one core.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    root = tmp_path_factory.mktemp("tiny-sd")
+    tokenizer = _tiny_clip_tokenizer(root / "tokenizer-files")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            projection_dim=16,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    folder = root / "pipeline"
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+# Serving: a tiny digits model with random weights in a real MLflow registry, catalog entries,
+# and workers running in threads against the test database.
+TINY_DIGITS = {
+    "image_size": 8,
+    "block_out_channels": (8, 16),
+    "norm_num_groups": 4,
+    "num_inference_steps": 4,
+}
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: str
+
+
+def register_tiny_digits(tracking_uri: str, name: str) -> RegisteredModel:
+    """A class-conditional UNet with random weights, exported and registered as a new version
+    of `name` (ONNX with its PyTorch weights beside it), and aliased `production`."""
+    import mlflow
+    import onnx
+    import torch
+
+    from goshen import registry
+    from goshen.runtimes.diffusion import DiffusionModelSpec
+    from goshen_pipelines.lib import export, publishing
+    from goshen_pipelines.lib.diffusion import DiffusionConfig, build_unet, noise_scheduler_config
+
+    config = DiffusionConfig(**TINY_DIGITS)
+    torch.manual_seed(0)
+    unet = build_unet(config, num_class_embeds=11).eval()
+    spec = DiffusionModelSpec(
+        image_size=8,
+        num_classes=10,
+        scheduler_config=noise_scheduler_config(config),
+        null_class=10,
+        guidance_scale=2.0,
+        num_inference_steps=config.num_inference_steps,
+    )
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_experiment("serving-tests")
+    with tempfile.TemporaryDirectory() as workdir, mlflow.start_run():
+        path = export.export_denoiser(unet, Path(workdir) / "model.onnx", num_classes=11)
+        version = registry.log_onnx_model(
+            onnx.load(str(path)),
+            name,
+            metadata={"kind": "diffusion", "diffusion": spec.to_dict()},
+            # A metric every trained version beats, so real training still promotes over it.
+            tags={registry.CHECKS_TAG: "true", registry.METRIC_TAG: "0.0"},
+            extra_files=publishing.torch_weights(unet, Path(workdir)),
+        )
+    mlflow.MlflowClient().set_registered_model_alias(name, registry.PRODUCTION, version.version)
+    return RegisteredModel(name, version.version)
+
+
+@pytest.fixture(scope="session")
+def register_digits(mlflow_server: str) -> Callable[[str], RegisteredModel]:
+    """`register_digits(name)`: a tiny random digits model as a new live version of `name`."""
+    return lambda name: register_tiny_digits(mlflow_server, name)
+
+
+@pytest.fixture(scope="session")
+def tiny_digits(mlflow_server: str) -> RegisteredModel:
+    return register_tiny_digits(mlflow_server, f"tiny-digits-{secrets.token_hex(3)}")
+
+
+@pytest.fixture
+def serving_settings(settings: Settings, mlflow_server: str) -> Settings:
+    """Settings with the test MLflow server, short leases and loopback webhooks."""
+    return Settings(
+        **{
+            **settings.model_dump(),
+            "_env_file": None,
+            "mlflow_tracking_uri": mlflow_server,
+            "webhook_allow_loopback": True,
+            "job_lease_seconds": 3,
+            "queue_recovery_seconds": 0.5,
+            "queue_poll_seconds": 0.1,
+            "job_retry_base_seconds": 0.1,
+            "worker_heartbeat_seconds": 0.5,
+        }
+    )
+
+
+@pytest.fixture
+def make_model(sessions):  # type: ignore[no-untyped-def]
+    """Factory: a public digits catalog entry following `registered_model`, priced per image."""
+
+    from goshen import catalog, registry
+    from goshen.db.models import Model, ModelRuntime, ModelStatus, PricingUnit, Visibility
+
+    def make(registered_model: str = "not-in-any-registry", version: str | None = "1") -> Model:
+        model = catalog.generation_entry(
+            f"digits-{secrets.token_hex(3)}",
+            ModelRuntime.onnx_diffusion,
+            registered_model,
+            alias=registry.PRODUCTION,
+            live_version=version,
+            pricing_unit=PricingUnit.image,
+            price_micros=1000,
+            visibility=Visibility.public,
+            status=ModelStatus.ready,
+        )
+        with session_scope(sessions) as session:
+            session.add(model)
+        return model
+
+    return make
+
+
+@pytest.fixture
+def catalog_model(make_model):  # type: ignore[no-untyped-def]
+    """A catalog entry for tests that never run its model (no registry behind it)."""
+    return make_model()
+
+
+@pytest.fixture
+def digits_model(make_model, tiny_digits: RegisteredModel):  # type: ignore[no-untyped-def]
+    """A catalog entry serving the tiny digits model from the test MLflow server."""
+    return make_model(tiny_digits.name, tiny_digits.version)
+
+
+class SlowSteps:
+    """The registry's models with a pause after every denoising step, so a test can act while
+    a job runs however fast this machine is (the model and the worker are the real ones)."""
+
+    def __init__(self, source: Any, seconds: float) -> None:
+        self.source = source
+        self.seconds = seconds
+
+    def resolve(self, model: Any) -> str:
+        return self.source.resolve(model)
+
+    def load(self, model: Any, version: str) -> Any:
+        generator = self.source.load(model, version)
+        pause = self.seconds
+
+        class Slowed:
+            device = generator.device
+
+            def generate(self, inputs, on_step):  # type: ignore[no-untyped-def]
+                def slow(step: int, total: int):  # type: ignore[no-untyped-def]
+                    time.sleep(pause)
+                    return on_step(step, total)
+
+                return generator.generate(inputs, slow)
+
+            def close(self) -> None:
+                generator.close()
+
+        return Slowed()
+
+
+@pytest.fixture
+def start_worker(serving_settings: Settings) -> Iterator[Callable[..., threading.Event]]:
+    """Start `goshen worker`'s loop in a thread; stopped (and joined) after the test.
+
+    `step_seconds` pauses after each denoising step (see SlowSteps)."""
+    from serving.model_cache import RegistrySource
+    from serving.worker import run_worker
+
+    running: list[tuple[threading.Thread, threading.Event]] = []
+
+    def start(step_seconds: float = 0, **overrides: object) -> threading.Event:
+        settings = Settings(**{**serving_settings.model_dump(), "_env_file": None, **overrides})
+        stop = threading.Event()
+        source = RegistrySource(settings)
+        if step_seconds:
+            source = SlowSteps(source, step_seconds)  # type: ignore[assignment]
+        thread = threading.Thread(target=run_worker, args=(settings, stop, source), daemon=True)
+        thread.start()
+        running.append((thread, stop))
+        return stop
+
+    yield start
+    for _, stop in running:
+        stop.set()
+    for thread, _ in running:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "a worker did not stop"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from goshen.db.models import Base
@@ -37,3 +38,23 @@ def ids_since(
         .order_by(id_column)
         .limit(limit)
     )
+
+
+def insert_once(
+    session: Session, model: type[Base], values: dict[str, Any], keys: tuple[str, ...]
+) -> bool:
+    """INSERT a row unless one with the same `keys` exists; True when it was added.
+
+    For what must happen once however often its cause runs (at-least-once jobs): a usage event
+    per job, a webhook event per (job, type). Python-side column defaults (ids, timestamps) apply.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    primary_key = model.__table__.primary_key.columns.values()[0]  # type: ignore[attr-defined]
+    added = session.scalar(
+        insert(model)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=list(keys))
+        .returning(primary_key)
+    )
+    return added is not None

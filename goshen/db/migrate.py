@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -15,6 +16,8 @@ from goshen.db.engine import make_engine, normalize_url
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Serializes concurrent upgrades (API replicas and workers starting together) on PostgreSQL.
 _ADVISORY_LOCK_ID = 0x60_5E_4E_00
+# Alembic keeps its migration context in module globals: one migration per process at a time.
+_IN_PROCESS = threading.Lock()
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -45,6 +48,11 @@ def downgrade(url_or_engine: str | Engine, revision: str) -> None:
 
 
 def _run(url_or_engine: str | Engine, action) -> None:  # type: ignore[no-untyped-def]
+    with _IN_PROCESS:
+        _run_alone(url_or_engine, action)
+
+
+def _run_alone(url_or_engine: str | Engine, action) -> None:  # type: ignore[no-untyped-def]
     engine = url_or_engine if isinstance(url_or_engine, Engine) else make_engine(url_or_engine)
     postgres = normalize_url(engine.url).get_backend_name() == "postgresql"
     try:

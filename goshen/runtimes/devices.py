@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 from dataclasses import dataclass
 
 
@@ -21,6 +22,11 @@ def detect_device() -> Device:
     if torch.cuda.is_available():
         properties = torch.cuda.get_device_properties(0)
         return Device("cuda", properties.name, properties.total_memory)
+    return cpu_device()
+
+
+def cpu_device() -> Device:
+    """The host CPU, also where CUDA is present (for work pinned to the CPU)."""
     return Device("cpu", _cpu_name(), _physical_memory())
 
 
@@ -40,3 +46,30 @@ def _physical_memory() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return None
+
+
+class PeakMemory:
+    """Peak memory over a block: CUDA's allocator peak on a GPU, else the process's peak RSS.
+
+    RSS is a high-water mark for the process's whole life, so on the CPU it reads as "at most".
+    """
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self.bytes: int | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.kind == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.device.kind == "cuda":
+            import torch
+
+            self.bytes = int(torch.cuda.max_memory_allocated())
+        else:
+            # ru_maxrss is in KiB on Linux.
+            self.bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -14,6 +14,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import onnx
+from diffusers import ModelMixin
 from torch import nn
 
 from goshen import registry
@@ -44,6 +45,13 @@ def max_parity(
 ) -> float:
     """The largest PyTorch-vs-ONNX Runtime difference over the checked batch sizes."""
     return max(export.parity(module, path, inputs(size)) for size in PARITY_BATCH_SIZES)
+
+
+def torch_weights(unet: ModelMixin, workdir: Path) -> list[Path]:
+    """The UNet as diffusers saves it (config.json and safetensors), to ship beside the ONNX."""
+    folder = workdir / "unet"
+    unet.save_pretrained(folder, safe_serialization=True)
+    return sorted(path for path in folder.iterdir() if path.is_file())
 
 
 def export_denoiser(trained: TrainedDiffusion, workdir: Path) -> tuple[Path, float]:
@@ -89,6 +97,7 @@ def register(
     metric: float,
     metadata: dict[str, Any],
     tags: dict[str, str],
+    extra_files: list[Path] | None = None,
 ) -> Published:
     """Log the ONNX file into the training's MLflow run and register it as a new version."""
     passed = parity_max_abs_diff <= PARITY_TOLERANCE
@@ -102,6 +111,10 @@ def register(
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({"onnx_parity_max_abs_diff": parity_max_abs_diff, metric_name: metric})
         version = registry.log_onnx_model(
-            onnx.load(str(onnx_path)), registered_name, metadata=metadata, tags=version_tags
+            onnx.load(str(onnx_path)),
+            registered_name,
+            metadata=metadata,
+            tags=version_tags,
+            extra_files=extra_files,
         )
     return Published(version, parity_max_abs_diff, metric_name, metric)

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from goshen.config import load_settings
-from goshen.db import make_engine, make_sessionmaker, session_scope
+from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
 
 
 class PlatformDatabase(dg.ConfigurableResource):
@@ -36,7 +36,10 @@ class PlatformDatabase(dg.ConfigurableResource):
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = make_engine(self.url)
+            engine = make_engine(self.url)
+            # A run may come before any API or worker started on this database.
+            migrate.upgrade(engine)
+            self._engine = engine
         return self._engine
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,14 @@ from goshen.db import make_engine, migrate
 from serving.app import create_app
 
 
-def goshen(*args: str, settings: Settings) -> subprocess.CompletedProcess[str]:
+def goshen(
+    *args: str, settings: Settings, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "GOSHEN_HOME": str(settings.home_dir),
         "GOSHEN_DATABASE_URL": settings.resolved_database_url,
+        **(env or {}),
     }
     return subprocess.run(
         [sys.executable, "-m", "goshen.cli", *args],
@@ -69,3 +73,49 @@ def test_db_commands(empty_database_url: str, tmp_path: Path) -> None:
     engine = make_engine(empty_database_url)
     assert migrate.current_revision(engine) is None
     engine.dispose()
+
+
+def test_a_pipeline_folder_becomes_a_callable_model(  # type: ignore[no-untyped-def]
+    serving_settings: Settings, tiny_sd_pipeline: Path, developer, tmp_path: Path
+) -> None:
+    env = {"GOSHEN_MLFLOW_TRACKING_URI": serving_settings.resolved_mlflow_tracking_uri}
+    name = f"tiny-sd-{secrets.token_hex(3)}"
+    added = goshen(
+        "models",
+        "add-pipeline",
+        str(tiny_sd_pipeline),
+        "--name",
+        name,
+        "--price-micros",
+        "2000",
+        settings=serving_settings,
+        env=env,
+    )
+    assert added.returncode == 0, added.stderr
+    assert f"generate with model {name}" in added.stdout
+    with TestClient(create_app(serving_settings)) as client:
+        page = client.get(f"/v1/models/{name}", headers=developer.headers).json()
+        assert (page["runtime"], page["status"], page["live_version"]) == (
+            "diffusers",
+            "ready",
+            "1",
+        )
+        assert page["input_schema"]["properties"]["prompt"]["maxLength"] == 2000
+        bad = client.post(
+            "/v1/generate",
+            json={"model": name, "input": {"prompt": "x", "width": 100}},
+            headers=developer.headers,
+        )
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "input.width"
+
+    (tmp_path / "empty").mkdir()
+    refused = goshen(
+        "models",
+        "add-pipeline",
+        str(tmp_path / "empty"),
+        "--name",
+        "nothing",
+        settings=serving_settings,
+        env=env,
+    )
+    assert refused.returncode == 2 and "model_index.json" in refused.stderr

@@ -67,6 +67,7 @@ def test_every_service_with_a_port_names_its_setting(tmp_path: Path) -> None:
     assert set(services) == {
         "api",
         "worker",
+        "webhooks",
         "mlflow",
         "dagster-webserver",
         "dagster-daemon",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from goshen import registry, training
+from goshen import catalog, registry, training
 from goshen.db.models import TrainingJob, TrainingStatus
 from goshen_pipelines.defs.training.assets import TrainedModel, training_job_partitions
 from goshen_pipelines.lib import publishing
@@ -66,8 +66,10 @@ def _publish(
 ) -> publishing.Published:
     model = trained.model
     metadata = {"kind": "diffusion" if isinstance(model, TrainedDiffusion) else "onnx"}
+    extra_files = None
     if isinstance(model, TrainedDiffusion):
         metadata["diffusion"] = model.spec.to_dict()
+        extra_files = publishing.torch_weights(model.unet, path.parent)
     else:
         metadata.update(task=model.task, classes=[str(c) for c in model.classes])
     return publishing.register(
@@ -79,6 +81,7 @@ def _publish(
         metric=metric,
         metadata=metadata,
         tags=trained.tags,
+        extra_files=extra_files,
     )
 
 
@@ -170,12 +173,19 @@ def training_run_onnx(  # type: ignore[no-untyped-def]
     yield check
 
 
-def _promote(candidate: Candidate, mlflow: MLflowTracking) -> dg.MaterializeResult:
+def _promote(
+    candidate: Candidate, mlflow: MLflowTracking, platform_db: PlatformDatabase
+) -> dg.MaterializeResult:
     version = candidate.published.version
     decision = registry.promote(
         mlflow.client(), version.name, version.version, higher_is_better=candidate.higher_is_better
     )
     live = registry.version_by_alias(mlflow.client(), version.name, registry.PRODUCTION)
+    if live is not None:
+        # Catalog entries that follow this alias serve the new live version from now on.
+        with platform_db.session() as session:
+            catalog.ensure_builtin_models(session)
+            catalog.set_live_version(session, version.name, registry.PRODUCTION, str(live.version))
     return dg.MaterializeResult(
         metadata={
             "promoted": decision.promoted,
@@ -190,18 +200,18 @@ def _promote(candidate: Candidate, mlflow: MLflowTracking) -> dg.MaterializeResu
 
 @dg.asset(group_name="registry", kinds={"mlflow"})
 def digits_classifier_production(
-    digits_classifier_onnx: Candidate, mlflow: MLflowTracking
+    digits_classifier_onnx: Candidate, mlflow: MLflowTracking, platform_db: PlatformDatabase
 ) -> dg.MaterializeResult:
     """`digits-classifier@production`, moved only to versions that are not worse."""
-    return _promote(digits_classifier_onnx, mlflow)
+    return _promote(digits_classifier_onnx, mlflow, platform_db)
 
 
 @dg.asset(group_name="registry", kinds={"mlflow"})
 def digits_diffusion_production(
-    digits_diffusion_onnx: Candidate, mlflow: MLflowTracking
+    digits_diffusion_onnx: Candidate, mlflow: MLflowTracking, platform_db: PlatformDatabase
 ) -> dg.MaterializeResult:
     """`digits-diffusion@production`, moved only to versions whose samples read as well."""
-    return _promote(digits_diffusion_onnx, mlflow)
+    return _promote(digits_diffusion_onnx, mlflow, platform_db)
 
 
 @dg.asset(group_name="registry", kinds={"mlflow"}, partitions_def=training_job_partitions)
@@ -212,7 +222,7 @@ def training_run_production(
     mlflow: MLflowTracking,
 ) -> dg.MaterializeResult:
     """The job's model promoted when it earns it; the job ends succeeded with its version."""
-    result = _promote(training_run_onnx, mlflow)
+    result = _promote(training_run_onnx, mlflow, platform_db)
     version = training_run_onnx.published.version
     with platform_db.session() as session:
         training.append_log(

@@ -1,0 +1,175 @@
+"""The model catalog: what developers can call, which registry version is live, what it costs.
+
+The platform's own models are catalog entries from the first start; their live version follows
+the MLflow alias `production`, which the Dagster promotion assets move.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from goshen.db.models import (
+    Model,
+    ModelKind,
+    ModelRuntime,
+    ModelStatus,
+    PricingUnit,
+    Visibility,
+)
+from goshen.errors import ConflictError, NotFoundError
+from goshen.runtimes.inputs import input_model
+
+DIGITS_DIFFUSION = "digits-diffusion"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    runtime: ModelRuntime
+    description: str
+    pricing_unit: PricingUnit
+    price_micros: int
+
+
+BUILTIN_MODELS = (
+    BuiltinModel(
+        name=DIGITS_DIFFUSION,
+        runtime=ModelRuntime.onnx_diffusion,
+        description="Handwritten digits from a class-conditional diffusion model the platform "
+        "trains on scikit-learn's digits (8x8 grayscale PNGs). Ask for a digit, get images.",
+        pricing_unit=PricingUnit.image,
+        price_micros=1_000,
+    ),
+)
+
+
+def schema_for(runtime: ModelRuntime) -> tuple[dict[str, Any], list[Any]]:
+    """The JSON Schema and examples a generation runtime's entries publish."""
+    schema = input_model(runtime).model_json_schema()
+    return schema, list(schema.get("examples", []))
+
+
+def generation_entry(
+    name: str, runtime: ModelRuntime, registered_model: str, **fields: Any
+) -> Model:
+    """A new catalog entry for an image generator, publishing its runtime's input schema.
+
+    `fields` are the rest of the row: alias or pinned_version, pricing, visibility, status...
+    """
+    schema, examples = schema_for(runtime)
+    return Model(
+        name=name,
+        kind=ModelKind.diffusion,
+        runtime=runtime,
+        registered_model=registered_model,
+        input_schema=schema,
+        examples=examples,
+        **fields,
+    )
+
+
+def ensure_builtin_models(session: Session) -> None:
+    """Add the platform's own models to the catalog when missing; keep what admins changed."""
+    for builtin in BUILTIN_MODELS:
+        if session.scalar(select(Model.id).where(Model.name == builtin.name)) is not None:
+            continue
+        model = generation_entry(
+            builtin.name,
+            builtin.runtime,
+            builtin.name,
+            description=builtin.description,
+            alias="production",
+            pricing_unit=builtin.pricing_unit,
+            price_micros=builtin.price_micros,
+            visibility=Visibility.public,
+            status=ModelStatus.deploying,
+        )
+        try:
+            with session.begin_nested():
+                session.add(model)
+        except IntegrityError:
+            pass  # another API replica added it first
+
+
+def add_pipeline_entry(
+    session: Session,
+    *,
+    name: str,
+    registered_model: str,
+    version: str,
+    description: str,
+    pricing_unit: PricingUnit,
+    price_micros: int,
+    visibility: Visibility,
+) -> Model:
+    """A catalog entry serving a registered diffusers text-to-image pipeline at `version`."""
+    if session.scalar(select(Model.id).where(Model.name == name)) is not None:
+        raise ConflictError(f"the catalog already has a model named {name!r}; pick another name")
+    model = generation_entry(
+        name,
+        ModelRuntime.diffusers,
+        registered_model,
+        description=description,
+        pinned_version=version,
+        live_version=version,
+        pricing_unit=pricing_unit,
+        price_micros=price_micros,
+        visibility=visibility,
+        status=ModelStatus.ready,
+    )
+    session.add(model)
+    session.flush()
+    return model
+
+
+def visible_to(user_id: str):  # type: ignore[no-untyped-def]
+    """A filter for the catalog entries a user may call: public ones and their own."""
+    return or_(Model.visibility == Visibility.public, Model.owner_id == user_id)
+
+
+def get_visible(session: Session, name: str, user_id: str) -> Model:
+    """The entry called `name`, if this user may see it; NotFoundError otherwise."""
+    model = session.scalar(select(Model).where(Model.name == name, visible_to(user_id)))
+    if model is None:
+        raise NotFoundError(f"no model named {name!r}; GET /v1/models lists the ones you can call")
+    return model
+
+
+def check_callable(model: Model) -> str | None:
+    """Raise ConflictError unless the entry can take jobs; returns its live version, if known."""
+    if model.status in (ModelStatus.disabled, ModelStatus.failed):
+        reason = f": {model.status_error}" if model.status_error else ""
+        raise ConflictError(f"model {model.name} is {model.status}{reason}; it takes no jobs now")
+    return model.pinned_version or model.live_version
+
+
+def set_live_version(session: Session, registered_model: str, alias: str, version: str) -> int:
+    """Point every entry that follows `registered_model@alias` at `version`; how many changed."""
+    entries = session.scalars(
+        select(Model).where(Model.registered_model == registered_model, Model.alias == alias)
+    ).all()
+    for model in entries:
+        if model.live_version != version:
+            model.previous_version = model.live_version
+            model.live_version = version
+        if model.status == ModelStatus.deploying:
+            model.status = ModelStatus.ready
+        model.status_error = None
+    return len(entries)
+
+
+def price(model: Model, *, images: int, seconds: float) -> tuple[float, int]:
+    """(quantity in the model's pricing unit, cost in micro-credits) of one finished job."""
+    quantity = {
+        PricingUnit.image: float(images),
+        PricingUnit.second: seconds,
+        PricingUnit.request: 1.0,
+    }[model.pricing_unit]
+    return quantity, round(quantity * model.price_micros)

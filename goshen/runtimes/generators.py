@@ -1,0 +1,177 @@
+"""Image generators: a loaded model that turns a batch of validated inputs into images.
+
+Workers hold generators in a cache and call `generate` with every job of a batch at once. The
+`on_step(step, total)` callback runs after each denoising step and answers which requests of the
+batch to stop (canceled, timed out, lease lost); a generator stops them as early as it can and
+returns None in their place. An exception from `on_step` aborts the whole batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
+from pathlib import Path
+from typing import Protocol
+
+import yaml
+from PIL import Image
+
+from goshen.config import DiffusionEngine
+from goshen.db.models import ModelRuntime
+from goshen.runtimes.devices import Device, detect_device
+from goshen.runtimes.diffusion import (
+    DiffusionModelSpec,
+    OnnxDenoiser,
+    TorchDenoiser,
+    image_seeds,
+    sample_batch,
+)
+from goshen.runtimes.inputs import DigitsInput, GenerationInput
+
+# (step, total) -> indices of the batch's requests to stop now.
+StepReport = Callable[[int, int], AbstractSet[int]]
+TORCH_WEIGHTS_FOLDER = "extra_files"
+
+
+class ModelFormatError(Exception):
+    """A model folder is not what its catalog entry says it is; the message says what is off."""
+
+
+class ImageGenerator(Protocol):
+    """A loaded model serving one catalog entry."""
+
+    device: Device
+
+    def generate(
+        self, inputs: Sequence[GenerationInput], on_step: StepReport
+    ) -> list[list[Image.Image] | None]:
+        """Images per request, in order; None for requests `on_step` stopped."""
+        ...
+
+    def close(self) -> None:
+        """Free what the model holds (GPU memory above all)."""
+        ...
+
+
+class ClassConditionalGenerator:
+    """The platform's own digit generators: a class-conditional UNet and its scheduler."""
+
+    def __init__(self, denoiser: OnnxDenoiser | TorchDenoiser, spec: DiffusionModelSpec) -> None:
+        self.denoiser = denoiser
+        self.spec = spec
+        self.device = _device_of(denoiser)
+
+    def generate(
+        self, inputs: Sequence[GenerationInput], on_step: StepReport
+    ) -> list[list[Image.Image] | None]:
+        requests = [_digits(request) for request in inputs]
+        first = requests[0]
+        if any(r.batch_fields() != first.batch_fields() for r in requests):
+            raise ValueError("requests of one batch must share steps and scheduler")
+        owners: list[int] = []  # the request each row (one image) belongs to
+        labels: list[int] = []
+        seeds: list[int] = []
+        for index, request in enumerate(requests):
+            assert request.seed is not None, "the API fills in seeds before queueing"
+            owners += [index] * request.num_images
+            labels += [request.digit] * request.num_images
+            seeds += image_seeds(request.seed, request.num_images)
+
+        def rows_to_stop(step: int, total: int) -> AbstractSet[int]:
+            stopped = on_step(step, total)
+            return {row for row, owner in enumerate(owners) if owner in stopped}
+
+        images = sample_batch(
+            self.denoiser,
+            self.spec,
+            labels,
+            seeds,
+            scheduler=first.scheduler,
+            num_inference_steps=first.num_inference_steps,
+            on_step=rows_to_stop,
+        )
+        results: list[list[Image.Image] | None] = []
+        for index in range(len(requests)):
+            rows = [row for row, owner in enumerate(owners) if owner == index]
+            done = all(row in images for row in rows)
+            results.append(
+                [Image.fromarray(images[row], mode="L") for row in rows] if done else None
+            )
+        return results
+
+    def close(self) -> None:
+        self.denoiser = None  # type: ignore[assignment]
+
+
+def _digits(request: GenerationInput) -> DigitsInput:
+    if not isinstance(request, DigitsInput):
+        raise TypeError(f"a digits generator takes DigitsInput, got {type(request).__name__}")
+    return request
+
+
+def _device_of(denoiser: OnnxDenoiser | TorchDenoiser) -> Device:
+    if isinstance(denoiser, OnnxDenoiser):
+        provider = denoiser.session.get_providers()[0]
+        if provider == "CUDAExecutionProvider":
+            cuda = detect_device()
+            return Device("cuda", f"{cuda.name} (onnxruntime)", cuda.memory_bytes)
+        cpu = detect_device()
+        return Device("cpu", f"{cpu.name} (onnxruntime)", cpu.memory_bytes)
+    cuda = denoiser.device.type == "cuda"
+    found = detect_device()
+    return Device("cuda" if cuda else "cpu", f"{found.name} (torch)", found.memory_bytes)
+
+
+def read_diffusion_spec(folder: Path) -> DiffusionModelSpec:
+    """The sampling spec an exported digits model carries in its MLmodel metadata."""
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.is_file():
+        raise ModelFormatError(f"{folder} has no MLmodel file; is it an MLflow ONNX model?")
+    metadata = (yaml.safe_load(mlmodel.read_text()) or {}).get("metadata") or {}
+    if "diffusion" not in metadata:
+        raise ModelFormatError(
+            f"{folder} is not a Goshen diffusion model: its MLmodel metadata has no 'diffusion' "
+            "spec (register it through the digits pipelines or a diffusion training job)"
+        )
+    return DiffusionModelSpec.from_dict(metadata["diffusion"])
+
+
+def load_class_conditional(
+    folder: Path, engine: DiffusionEngine, intra_op_threads: int | None = None
+) -> ClassConditionalGenerator:
+    """A digits generator from a downloaded model version, on ONNX Runtime or PyTorch."""
+    spec = read_diffusion_spec(folder)
+    if engine is DiffusionEngine.onnx:
+        onnx_file = folder / "model.onnx"
+        if not onnx_file.is_file():
+            raise ModelFormatError(f"{folder} has no model.onnx")
+        return ClassConditionalGenerator(OnnxDenoiser.from_path(onnx_file, intra_op_threads), spec)
+    return ClassConditionalGenerator(_torch_denoiser(folder / TORCH_WEIGHTS_FOLDER), spec)
+
+
+def _torch_denoiser(weights: Path) -> TorchDenoiser:
+    import torch
+    from diffusers import UNet2DModel
+
+    if not (weights / "config.json").is_file():
+        raise ModelFormatError(
+            f"this model version carries no PyTorch weights ({weights} is missing); versions "
+            "registered before PyTorch serving existed run on GOSHEN_DIFFUSION_ENGINE=onnx only"
+        )
+    unet = UNet2DModel.from_pretrained(os.fspath(weights), local_files_only=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return TorchDenoiser(unet.to(device))
+
+
+def load_generator(
+    runtime: ModelRuntime, folder: Path, engine: DiffusionEngine = DiffusionEngine.onnx
+) -> ImageGenerator:
+    """The generator for a catalog entry's runtime, from its downloaded model folder."""
+    if runtime == ModelRuntime.onnx_diffusion:
+        return load_class_conditional(folder, engine)
+    if runtime == ModelRuntime.diffusers:
+        from goshen.runtimes.pipelines import DiffusersGenerator
+
+        return DiffusersGenerator.from_folder(folder)
+    raise ModelFormatError(f"runtime {runtime} does not generate images")

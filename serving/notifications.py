@@ -1,0 +1,113 @@
+"""PostgreSQL LISTEN/NOTIFY: wake workers and waiting clients at once instead of on their next poll.
+
+Notifications are an accelerator, never the source of truth: every listener also polls, so a
+lost notification (a dropped connection, SQLite, a restart) only delays work by a poll interval.
+NOTIFY is transactional: a notification sent inside a transaction is delivered at its commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import psycopg
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+JOBS_CHANNEL = "goshen_jobs"  # a job became runnable
+JOB_EVENTS_CHANNEL = "goshen_job_events"  # a job has new events; the payload is its id
+WEBHOOKS_CHANNEL = "goshen_webhooks"  # a webhook delivery is due
+RECONNECT_SECONDS = 2.0
+
+log = logging.getLogger(__name__)
+
+
+def is_postgres(database_url: str) -> bool:
+    return make_url(database_url).get_backend_name() == "postgresql"
+
+
+_PENDING = "goshen.notifications"
+
+
+def notify(session: Session, channel: str, payload: str = "") -> None:
+    """Notify `channel` when the session's transaction commits; repeats are sent once."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.info.setdefault(_PENDING, set()).add((channel, payload))
+
+
+@event.listens_for(Session, "before_commit")
+def _send_pending(session: Session) -> None:
+    # One statement for a transaction's notifications, however many; delivered at commit.
+    pending = sorted(session.info.pop(_PENDING, ()))
+    if pending:
+        channels, payloads = zip(*pending, strict=True)
+        session.execute(
+            text(
+                "SELECT pg_notify(channel, payload) FROM unnest("
+                "CAST(:channels AS text[]), CAST(:payloads AS text[])) AS t(channel, payload)"
+            ),
+            {"channels": list(channels), "payloads": list(payloads)},
+        )
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_pending(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+class Listener:
+    """A LISTEN connection on PostgreSQL channels; on SQLite `wait` simply sleeps.
+
+    Not thread-safe: one thread waits on it. A broken connection is reopened on the next wait.
+    """
+
+    def __init__(self, database_url: str, channels: tuple[str, ...]) -> None:
+        self.channels = channels
+        self._conninfo = _libpq(database_url) if is_postgres(database_url) else None
+        self._connection: psycopg.Connection | None = None
+        self._retry_at = 0.0
+
+    def wait(self, timeout: float) -> list[str]:
+        """Payloads of notifications that arrive within `timeout` seconds (at least one waits)."""
+        connection = self._connect()
+        if connection is None:
+            time.sleep(timeout)
+            return []
+        try:
+            payloads = [n.payload for n in connection.notifies(timeout=timeout, stop_after=1)]
+            # Drain what else is already waiting, without blocking again.
+            payloads += [n.payload for n in connection.notifies(timeout=0)]
+        except psycopg.Error as exc:
+            log.warning("LISTEN connection lost (%s); polling until it is back", exc)
+            self.close()
+            return []
+        return payloads
+
+    def _connect(self) -> psycopg.Connection | None:
+        if self._conninfo is None:
+            return None
+        if self._connection is not None and not self._connection.closed:
+            return self._connection
+        if time.monotonic() < self._retry_at:
+            return None
+        try:
+            connection = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+            for channel in self.channels:
+                connection.execute(f'LISTEN "{channel}"')
+        except psycopg.Error as exc:
+            log.warning("cannot LISTEN on PostgreSQL (%s); polling meanwhile", exc)
+            self._retry_at = time.monotonic() + RECONNECT_SECONDS
+            return None
+        self._connection = connection
+        return connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def _libpq(database_url: str) -> str:
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)

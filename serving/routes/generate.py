@@ -1,0 +1,98 @@
+"""POST /v1/generate: queue an image job; `Prefer: wait` holds the answer until it ends."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from goshen.accounts import Principal
+from goshen.errors import InvalidInputError
+from serving.deps import SessionDep, SettingsDep, StoreDep, require_scope
+from serving.job_views import render_job
+from serving.jobs_access import load_job, wait_until_done
+from serving.schemas import JobCreate, JobPublic
+from serving.submissions import submit
+
+router = APIRouter(prefix="/v1", tags=["generation"])
+GeneratePrincipal = Annotated[Principal, Depends(require_scope("generate"))]
+MAX_WAIT_SECONDS = 60
+_PREFER_WAIT = re.compile(r"^\s*wait(?:\s*=\s*(\d+))?\s*$", re.IGNORECASE)
+_IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,255}$"
+
+
+def wait_seconds(prefer: str | None) -> int | None:
+    """The `wait` preference of a Prefer header (RFC 7240), in seconds; None when absent."""
+    if prefer is None:
+        return None
+    for preference in prefer.split(","):
+        if not preference.strip().lower().startswith("wait"):
+            continue  # other preferences are not ours to refuse
+        match = _PREFER_WAIT.match(preference)
+        seconds = int(match.group(1)) if match and match.group(1) else MAX_WAIT_SECONDS
+        if match is None or not 1 <= seconds <= MAX_WAIT_SECONDS:
+            raise InvalidInputError(
+                f"Prefer: {preference.strip()} is not understood; send `Prefer: wait` or "
+                f"`Prefer: wait=N` with N from 1 to {MAX_WAIT_SECONDS}",
+                field="Prefer",
+            )
+        return seconds
+    return None
+
+
+@router.post(
+    "/generate",
+    status_code=201,
+    responses={
+        404: {"description": "no such model, or not one this key may call"},
+        409: {"description": "the model takes no jobs now (no live version, disabled, failed)"},
+        422: {"description": "a field or an input value is wrong; `errors` names each"},
+        429: {"description": "this account has the most queued and running jobs it may have"},
+    },
+)
+async def generate(
+    body: JobCreate,
+    request: Request,
+    response: Response,
+    principal: GeneratePrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    prefer: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            pattern=_IDEMPOTENCY_KEY,
+            description="replays of the same key and body within 24 h return the same job",
+        ),
+    ] = None,
+) -> JobPublic:
+    """Queue a job for an image model; the answer links to its status, cancel and event stream.
+
+    With `Prefer: wait` (or `wait=N`, N at most 60) the answer comes when the job ends or N
+    seconds pass, whichever is first.
+    """
+    started = time.monotonic()
+    wait = wait_seconds(prefer)
+    submission = await run_in_threadpool(
+        submit,
+        session,
+        principal,
+        body,
+        settings,
+        idempotency_key=idempotency_key,
+        interactive=wait is not None,
+    )
+    job = submission.job
+    if wait is not None:
+        await wait_until_done(request.app, job.id, started + wait)
+        job = await run_in_threadpool(load_job, request.app, job.id)
+        response.headers["Preference-Applied"] = f"wait={wait}"
+    if submission.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    public = render_job(job, submission.model.name, store, settings.api_url)
+    response.headers["Location"] = public.urls.get
+    return public

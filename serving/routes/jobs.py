@@ -1,0 +1,143 @@
+"""A user's jobs: list, read, cancel, and follow as server-sent events."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from goshen import catalog
+from goshen.accounts import Principal
+from goshen.db import access
+from goshen.db.models import Job, JobStatus, Model
+from goshen.errors import NotFoundError
+from serving import queue, webhooks
+from serving.deps import SessionDep, SettingsDep, StoreDep, require_any_scope
+from serving.job_views import render_event_data, render_job, webhook_payload
+from serving.jobs_access import events_after
+from serving.pagination import Cursor, Limit, Page, paginate
+from serving.schemas import JobPublic
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+JobsPrincipal = Annotated[Principal, Depends(require_any_scope("jobs", "generate"))]
+KEEPALIVE_SECONDS = 15.0
+
+
+def _owned(session: Session, job_id: str, user_id: str) -> Job:
+    return access.get_owned(session, Job, job_id, user_id, "job")
+
+
+def _model_names(session: Session, jobs: Sequence[Job]) -> dict[str, str]:
+    ids = {job.model_id for job in jobs}
+    return dict(session.execute(select(Model.id, Model.name).where(Model.id.in_(ids))).all())
+
+
+@router.get("")
+def list_jobs(
+    principal: JobsPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+    status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
+    model: Annotated[
+        str | None, Query(max_length=200, description="only this model's jobs")
+    ] = None,
+) -> Page[JobPublic]:
+    """Your jobs, newest first."""
+    query = select(Job).where(Job.user_id == principal.user.id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if model is not None:
+        try:
+            found = catalog.get_visible(session, model, principal.user.id)
+        except NotFoundError:
+            return Page[JobPublic](data=[], has_more=False, next_cursor=None)
+        query = query.where(Job.model_id == found.id)
+
+    def render(jobs: Sequence[Job]) -> list[JobPublic]:
+        names = _model_names(session, jobs)
+        return [render_job(job, names[job.model_id], store, settings.api_url) for job in jobs]
+
+    return paginate(session, query, Job.id, JobPublic, limit=limit, cursor=cursor, render=render)
+
+
+@router.get("/{job_id}")
+def get_job(
+    job_id: str,
+    principal: JobsPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+) -> JobPublic:
+    job = _owned(session, job_id, principal.user.id)
+    return render_job(job, _model_names(session, [job])[job.model_id], store, settings.api_url)
+
+
+@router.post("/{job_id}/cancel", responses={409: {"description": "the job already ended"}})
+def cancel_job(
+    job_id: str,
+    principal: JobsPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+) -> JobPublic:
+    """A queued job ends canceled at once; a running one stops at its next denoising step."""
+    _owned(session, job_id, principal.user.id)
+    job = queue.request_cancel(session, job_id)
+    name = _model_names(session, [job])[job.model_id]
+    if job.status == JobStatus.canceled:
+        payload = webhook_payload(job, name, "completed", store, settings.api_url)
+        webhooks.enqueue_event(session, job, "completed", payload)
+    session.commit()
+    return render_job(job, name, store, settings.api_url)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def stream_job_events(
+    job_id: str,
+    request: Request,
+    principal: JobsPrincipal,
+    session: SessionDep,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+) -> StreamingResponse:
+    """Server-sent events: `status` on each change, `progress` per denoising step, `log` per
+    line, `output` (signed image links), and `done` when the job ends.
+
+    Event ids grow; reconnecting with `Last-Event-ID` resumes after the last event received.
+    """
+    _owned(session, job_id, principal.user.id)
+    session.close()  # the stream reads with short sessions of its own
+    events = _events(request.app, job_id, last_event_id or 0)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+async def _events(app: FastAPI, job_id: str, after: int) -> AsyncIterator[str]:
+    store = app.state.store
+    last_sent = time.monotonic()
+    with app.state.job_watcher.watching(job_id) as waiter:
+        while True:
+            for event in await run_in_threadpool(events_after, app, job_id, after):
+                after = event.id
+                data = render_event_data(event.type, event.data, store)
+                yield f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(data)}\n\n"
+                last_sent = time.monotonic()
+                if event.type == "done":
+                    return
+            if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+                yield ": keep-alive\n\n"
+                last_sent = time.monotonic()
+            await waiter.changed(KEEPALIVE_SECONDS)
