@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     signed_url_ttl_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
 
     max_upload_bytes: int = Field(default=200 * 1024**2, ge=1)
+    max_request_bytes: int = Field(default=1024**2, ge=1024)
     max_archive_entries: int = Field(default=20_000, ge=1)
     max_uncompressed_bytes: int = Field(default=1024**3, ge=1)
     max_compression_ratio: int = Field(default=100, ge=1)

@@ -11,6 +11,7 @@ from goshen.catalog import ensure_builtin_models
 from goshen.config import Settings, load_settings
 from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
 from goshen.storage import make_store
+from serving.body_limit import BodySizeLimit
 from serving.job_watch import JobWatcher
 from serving.metrics import install_metrics
 from serving.problems import install_problem_handlers
@@ -58,6 +59,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Dataset uploads stream to disk under GOSHEN_MAX_UPLOAD_BYTES instead.
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_request_bytes,
+        exempt=(("POST", "/v1/datasets"),),
+    )
     app.state.metrics = install_metrics(app)
     install_problem_handlers(app)
     routers = (health, keys, admin, files, datasets, training, webhooks, models, generate, jobs)

@@ -292,3 +292,26 @@ def test_the_event_stream_of_a_canceled_job_ends_with_done(api, developer, catal
     with api.stream("GET", f"/v1/jobs/{job['id']}/events", headers=resumed_headers) as stream:
         resumed = "".join(stream.iter_text())
     assert resumed.count("event:") == 2
+
+
+def test_a_body_over_the_request_limit_answers_413_and_queues_nothing(  # type: ignore[no-untyped-def]
+    api, developer, catalog_model, sessions
+) -> None:
+    huge = {"model": catalog_model.name, "input": {"digit": 1, "padding": "x" * 2_000_000}}
+    response = api.post("/v1/generate", json=huge, headers=developer.headers)
+    assert response.status_code == 413
+    assert "GOSHEN_MAX_REQUEST_BYTES" in response.json()["detail"]
+
+    def chunks():  # no Content-Length: counted as it arrives
+        yield b'{"model": "x", "input": {"p": "'
+        for _ in range(40):
+            yield b"y" * 65536
+        yield b'"}}'
+
+    streamed = api.post(
+        "/v1/generate",
+        content=chunks(),
+        headers=developer.headers | {"Content-Type": "application/json"},
+    )
+    assert streamed.status_code == 413
+    assert _count_jobs(sessions) == 0

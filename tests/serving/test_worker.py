@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import httpx
 import mlflow
@@ -33,6 +34,7 @@ from goshen.db.models import (
     Visibility,
     Worker,
     WorkerStatus,
+    utcnow,
 )
 from goshen.runtimes.inputs import DigitsInput, TextToImageInput, batch_key
 from serving import queue
@@ -286,6 +288,7 @@ def test_three_workers_finish_200_jobs_while_one_is_killed_mid_job(  # type: ign
 
         _wait(sessions, ids[:1], victim_holds_a_job)
         victim.send_signal(signal.SIGKILL)
+        killed_at = utcnow()
         victim.wait(timeout=10)
         jobs = _wait(sessions, ids, _ended, timeout=240)
     finally:
@@ -293,7 +296,14 @@ def test_three_workers_finish_200_jobs_while_one_is_killed_mid_job(  # type: ign
             worker.kill()
             worker.wait(timeout=10)
     assert {job.status for job in jobs} == {JobStatus.succeeded}
-    assert any(job.attempt >= 2 for job in jobs), "no job was taken from the killed worker"
+    taken_over = [job for job in jobs if job.attempt >= 2]
+    assert taken_over, "no job was taken from the killed worker"
+    # Back in the queue within the lease TTL plus the recovery interval (and a little slack).
+    bound = serving_settings.job_lease_seconds + serving_settings.queue_recovery_seconds + 2
+    for job in taken_over:
+        recovered_at = datetime.fromisoformat(job.attempt_errors[0]["at"])
+        assert (recovered_at - killed_at).total_seconds() <= bound
+        assert "stopped renewing its lease" in job.attempt_errors[0]["error"]
     with sessions() as session:
         usage = session.execute(select(UsageEvent.job_id, func.count()).group_by(UsageEvent.job_id))
         counts = dict(usage.all())
