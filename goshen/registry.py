@@ -6,7 +6,9 @@ version's tags carry what promotion needs to decide (its metric, its parity chec
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -32,6 +34,8 @@ METRIC_TAG = "goshen.metric"
 METRIC_NAME_TAG = "goshen.metric_name"
 PARITY_TAG = "goshen.parity_max_abs_diff"
 CHECKS_TAG = "goshen.checks_passed"
+# Protocol buffers cannot serialize past 2 GiB; larger graphs keep their weights beside them.
+_PROTOBUF_SAFE_BYTES = 1024**3
 RUNTIME_TAG = "goshen.runtime"
 PIPELINE_CLASS_TAG = "goshen.pipeline_class"
 PIPELINE_INDEX = "model_index.json"
@@ -173,23 +177,61 @@ def version_for_alias(tracking_uri: str, name: str, alias: str, timeout: float =
     The API asks this while a caller waits, so it does not go through MlflowClient, whose
     retries can hold a request for minutes when the tracking server is down.
     """
+    response = _rest_get(
+        tracking_uri, "registered-models/alias", {"name": name, "alias": alias}, timeout
+    )
+    if response is None:
+        return None
+    try:
+        return str(response.json()["model_version"]["version"])
+    except (ValueError, KeyError, TypeError):
+        raise RegistryUnavailableError(
+            f"MLflow at {tracking_uri} answered {name}@{alias} with no model version"
+        ) from None
+
+
+def _rest_get(
+    tracking_uri: str, endpoint: str, params: dict[str, str], timeout: float
+) -> httpx.Response | None:
+    """GET an MLflow REST endpoint with MLflow's own credentials; None when it does not exist."""
     try:
         response = httpx.get(
-            f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/registered-models/alias",
-            params={"name": name, "alias": alias},
+            f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/{endpoint}",
+            params=params,
+            headers=_mlflow_auth_headers(),
             timeout=timeout,
         )
     except httpx.HTTPError as exc:
         raise RegistryUnavailableError(f"MLflow does not answer at {tracking_uri}: {exc}") from exc
     if response.status_code == 404 or (
-        response.status_code == 400 and "RESOURCE_DOES_NOT_EXIST" in response.text
+        response.is_error and "RESOURCE_DOES_NOT_EXIST" in response.text
     ):
         return None
     if response.is_error:
         raise RegistryUnavailableError(
-            f"MLflow answered {response.status_code} for {name}@{alias}: {response.text[:300]}"
+            f"MLflow answered {response.status_code} to {endpoint}: {response.text[:300]}"
         )
-    return str(response.json()["model_version"]["version"])
+    return response
+
+
+def _mlflow_auth_headers() -> dict[str, str]:
+    """The credentials MLflow's own client sends (MLFLOW_TRACKING_TOKEN, or username and
+    password), so these calls work against an MLflow server with authentication."""
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    username = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if username and password:
+        pair = base64.b64encode(f"{username}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    return {}
+
+
+def version_exists(tracking_uri: str, name: str, version: str, timeout: float = 5.0) -> bool:
+    """Whether `name` has `version` in the registry; one bounded REST call."""
+    params = {"name": name, "version": version}
+    return _rest_get(tracking_uri, "model-versions/get", params, timeout) is not None
 
 
 def download_version(name: str, version: str, destination: Path) -> Path:
@@ -271,6 +313,14 @@ def check_pipeline_folder(folder: Path) -> str:
     return pipeline_class
 
 
+def model_folder(downloaded: Path) -> Path:
+    """The folder holding the MLmodel file of a downloaded model version (itself, or nested)."""
+    if (downloaded / "MLmodel").is_file():
+        return downloaded
+    found = sorted(downloaded.rglob("MLmodel"), key=lambda path: (len(path.parts), path))
+    return found[0].parent if found else downloaded
+
+
 def pipeline_folder(downloaded: Path) -> Path:
     """The folder holding model_index.json in a downloaded pipeline version.
 
@@ -308,3 +358,29 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+
+
+def log_uploaded_onnx(
+    model_file: Path, registered_name: str, *, experiment: str, metadata: dict[str, Any]
+) -> RegisteredVersion:
+    """Log a checked ONNX file (and external data beside it) as a new version of a model."""
+    model = onnx.load(str(model_file))  # external data is read from the file's folder
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=registered_name):
+        info = mlflow.onnx.log_model(
+            model,
+            name="model",
+            registered_model_name=registered_name,
+            metadata=metadata,
+            save_as_external_data=model.ByteSize() > _PROTOBUF_SAFE_BYTES,
+            await_registration_for=60,
+            pip_requirements=[f"onnxruntime>={package_version('onnxruntime')}"],
+        )
+    return RegisteredVersion(
+        registered_name, str(info.registered_model_version), info.model_uri, info.run_id
+    )
+
+
+def delete_version(name: str, version: str) -> None:
+    """Remove a version that must not stay registered (its catalog entry could not be made)."""
+    MlflowClient().delete_model_version(name, version)

@@ -82,16 +82,21 @@ class WorkerContext:
 
 
 class BatchReporter:
-    """Beside a running batch: progress per step, log lines, lease renewals, whom to stop."""
+    """Beside a running batch: progress per step, log lines, lease renewals, and the jobs that
+    stop early (canceled, timed out, or released when the worker's drain period ends), which it
+    ends at once, even while the batch is inside a long step."""
 
-    def __init__(self, context: WorkerContext, claims: Sequence[Claim]) -> None:
+    def __init__(self, context: WorkerContext, claims: Sequence[Claim], model: Model) -> None:
         self.context = context
         self.claims = list(claims)
+        self.model = model
         timeout = context.settings.job_timeout_seconds
         started = time.monotonic()
         self.deadlines = [started + (claim.timeout_seconds or timeout) for claim in claims]
-        self.stopped: dict[int, str] = {}  # index -> "canceled" | "lost" | "timeout"
-        self._entries: list[tuple[str, Any]] = []  # ("progress", (step, total)) | ("log", line)
+        # index -> "canceled" | "timeout" | "released" | "lost" (another worker holds it now)
+        self.stopped: dict[int, str] = {}
+        self.ended: set[int] = set()  # jobs already ended here (or lost): nothing more to write
+        self._entries: list[queue.Entry] = []
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._last_heartbeat = started
@@ -114,17 +119,11 @@ class BatchReporter:
         """The generator's step callback: queue the step's progress, answer whom to stop."""
         if self.context.draining_over():
             raise WorkerStopping("the worker's drain period ended")
-        now = time.monotonic()
         with self._lock:
             self._entries.append(("progress", (step, total)))
-            for index, deadline in enumerate(self.deadlines):
-                if now > deadline:
-                    self.stopped.setdefault(index, "timeout")
-            return frozenset(self.stopped)
-
-    def active(self) -> list[int]:
+        self._check_deadlines()
         with self._lock:
-            return [index for index in range(len(self.claims)) if index not in self.stopped]
+            return frozenset(self.stopped)
 
     def take(self) -> list[queue.Entry]:
         """What is waiting to be reported, now the caller's to write."""
@@ -132,40 +131,84 @@ class BatchReporter:
             entries, self._entries = self._entries, []
         return entries
 
-    def flush(self, session: Session) -> None:
-        """Write what is waiting to be reported, in the caller's transaction."""
-        entries = self.take()
-        if entries:
-            for index in self.active():
-                self._note(index, queue.report(session, self.claims[index], entries))
+    def unfinished(self) -> list[int]:
+        """Jobs of the batch not yet ended here."""
+        with self._lock:
+            return [index for index in range(len(self.claims)) if index not in self.ended]
+
+    def _active(self) -> list[int]:
+        with self._lock:
+            return [index for index in range(len(self.claims)) if index not in self.stopped]
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for index, deadline in enumerate(self.deadlines):
+                if now > deadline:
+                    self.stopped.setdefault(index, "timeout")
 
     def _run(self) -> None:
         while not self._done.wait(FLUSH_SECONDS):
             try:
-                with session_scope(self.context.factory) as session:
-                    self.flush(session)
-                if time.monotonic() - self._last_heartbeat >= self._heartbeat_interval():
-                    self._heartbeat()
+                self._tick()
             except Exception:
                 # A database hiccup must not kill the batch; the lease has slack for retries.
                 log.exception("batch reporter could not write; retrying")
 
-    def _heartbeat_interval(self) -> float:
-        return self.context.settings.job_lease_seconds / 3
+    def _tick(self) -> None:
+        self._check_deadlines()
+        if self.context.draining_over():
+            with self._lock:
+                for index in range(len(self.claims)):
+                    self.stopped.setdefault(index, "released")
+        entries = self.take()
+        with session_scope(self.context.factory) as session:
+            for index in self._active():
+                self._note(index, queue.report(session, self.claims[index], entries))
+            for index, reason in self._to_end():
+                queue.report(session, self.claims[index], entries)
+                end_early(self.context, session, self.claims[index], self.model, reason)
+                with self._lock:
+                    self.ended.add(index)
+        if time.monotonic() - self._last_heartbeat >= self.context.settings.job_lease_seconds / 3:
+            self._heartbeat()
+
+    def _to_end(self) -> list[tuple[int, str]]:
+        with self._lock:
+            return [
+                (index, reason)
+                for index, reason in self.stopped.items()
+                if index not in self.ended and reason != "lost"
+            ]
 
     def _heartbeat(self) -> None:
         lease = self.context.settings.job_lease_seconds
         with session_scope(self.context.factory) as session:
-            for index in self.active():
+            for index in self.unfinished():
                 self._note(index, queue.heartbeat(session, self.claims[index], lease))
         self._last_heartbeat = time.monotonic()
 
     def _note(self, index: int, state: queue.LeaseState) -> None:
         with self._lock:
             if not state.held:
-                self.stopped.setdefault(index, "lost")
+                self.stopped[index] = "lost"
+                self.ended.add(index)
             elif state.cancel_requested:
                 self.stopped.setdefault(index, "canceled")
+
+
+def end_early(
+    context: WorkerContext, session: Session, claim: Claim, model: Model, reason: str
+) -> None:
+    """End a job that stopped before its batch finished: canceled, timed out or released."""
+    if reason == "canceled":
+        send_webhook(context, session, queue.confirm_canceled(session, claim), model, "completed")
+    elif reason == "timeout":
+        limit = claim.timeout_seconds or context.settings.job_timeout_seconds
+        error = f"timed out after {limit:.0f} s (GOSHEN_JOB_TIMEOUT_SECONDS)"
+        _fail(context, session, claim, error, retryable=False)
+    else:
+        queue.release(session, claim, _STOPPED)
 
 
 @dataclass(frozen=True)
@@ -188,33 +231,55 @@ def run_batch(context: WorkerContext, claims: Sequence[Claim]) -> None:
     """Run every job of a claimed batch to its end; raises WorkerStopping after releasing."""
     model = context.catalog_entry(claims[0].model_id)
     started = time.monotonic()
-    with BatchReporter(context, claims) as reporter:
+    failure: BaseException | None = None
+    with BatchReporter(context, claims, model) as reporter:
         try:
             generator = _generator(context, model, claims)
             inputs = [input_model(model.runtime).model_validate(c.input) for c in claims]
             reporter.log(_start_line(generator, claims))
             with PeakMemory(generator.device) as memory:
                 results = generator.generate(inputs, reporter.on_step)
-        except WorkerStopping:
-            _end_batch(context, reporter, lambda s, c: queue.release(s, c, _STOPPED))
-            raise
-        except Exception as exc:
-            log.exception("batch of %d jobs for %s failed", len(claims), model.name)
-            error, retryable = _describe(exc), not isinstance(exc, ModelFormatError)
-            _end_batch(context, reporter, lambda s, c: _fail(context, s, c, error, retryable))
-            return
+        except Exception as exc:  # noqa: BLE001 - every job of the batch ends with it below
+            failure = exc
+    if isinstance(failure, WorkerStopping):
+        _end_rest(context, reporter, lambda session, claim: queue.release(session, claim, _STOPPED))
+        raise failure
+    if failure is not None:
+        _batch_failed(context, reporter, failure)
+        return
     finished = _Finished(
         model, generator.device.name, memory.bytes, time.monotonic() - started, claims
     )
-    outputs = _store_outputs(context.store, claims, results, reporter.stopped)
+    outputs = _store_outputs(context.store, claims, results, reporter)
     entries = reporter.take()
     with session_scope(context.factory) as session:
-        for index, claim in enumerate(claims):
+        for index in reporter.unfinished():
             stopped = reporter.stopped.get(index)
-            _finish(context, session, finished, claim, outputs[index], stopped, entries)
+            _finish(context, session, finished, claims[index], outputs[index], stopped, entries)
+    _drop_other_attempts(context.store, claims, outputs)
 
 
 _STOPPED = "the worker stopped before the batch finished"
+
+
+def _batch_failed(context: WorkerContext, reporter: BatchReporter, failure: BaseException) -> None:
+    """A batch that raised: a batch of several jobs goes back to run its jobs one by one (one of
+    them may be the cause, say a GPU out of memory), uncounted; a single job fails its attempt."""
+    log.error("batch of %d jobs failed", len(reporter.claims), exc_info=failure)
+    detail = _describe(failure)
+    if isinstance(failure, ModelFormatError):
+        error, retryable = "this model version cannot be served (see the worker log)", False
+    else:
+        error, retryable = f"the model failed on the worker ({type(failure).__name__})", True
+    if retryable and len(reporter.unfinished()) > 1:
+        reason = f"its batch failed ({type(failure).__name__}); each job runs alone next"
+        _end_rest(context, reporter, lambda s, c: queue.release(s, c, reason, alone=True))
+        return
+    _end_rest(
+        context,
+        reporter,
+        lambda session, claim: _fail(context, session, claim, error, retryable, detail=detail),
+    )
 
 
 def _generator(context: WorkerContext, model: Model, claims: Sequence[Claim]) -> ImageGenerator:
@@ -233,25 +298,25 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _end_batch(context: WorkerContext, reporter: BatchReporter, end) -> None:  # type: ignore[no-untyped-def]
-    """Report what is left, then `end(session, claim)` every job whose lease still holds."""
+def _end_rest(context: WorkerContext, reporter: BatchReporter, end) -> None:  # type: ignore[no-untyped-def]
+    """Report what is left, then `end(session, claim)` every job not ended yet."""
+    entries = reporter.take()
     with session_scope(context.factory) as session:
-        reporter.flush(session)
-        for index, claim in enumerate(reporter.claims):
-            if reporter.stopped.get(index) != "lost":
-                end(session, claim)
+        for index in reporter.unfinished():
+            queue.report(session, reporter.claims[index], entries)
+            end(session, reporter.claims[index])
 
 
 def _store_outputs(
     store: ArtifactStore,
     claims: Sequence[Claim],
     results: Sequence[list[Image.Image] | None],
-    stopped: dict[int, str],
+    reporter: BatchReporter,
 ) -> list[dict[str, Any] | Exception | None]:
     """Each finished job's images in the store (before its row says so), or why that failed."""
     outputs: list[dict[str, Any] | Exception | None] = []
     for index, (claim, images) in enumerate(zip(claims, results, strict=True)):
-        if images is None or index in stopped:
+        if images is None or index in reporter.stopped:
             outputs.append(None)
             continue
         try:
@@ -264,17 +329,35 @@ def _store_outputs(
 
 
 def _store_images(store: ArtifactStore, claim: Claim, images: list[Image.Image]) -> dict[str, Any]:
-    """PNGs under outputs/{user}/{job}/; the same keys on every attempt, so a retry replaces."""
+    """PNGs under outputs/{user}/{job}/{attempt}/: an attempt whose lease was taken over never
+    overwrites the images of the attempt that finished."""
     stored = []
     for number, image in enumerate(images):
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        key = artifact_key("outputs", claim.user_id, claim.job_id, f"{number}.png")
+        key = artifact_key(
+            "outputs", claim.user_id, claim.job_id, str(claim.attempt), f"{number}.png"
+        )
         store.put(key, buffer.getvalue(), content_type="image/png")
         stored.append(
             {"key": key, "content_type": "image/png", "width": image.width, "height": image.height}
         )
     return {"images": stored}
+
+
+def _drop_other_attempts(
+    store: ArtifactStore, claims: Sequence[Claim], outputs: Sequence[Any]
+) -> None:
+    """Remove images earlier attempts of the finished jobs left (a worker killed mid-store)."""
+    for claim, output in zip(claims, outputs, strict=True):
+        if not isinstance(output, dict) or claim.attempt == 1:
+            continue
+        for earlier in range(1, claim.attempt):
+            folder = artifact_key("outputs", claim.user_id, claim.job_id, str(earlier))
+            try:
+                store.delete_prefix(folder)
+            except Exception:  # leftovers waste space; they break nothing
+                log.warning("could not remove %s", folder, exc_info=True)
 
 
 def _finish(
@@ -295,15 +378,11 @@ def _finish(
         _complete(context, session, finished, claim, output, entries)
         return
     queue.report(session, claim, entries)
-    if stopped == "canceled":
-        job = queue.confirm_canceled(session, claim)
-        send_webhook(context, session, job, finished.model, "completed")
-    elif stopped == "timeout":
-        limit = claim.timeout_seconds or context.settings.job_timeout_seconds
-        error = f"timed out after {limit:.0f} s (GOSHEN_JOB_TIMEOUT_SECONDS)"
-        _fail(context, session, claim, error, retryable=False)
+    if stopped is not None:
+        end_early(context, session, claim, finished.model, stopped)
     elif isinstance(output, Exception):
-        _fail(context, session, claim, f"storing its images failed: {_describe(output)}", True)
+        error = f"storing its images failed ({type(output).__name__})"
+        _fail(context, session, claim, error, True, detail=_describe(output))
     else:
         _fail(context, session, claim, f"{finished.model.name} returned no images", True)
 
@@ -340,7 +419,12 @@ def _complete(
 
 
 def _fail(
-    context: WorkerContext, session: Session, claim: Claim, error: str, retryable: bool
+    context: WorkerContext,
+    session: Session,
+    claim: Claim,
+    error: str,
+    retryable: bool,
+    detail: str | None = None,
 ) -> None:
     """End the attempt with `error`; a job that ends (no retry) sends its completed webhook."""
     job = queue.fail(
@@ -349,6 +433,7 @@ def _fail(
         error,
         retryable=retryable,
         retry_base_seconds=context.settings.job_retry_base_seconds,
+        detail=detail,
     )
     if job is not None and job.status in queue.TERMINAL:
         send_webhook(context, session, job, session.get(Model, claim.model_id), "completed")

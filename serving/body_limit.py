@@ -28,7 +28,7 @@ class BodySizeLimit:
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.exempt = exempt  # (method, path prefix) pairs with limits of their own
+        self.exempt = exempt  # (method, path) of routes with limits of their own
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self._exempt(scope):
@@ -46,10 +46,10 @@ class BodySizeLimit:
         await self.app(scope, _replaying(body, receive), send)
 
     def _exempt(self, scope: Scope) -> bool:
-        return any(
-            scope["method"] == method and scope["path"].startswith(prefix)
-            for method, prefix in self.exempt
-        )
+        # Behind a proxy prefix (uvicorn --root-path) the route's own path follows it.
+        path = scope["path"].removeprefix(scope.get("root_path", "")) or "/"
+        route = (scope["method"], path.rstrip("/"))
+        return route in self.exempt
 
     async def _read(self, receive: Receive) -> bytes | None:
         """The whole body, or None once it passes the cap (the rest is left unread)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Protocol
 
 from goshen import registry
@@ -56,16 +55,8 @@ class RegistrySource:
         if model.runtime == ModelRuntime.diffusers:
             folder = registry.pipeline_folder(folder)
         else:
-            folder = _model_root(folder)
+            folder = registry.model_folder(folder)
         return load_generator(model.runtime, folder, self.settings.diffusion_engine)
-
-
-def _model_root(folder: Path) -> Path:
-    """The folder holding the MLmodel file of a downloaded model version."""
-    if (folder / "MLmodel").is_file():
-        return folder
-    found = sorted(folder.rglob("MLmodel"))
-    return found[0].parent if found else folder
 
 
 class ModelCache:

@@ -13,7 +13,7 @@ import time
 import psycopg
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 JOBS_CHANNEL = "goshen_jobs"  # a job became runnable
 JOB_EVENTS_CHANNEL = "goshen_job_events"  # a job has new events; the payload is its id
@@ -51,9 +51,11 @@ def _send_pending(session: Session) -> None:
         )
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_pending(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_pending(session: Session, previous_transaction: SessionTransaction) -> None:
+    # A savepoint rolled back leaves the outer transaction's notifications to commit with it.
+    if previous_transaction.parent is None:
+        session.info.pop(_PENDING, None)
 
 
 class Listener:

@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from goshen.db import access
 from goshen.db.models import Job, JobEvent, JobStatus, UsageEvent, utcnow
@@ -85,9 +85,11 @@ def _insert_pending_events(session: Session) -> None:
         session.execute(insert(JobEvent), pending)
 
 
-@sqlalchemy_event.listens_for(Session, "after_rollback")
-def _drop_pending_events(session: Session) -> None:
-    session.info.pop(_PENDING_EVENTS, None)
+@sqlalchemy_event.listens_for(Session, "after_soft_rollback")
+def _drop_pending_events(session: Session, previous_transaction: SessionTransaction) -> None:
+    # A savepoint rolled back leaves the outer transaction's events to commit with it.
+    if previous_transaction.parent is None:
+        session.info.pop(_PENDING_EVENTS, None)
 
 
 def _log_line(session: Session, job: Job, message: str) -> None:
@@ -418,27 +420,47 @@ def fail(
     *,
     retryable: bool,
     retry_base_seconds: float,
+    detail: str | None = None,
     now: datetime | None = None,
 ) -> Job | None:
     """End this attempt with `error`: back to the queue with backoff while attempts remain and
-    the error is retryable, else failed. None when the claim is stale."""
+    the error is retryable (unless a cancel was asked meanwhile), else failed. `error` is what
+    the user sees; `detail` (default: the same) is kept with the attempt for operators. None
+    when the claim is stale."""
     now = now or utcnow()
     job = _locked_if_held(session, claim)
     if job is None:
         return None
-    _keep_attempt_error(job, error, now)
+    _keep_attempt_error(job, detail or error, now)
     if retryable and job.attempt < job.max_attempts:
-        delay = retry_delay(job.attempt, retry_base_seconds)
-        _requeue(job, now + timedelta(seconds=delay))
-        _log_line(
-            session, job, f"attempt {claim.attempt} failed: {error}; retrying in {delay:.1f} s"
+        _retry_later(
+            session, job, f"attempt {claim.attempt} failed: {error}", retry_base_seconds, now
         )
-        add_event(session, job.id, "status", {"status": "queued", "retry_in_seconds": delay})
-        return job
-    _end(job, JobStatus.failed, now, error=error)
-    session.flush()
-    _finish_events(session, job.id, JobStatus.failed, error=error)
+    else:
+        _end_with(session, job, JobStatus.failed, now, error=error)
     return job
+
+
+def _retry_later(
+    session: Session, job: Job, why: str, retry_base_seconds: float, now: datetime
+) -> None:
+    """Back to the queue after the attempt's backoff; a job whose cancel was asked ends instead."""
+    if job.cancel_requested:
+        _end_with(session, job, JobStatus.canceled, now)
+        return
+    delay = retry_delay(job.attempt, retry_base_seconds)
+    _requeue(job, now + timedelta(seconds=delay))
+    _log_line(session, job, f"{why}; retrying in {delay:.1f} s")
+    add_event(session, job.id, "status", {"status": "queued", "retry_in_seconds": delay})
+
+
+def _end_with(
+    session: Session, job: Job, status: JobStatus, now: datetime, *, error: str | None = None
+) -> None:
+    _end(job, status, now, error=error)
+    session.flush()
+    extra = {"error": error} if error else {}
+    _finish_events(session, job.id, status, **extra)
 
 
 def _locked_if_held(session: Session, claim: Claim) -> Job | None:
@@ -480,14 +502,27 @@ def _end(job: Job, status: JobStatus, now: datetime, *, error: str | None = None
     job.lease_expires_at = None
 
 
-def release(session: Session, claim: Claim, reason: str, now: datetime | None = None) -> bool:
-    """Give a claimed job back to the queue untouched (a stopping worker): the attempt does not
-    count. False when the claim is stale."""
+def release(
+    session: Session,
+    claim: Claim,
+    reason: str,
+    *,
+    alone: bool = False,
+    now: datetime | None = None,
+) -> bool:
+    """Give a claimed job back to the queue (a stopping worker; a batch that failed as a whole):
+    the attempt does not count. With `alone`, it runs in a batch of its own next time. A job
+    whose cancel was asked ends canceled instead. False when the claim is stale."""
     now = now or utcnow()
     job = _locked_if_held(session, claim)
     if job is None:
         return False
+    if job.cancel_requested:
+        _end_with(session, job, JobStatus.canceled, now)
+        return True
     job.attempt -= 1
+    if alone:
+        job.batch_key = None
     _requeue(job, now)
     _log_line(session, job, f"released: {reason}")
     add_event(session, job.id, "status", {"status": "queued"})
@@ -500,9 +535,7 @@ def confirm_canceled(session: Session, claim: Claim, now: datetime | None = None
     job = _locked_if_held(session, claim)
     if job is None:
         return None
-    _end(job, JobStatus.canceled, now or utcnow())
-    session.flush()
-    _finish_events(session, job.id, JobStatus.canceled)
+    _end_with(session, job, JobStatus.canceled, now or utcnow())
     return job
 
 
@@ -517,9 +550,7 @@ def request_cancel(session: Session, job_id: str, now: datetime | None = None) -
     if job.status in TERMINAL:
         raise ConflictError(f"job {job.id} already ended {job.status}; there is nothing to cancel")
     if job.status == JobStatus.queued:
-        _end(job, JobStatus.canceled, now or utcnow())
-        session.flush()
-        _finish_events(session, job.id, JobStatus.canceled)
+        _end_with(session, job, JobStatus.canceled, now or utcnow())
     elif not job.cancel_requested:
         job.cancel_requested = True
         _log_line(session, job, "cancel requested")
@@ -540,21 +571,15 @@ def recover_stalled(
         .with_for_update(skip_locked=True)
     ).all()
     for job in stalled:
-        error = f"worker {job.lease_owner} stopped renewing its lease (attempt {job.attempt})"
-        _keep_attempt_error(job, error, now)
-        if job.cancel_requested:
-            _end(job, JobStatus.canceled, now)
-            session.flush()
-            _finish_events(session, job.id, JobStatus.canceled)
-        elif job.attempt < job.max_attempts:
-            delay = retry_delay(job.attempt, retry_base_seconds)
-            _requeue(job, now + timedelta(seconds=delay))
-            _log_line(session, job, f"{error}; retrying in {delay:.1f} s")
-            add_event(session, job.id, "status", {"status": "queued", "retry_in_seconds": delay})
+        # Which worker it was is for operators (attempt_errors); users see what happened.
+        _keep_attempt_error(job, f"worker {job.lease_owner} stopped renewing its lease", now)
+        lost = f"the worker running attempt {job.attempt} stopped responding"
+        if job.attempt < job.max_attempts:
+            _retry_later(session, job, lost, retry_base_seconds, now)
         else:
-            _end(job, JobStatus.failed, now, error=f"{error}; no attempts left")
-            session.flush()
-            _finish_events(session, job.id, JobStatus.failed, error=job.error)
+            failed = JobStatus.canceled if job.cancel_requested else JobStatus.failed
+            error = None if job.cancel_requested else f"{lost}; no attempts left"
+            _end_with(session, job, failed, now, error=error)
     if stalled:
         notify(session, JOBS_CHANNEL)
     return list(stalled)

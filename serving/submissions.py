@@ -48,8 +48,20 @@ def submit(
     idempotency_key: str | None,
     interactive: bool,
 ) -> Submission:
-    """Validate and queue a generation job, or return the one this Idempotency-Key made."""
+    """Validate and queue a generation job, or return the one this Idempotency-Key made.
+
+    No transaction stays open across the slow parts (the webhook URL's DNS lookup, a registry
+    call): on SQLite every transaction holds the database's write lock.
+    """
     user = principal.user
+    fingerprint = request_fingerprint(body)
+    if idempotency_key is not None:
+        # A replay answers with its job even if the model changed since: it made the job then.
+        replay = _replay(session, user.id, idempotency_key, fingerprint)
+        if replay is not None:
+            return replay
+    if body.webhook is not None:
+        webhooks.check_webhook_url(body.webhook, allow_loopback=settings.webhook_allow_loopback)
     model = catalog.get_visible(session, body.model, user.id)
     if model.kind != ModelKind.diffusion:
         raise InvalidInputError(
@@ -58,17 +70,15 @@ def submit(
             field="model",
         )
     model_input = validate_input(model, body)
-    if body.webhook is not None:
-        webhooks.check_webhook_url(body.webhook, allow_loopback=settings.webhook_allow_loopback)
-    fingerprint = request_fingerprint(body)
+    session.commit()
     version = _live_version(session, model, settings)
     # One account's submissions go one at a time from here, so its key lookups and its
     # active-job count cannot race.
     session.execute(select(User.id).where(User.id == user.id).with_for_update())
     if idempotency_key is not None:
-        earlier = _earlier_submission(session, user.id, idempotency_key, fingerprint)
-        if earlier is not None:
-            return Submission(earlier, model, replayed=True)
+        replay = _replay(session, user.id, idempotency_key, fingerprint)
+        if replay is not None:
+            return replay
     _check_active_jobs(session, user, settings.max_active_jobs_per_user)
     job = Job(
         user_id=user.id,
@@ -92,10 +102,21 @@ def submit(
         # The same key, sent concurrently, made its job first.
         session.rollback()
         assert idempotency_key is not None, "only the idempotency key is unique per account"
-        earlier = _earlier_submission(session, user.id, idempotency_key, fingerprint)
-        assert earlier is not None
-        return Submission(earlier, model, replayed=True)
+        replay = _replay(session, user.id, idempotency_key, fingerprint)
+        assert replay is not None
+        return replay
     return Submission(job, model, replayed=False)
+
+
+def _replay(session: Session, user_id: str, key: str, fingerprint: str) -> Submission | None:
+    """The submission this key made, its transaction ended; None if there is none."""
+    earlier = _earlier_submission(session, user_id, key, fingerprint)
+    model = session.get(Model, earlier.model_id) if earlier is not None else None
+    session.commit()
+    if earlier is None:
+        return None
+    assert model is not None, "catalog entries with jobs are never deleted (RESTRICT)"
+    return Submission(earlier, model, replayed=True)
 
 
 def validate_input(model: Model, body: JobCreate) -> GenerationInput:
@@ -132,7 +153,8 @@ def _earlier_submission(session: Session, user_id: str, key: str, fingerprint: s
 
 
 def _live_version(session: Session, model: Model, settings: Settings) -> str:
-    """The version new jobs run: pinned, live, or (first time) the registry alias's."""
+    """The version new jobs run: pinned, live, or (first time) the registry alias's, asked
+    outside any transaction."""
     version = catalog.check_callable(model)
     if version is not None:
         return version

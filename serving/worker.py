@@ -82,17 +82,27 @@ class _WorkerHeartbeat(threading.Thread):
         return WorkerStatus.busy if self.busy else WorkerStatus.idle
 
     def run(self) -> None:
-        interval = self.context.settings.worker_heartbeat_seconds
+        settings = self.context.settings
+        interval = min(settings.worker_heartbeat_seconds, settings.queue_recovery_seconds)
+        next_beat = next_recovery = 0.0
         while not self.finished.wait(interval):
+            now = time.monotonic()
             try:
-                heartbeat(
-                    self.context.factory,
-                    self.context.worker_id,
-                    self.status(),
-                    self.context.cache.loaded(),
-                )
+                if now >= next_beat:
+                    next_beat = now + settings.worker_heartbeat_seconds
+                    heartbeat(
+                        self.context.factory,
+                        self.context.worker_id,
+                        self.status(),
+                        self.context.cache.loaded(),
+                    )
+                # Here, not between batches: a worker busy with a long batch still returns
+                # the jobs of dead workers within the lease TTL and the recovery interval.
+                if now >= next_recovery:
+                    next_recovery = now + settings.queue_recovery_seconds
+                    recover(self.context)
             except Exception:
-                log.exception("worker heartbeat failed; trying again in %.1f s", interval)
+                log.exception("worker heartbeat or recovery failed; trying again")
 
 
 def run_worker(
@@ -119,7 +129,10 @@ def run_worker(
         finally:
             beat.finished.set()
             beat.join()
-            heartbeat(factory, worker.id, WorkerStatus.stopped, [])
+            try:
+                heartbeat(factory, worker.id, WorkerStatus.stopped, [])
+            except Exception:
+                log.exception("could not mark worker %s stopped", worker.id)
         log.info("worker %s stopped", worker.id)
     finally:
         listener.close()
@@ -130,12 +143,16 @@ def run_worker(
 
 def _work(context: WorkerContext, listener: Listener, beat: _WorkerHeartbeat) -> None:
     settings = context.settings
-    next_recovery = 0.0
     while not context.stop.is_set():
-        if time.monotonic() >= next_recovery:
-            _recover(context)
-            next_recovery = time.monotonic() + settings.queue_recovery_seconds
-        claims = claim(context)
+        try:
+            claims = claim(context)
+        except Exception:
+            # The database went away (a restart, a failover): wait, then try again.
+            log.exception(
+                "could not claim jobs; trying again in %.1f s", settings.queue_poll_seconds
+            )
+            time.sleep(settings.queue_poll_seconds)
+            continue
         if not claims:
             listener.wait(settings.queue_poll_seconds)
             continue
@@ -168,7 +185,8 @@ def claim(context: WorkerContext) -> list[Claim]:
         _send_start_webhooks(context, session, claims)
     room = settings.worker_max_batch_size - sum(c.images for c in claims)
     if claims and room > 0 and settings.worker_batch_wait_seconds > 0:
-        time.sleep(settings.worker_batch_wait_seconds)
+        if context.stop.wait(settings.worker_batch_wait_seconds):
+            return claims  # stopping: run what is claimed, take no more
         with session_scope(context.factory) as session:
             more = queue.claim_compatible(
                 session,
@@ -189,11 +207,17 @@ def _send_start_webhooks(context: WorkerContext, session: Session, claims: list[
             send_webhook(context, session, job, session.get(Model, job.model_id), "start")
 
 
-def _recover(context: WorkerContext) -> None:
+def recover(context: WorkerContext) -> None:
+    """Return the jobs of workers that stopped renewing their leases; jobs that end with it
+    (no attempts left, or canceled) send their completed webhook."""
     with session_scope(context.factory) as session:
         recovered = queue.recover_stalled(
             session, retry_base_seconds=context.settings.job_retry_base_seconds
         )
+        for job in recovered:
+            if job.status in queue.TERMINAL:
+                model = session.get(Model, job.model_id)
+                send_webhook(context, session, job, model, "completed")
     for job in recovered:
         log.warning("recovered job %s from a stalled worker: now %s", job.id, job.status)
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from goshen.config import DiffusionEngine
 from goshen.db.models import ModelRuntime
-from goshen.runtimes.devices import Device, detect_device
+from goshen.runtimes.devices import Device, cpu_device, detect_device
 from goshen.runtimes.diffusion import (
     DiffusionModelSpec,
     OnnxDenoiser,
@@ -111,16 +111,13 @@ def _digits(request: GenerationInput) -> DigitsInput:
 
 
 def _device_of(denoiser: OnnxDenoiser | TorchDenoiser) -> Device:
+    """Where the denoiser computes: ONNX Runtime's first provider, or the module's device."""
     if isinstance(denoiser, OnnxDenoiser):
-        provider = denoiser.session.get_providers()[0]
-        if provider == "CUDAExecutionProvider":
-            cuda = detect_device()
-            return Device("cuda", f"{cuda.name} (onnxruntime)", cuda.memory_bytes)
-        cpu = detect_device()
-        return Device("cpu", f"{cpu.name} (onnxruntime)", cpu.memory_bytes)
-    cuda = denoiser.device.type == "cuda"
-    found = detect_device()
-    return Device("cuda" if cuda else "cpu", f"{found.name} (torch)", found.memory_bytes)
+        on_cuda = denoiser.session.get_providers()[0] == "CUDAExecutionProvider"
+        found = detect_device() if on_cuda else cpu_device()
+        return Device(found.kind, f"{found.name} (onnxruntime)", found.memory_bytes)
+    found = detect_device() if denoiser.device.type == "cuda" else cpu_device()
+    return Device(found.kind, f"{found.name} (torch)", found.memory_bytes)
 
 
 def read_diffusion_spec(folder: Path) -> DiffusionModelSpec:

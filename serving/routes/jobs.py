@@ -21,8 +21,9 @@ from goshen.errors import NotFoundError
 from serving import queue, webhooks
 from serving.deps import SessionDep, SettingsDep, StoreDep, require_any_scope
 from serving.job_views import render_event_data, render_job, webhook_payload
-from serving.jobs_access import events_after
+from serving.jobs_access import MAX_EVENTS_PER_READ, events_after, load_job
 from serving.pagination import Cursor, Limit, Page, paginate
+from serving.queue import TERMINAL
 from serving.schemas import JobPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -130,13 +131,20 @@ async def _events(app: FastAPI, job_id: str, after: int) -> AsyncIterator[str]:
     last_sent = time.monotonic()
     with app.state.job_watcher.watching(job_id) as waiter:
         while True:
-            for event in await run_in_threadpool(events_after, app, job_id, after):
+            # The status first: if the job had ended by then, this read has its last events.
+            ended = (await run_in_threadpool(load_job, app, job_id)).status in TERMINAL
+            events = await run_in_threadpool(events_after, app, job_id, after)
+            for event in events:
                 after = event.id
                 data = render_event_data(event.type, event.data, store)
                 yield f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(data)}\n\n"
                 last_sent = time.monotonic()
                 if event.type == "done":
                     return
+            if len(events) == MAX_EVENTS_PER_READ:
+                continue  # more are waiting: read on at once
+            if not events and ended:
+                return  # resumed after `done`: nothing more will come
             if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                 yield ": keep-alive\n\n"
                 last_sent = time.monotonic()

@@ -4,6 +4,7 @@ idempotency, Prefer: wait, limits, the catalog's schemas, cancellation and tenan
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -315,3 +316,36 @@ def test_a_body_over_the_request_limit_answers_413_and_queues_nothing(  # type: 
     )
     assert streamed.status_code == 413
     assert _count_jobs(sessions) == 0
+
+
+def test_a_replay_that_waits_holds_no_lock(serving_settings, developer, catalog_model) -> None:  # type: ignore[no-untyped-def]
+    """A retried request with `Prefer: wait` must not stall other submissions (on SQLite every
+    open transaction holds the write lock)."""
+    with TestClient(create_app(serving_settings)) as api:
+        key = {"Idempotency-Key": "retried"}
+        assert _generate(api, developer, catalog_model, headers=key).status_code == 201
+        waiting = threading.Thread(
+            target=_generate,
+            args=(api, developer, catalog_model),
+            kwargs={"headers": key | {"Prefer": "wait=4"}},
+        )
+        waiting.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        other = _generate(api, developer, catalog_model)
+        elapsed = time.monotonic() - started
+        waiting.join()
+    assert other.status_code == 201
+    assert elapsed < 3, f"a submission waited {elapsed:.1f} s behind a waiting replay"
+
+
+def test_a_stream_resumed_after_done_ends_at_once(api, developer, catalog_model) -> None:  # type: ignore[no-untyped-def]
+    job = _generate(api, developer, catalog_model).json()
+    api.post(f"/v1/jobs/{job['id']}/cancel", headers=developer.headers)
+    with api.stream("GET", f"/v1/jobs/{job['id']}/events", headers=developer.headers) as stream:
+        last_id = [line for line in stream.iter_lines() if line.startswith("id: ")][-1][4:]
+    headers = developer.headers | {"Last-Event-ID": last_id}
+    started = time.monotonic()
+    with api.stream("GET", f"/v1/jobs/{job['id']}/events", headers=headers) as stream:
+        assert "".join(stream.iter_text()) == ""
+    assert time.monotonic() - started < 5

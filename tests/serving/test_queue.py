@@ -244,8 +244,8 @@ def test_stalled_jobs_are_queued_again_or_failed_when_out_of_attempts(sessions, 
     assert {job.id for job in recovered} == {retried, exhausted}
     assert _job(sessions, retried).status == JobStatus.queued
     failed = _job(sessions, exhausted)
-    assert failed.status == JobStatus.failed and "dead-worker" in failed.error
-    assert "stopped renewing its lease" in failed.attempt_errors[0]["error"]
+    assert failed.status == JobStatus.failed and "stopped responding" in failed.error
+    assert "dead-worker stopped renewing its lease" in failed.attempt_errors[0]["error"]
 
 
 def test_cancel_ends_a_queued_job_at_once_and_flags_a_running_one(sessions, new_job) -> None:  # type: ignore[no-untyped-def]
@@ -297,3 +297,45 @@ def test_events_follow_the_jobs_life_in_order(sessions, new_job) -> None:  # typ
         ("status", "succeeded"),
         ("done", "succeeded"),
     ]
+
+
+def test_a_rolled_back_savepoint_keeps_the_transactions_earlier_events(  # type: ignore[no-untyped-def]
+    sessions, developer, catalog_model
+) -> None:
+    with session_scope(sessions) as session:
+        job = Job(user_id=developer.user_id, model_id=catalog_model.id, input={})
+        queue.enqueue(session, job)
+        with pytest.raises(RuntimeError), session.begin_nested():
+            raise RuntimeError("an inner step failed")
+    with sessions() as session:
+        kinds = session.scalars(select(JobEvent.type).where(JobEvent.job_id == job.id)).all()
+    assert kinds == ["status"]
+
+
+@pytest.mark.parametrize("how", ["retry", "release", "recover"])
+def test_a_canceled_job_never_goes_back_to_the_queue(sessions, new_job, how) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job(max_attempts=3)
+    (claim,) = _claim(sessions)
+    with session_scope(sessions) as session:
+        queue.request_cancel(session, job_id)
+    with session_scope(sessions) as session:
+        if how == "retry":
+            queue.fail(session, claim, "out of memory", retryable=True, retry_base_seconds=0)
+        elif how == "release":
+            queue.release(session, claim, "worker stopping")
+        else:
+            later = utcnow() + timedelta(seconds=LEASE + 1)
+            queue.recover_stalled(session, retry_base_seconds=0, now=later)
+    assert _job(sessions, job_id).status == JobStatus.canceled
+    assert _claim(sessions) == []
+
+
+def test_recovery_tells_users_what_happened_and_operators_which_worker(sessions, new_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job(max_attempts=1)
+    _claim(sessions, "host-42-abc")
+    with session_scope(sessions) as session:
+        queue.recover_stalled(session, retry_base_seconds=0, now=utcnow() + timedelta(hours=1))
+    job = _job(sessions, job_id)
+    assert "host-42-abc" not in job.error and "host-42-abc" not in job.logs
+    assert "stopped responding" in job.error
+    assert "host-42-abc" in job.attempt_errors[0]["error"]

@@ -21,6 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from goshen import catalog, registry
 from goshen.config import Settings
@@ -97,8 +98,8 @@ def test_compatible_jobs_run_as_one_batch_and_succeed_with_their_images(  # type
     for job in jobs:
         assert "in a batch of 3 jobs" in job.logs
         assert [image["key"] for image in job.output["images"]] == [
-            f"outputs/{developer.user_id}/{job.id}/0.png",
-            f"outputs/{developer.user_id}/{job.id}/1.png",
+            f"outputs/{developer.user_id}/{job.id}/1/0.png",
+            f"outputs/{developer.user_id}/{job.id}/1/1.png",
         ]
         assert job.device.startswith("cpu") and job.peak_memory_bytes > 0
         assert job.run_seconds > 0 and job.queue_seconds >= 0
@@ -180,8 +181,10 @@ def test_a_model_missing_from_the_registry_fails_after_its_attempts(  # type: ig
     ids = _enqueue(sessions, developer, make_model("never-registered", "3"))
     start_worker()
     (job,) = _wait(sessions, ids, _ended)
-    assert job.status == JobStatus.failed and "never-registered" in job.error
+    assert job.status == JobStatus.failed and "failed on the worker" in job.error
     assert len(job.attempt_errors) == job.max_attempts
+    # The registry's own words stay with the attempts, for operators.
+    assert all("never-registered" in entry["error"] for entry in job.attempt_errors)
 
 
 def _worker_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -310,10 +313,9 @@ def test_three_workers_finish_200_jobs_while_one_is_killed_mid_job(  # type: ign
     assert counts == {job_id: 1 for job_id in ids}
     for job in jobs:
         assert len(job.output["images"]) == 1
-        files = list(
-            (serving_settings.artifacts_dir / "outputs" / developer.user_id / job.id).iterdir()
-        )
-        assert [path.name for path in files] == ["0.png"]
+        folder = serving_settings.artifacts_dir / "outputs" / developer.user_id / job.id
+        files = [path.relative_to(folder).as_posix() for path in folder.rglob("*.png")]
+        assert files == [f"{job.attempt}/0.png"]  # what earlier attempts wrote is gone
 
 
 def test_generated_pngs_download_only_with_a_valid_signature(  # type: ignore[no-untyped-def]
@@ -380,3 +382,88 @@ def test_a_stable_diffusion_pipeline_from_the_registry_serves_text_to_image_jobs
     with sessions() as session:
         usage = session.scalars(select(UsageEvent).where(UsageEvent.job_id == ids[0])).one()
     assert usage.unit == "second" and usage.quantity == pytest.approx(usage.seconds)
+
+
+def test_a_job_canceled_inside_a_batch_ends_at_once_and_the_batch_goes_on(  # type: ignore[no-untyped-def]
+    sessions, developer, digits_model, start_worker
+) -> None:
+    kept, canceled = _enqueue(sessions, developer, digits_model, 2, num_inference_steps=60)
+    start_worker(step_seconds=0.05)
+    _wait(sessions, [kept], lambda job: (job.progress or {}).get("step", 0) >= 2)
+    with session_scope(sessions) as session:
+        queue.request_cancel(session, canceled)
+    (ended,) = _wait(sessions, [canceled], _ended, timeout=5)
+    with sessions() as session:
+        still = session.get(Job, kept)
+    assert ended.status == JobStatus.canceled
+    assert still.status == JobStatus.running and still.progress["step"] < 60
+    (finished,) = _wait(sessions, [kept], _ended)
+    assert finished.status == JobStatus.succeeded and "in a batch of 2 jobs" in finished.logs
+
+
+class _FailsInBatches:
+    """The registry's models, but a batch of more than one job raises (a GPU out of memory)."""
+
+    def __init__(self, source) -> None:  # type: ignore[no-untyped-def]
+        self.source = source
+
+    def resolve(self, model):  # type: ignore[no-untyped-def]
+        return self.source.resolve(model)
+
+    def load(self, model, version):  # type: ignore[no-untyped-def]
+        generator = self.source.load(model, version)
+
+        class Fragile:
+            device = generator.device
+
+            def generate(self, inputs, on_step):  # type: ignore[no-untyped-def]
+                if len(inputs) > 1:
+                    raise RuntimeError("CUDA out of memory")
+                return generator.generate(inputs, on_step)
+
+            def close(self) -> None:
+                generator.close()
+
+        return Fragile()
+
+
+def test_a_failed_batch_runs_its_jobs_one_by_one_without_spending_attempts(  # type: ignore[no-untyped-def]
+    serving_settings, sessions, developer, digits_model
+) -> None:
+    import threading
+
+    from serving.model_cache import RegistrySource
+    from serving.worker import run_worker
+
+    ids = _enqueue(sessions, developer, digits_model, 3)
+    stop = threading.Event()
+    source = _FailsInBatches(RegistrySource(serving_settings))
+    worker = threading.Thread(target=run_worker, args=(serving_settings, stop, source))
+    worker.start()
+    try:
+        jobs = _wait(sessions, ids, _ended)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert [job.status for job in jobs] == [JobStatus.succeeded] * 3
+    assert {job.attempt for job in jobs} == {1}  # the failed batch did not count
+    assert all("each job runs alone next" in job.logs for job in jobs)
+
+
+def test_a_worker_outlives_a_database_that_fails_for_a_while(  # type: ignore[no-untyped-def]
+    sessions, developer, digits_model, start_worker, monkeypatch
+) -> None:
+    from serving import worker
+
+    real_claim, failures = worker.claim, iter(range(3))
+
+    def flaky(context):  # type: ignore[no-untyped-def]
+        if next(failures, None) is not None:
+            raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+        return real_claim(context)
+
+    monkeypatch.setattr(worker, "claim", flaky)
+    ids = _enqueue(sessions, developer, digits_model)
+    start_worker()
+    (job,) = _wait(sessions, ids, _ended)
+    assert job.status == JobStatus.succeeded
