@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -116,7 +116,18 @@ def issue_key(
 
 
 def authenticate(session: Session, plaintext: str) -> Principal | None:
-    """The principal for a presented key, or None if it is unknown, revoked or disabled."""
+    """The principal for a presented key, or None if it is unknown, revoked or disabled.
+
+    Also notes the key's use (`last_used_at`, at minute resolution) on the session's objects.
+    """
+    principal = find_principal(session, plaintext)
+    if principal is not None and needs_touch(principal.key):
+        principal.key.last_used_at = utcnow()
+    return principal
+
+
+def find_principal(session: Session, plaintext: str) -> Principal | None:
+    """The principal for a presented key, reading only; None if unknown, revoked or disabled."""
     prefix = keys.key_prefix(plaintext)
     if prefix is None:
         return None
@@ -130,10 +141,17 @@ def authenticate(session: Session, plaintext: str) -> Principal | None:
         return None
     if key.revoked_at is not None or user.disabled_at is not None:
         return None
-    now = utcnow()
-    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
-        key.last_used_at = now
     return Principal(user=user, key=key)
+
+
+def needs_touch(key: ApiKey) -> bool:
+    """Whether the key's last_used_at is older than its resolution."""
+    return key.last_used_at is None or utcnow() - key.last_used_at >= LAST_USED_RESOLUTION
+
+
+def touch_key(session: Session, key_id: str) -> None:
+    """Record a key's use now (callers check `needs_touch` first: it is a write)."""
+    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
 
 
 def revoke_key(key: ApiKey) -> ApiKey:

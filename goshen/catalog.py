@@ -26,6 +26,7 @@ from goshen.errors import ConflictError, NotFoundError
 from goshen.runtimes.inputs import input_model
 
 DIGITS_DIFFUSION = "digits-diffusion"
+DIGITS_CLASSIFIER = "digits-classifier"
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +47,15 @@ BUILTIN_MODELS = (
         "trains on scikit-learn's digits (8x8 grayscale PNGs). Ask for a digit, get images.",
         pricing_unit=PricingUnit.image,
         price_micros=1_000,
+    ),
+    BuiltinModel(
+        name=DIGITS_CLASSIFIER,
+        runtime=ModelRuntime.onnx,
+        description="Reads a handwritten digit: 8x8 grayscale pixels in [0, 1] (64 features, "
+        "row by row) in, the digit and each digit's probability out. Trained on scikit-learn's "
+        "digits; the judge of digits-diffusion's samples.",
+        pricing_unit=PricingUnit.request,
+        price_micros=100,
     ),
 )
 
@@ -80,17 +90,25 @@ def ensure_builtin_models(session: Session) -> None:
     for builtin in BUILTIN_MODELS:
         if session.scalar(select(Model.id).where(Model.name == builtin.name)) is not None:
             continue
-        model = generation_entry(
-            builtin.name,
-            builtin.runtime,
-            builtin.name,
-            description=builtin.description,
-            alias="production",
-            pricing_unit=builtin.pricing_unit,
-            price_micros=builtin.price_micros,
-            visibility=Visibility.public,
-            status=ModelStatus.deploying,
-        )
+        fields: dict[str, Any] = {
+            "description": builtin.description,
+            "alias": "production",
+            "pricing_unit": builtin.pricing_unit,
+            "price_micros": builtin.price_micros,
+            "visibility": Visibility.public,
+            "status": ModelStatus.deploying,
+        }
+        if builtin.runtime == ModelRuntime.onnx:
+            # Its input schema comes from the ONNX graph, once a serving process loads it.
+            model = Model(
+                name=builtin.name,
+                kind=ModelKind.onnx,
+                runtime=builtin.runtime,
+                registered_model=builtin.name,
+                **fields,
+            )
+        else:
+            model = generation_entry(builtin.name, builtin.runtime, builtin.name, **fields)
         try:
             with session.begin_nested():
                 session.add(model)
@@ -134,6 +152,11 @@ def visible_to(user_id: str):  # type: ignore[no-untyped-def]
     return or_(Model.visibility == Visibility.public, Model.owner_id == user_id)
 
 
+def is_visible(model: Model, user_id: str) -> bool:
+    """The Python form of `visible_to`, for entries read from a cache."""
+    return model.visibility == Visibility.public or model.owner_id == user_id
+
+
 def get_visible(session: Session, name: str, user_id: str) -> Model:
     """The entry called `name`, if this user may see it; NotFoundError otherwise."""
     model = session.scalar(select(Model).where(Model.name == name, visible_to(user_id)))
@@ -166,7 +189,7 @@ def set_live_version(session: Session, registered_model: str, alias: str, versio
 
 
 def price(model: Model, *, images: int, seconds: float) -> tuple[float, int]:
-    """(quantity in the model's pricing unit, cost in micro-credits) of one finished job."""
+    """(quantity in the model's pricing unit, cost in micro-credits) of one job or request."""
     quantity = {
         PricingUnit.image: float(images),
         PricingUnit.second: seconds,

@@ -4,11 +4,13 @@ from goshen.client import GoshenClient
 with GoshenClient("http://127.0.0.1:8000", api_key="gsk_...") as goshen:
     job = goshen.generate("digits-diffusion", {"digit": 7, "num_images": 4}, wait=60)
     png = goshen.download(job["output"]["images"][0]["url"])
+    digits = goshen.predict("digits-classifier", {"features": rows})  # labels, probabilities
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -122,6 +124,52 @@ class GoshenClient:
         """A catalog model: its input JSON Schema, examples, pricing and status."""
         return self.request("GET", f"/v1/models/{name}")
 
+    def predict(self, model: str, inputs: dict[str, Any] | list[Any]) -> dict[str, Any]:
+        """Run an ONNX model: `inputs` by input name (MLflow's tensor format), nested lists or
+        anything with `.tolist()`; the answer holds `outputs`, and for classifiers `labels` and
+        `probabilities`, one per row."""
+        if isinstance(inputs, dict):
+            inputs = {name: _listed(value) for name, value in inputs.items()}
+        else:
+            inputs = _listed(inputs)
+        return self.request("POST", f"/v1/models/{model}/predict", json={"inputs": inputs})
+
+    def upload_model(
+        self, path: str | os.PathLike[str], name: str, description: str = ""
+    ) -> dict[str, Any]:
+        """Upload an .onnx file as a model of your own (private until an admin publishes it)."""
+        with open(path, "rb") as file:
+            return self.request(
+                "POST",
+                "/v1/models",
+                data={"name": name, "description": description},
+                files={"file": (os.path.basename(path), file, "application/octet-stream")},
+                timeout=max(self._http.timeout.read or 0, 300),
+            )
+
+    def admin_register_model(self, **entry: Any) -> dict[str, Any]:
+        """A catalog entry from the MLflow registry: name, registered_model, alias or version,
+        description, pricing, visibility, max_batch_size, max_wait_ms."""
+        return self.request("POST", "/v1/admin/models", json=entry)
+
+    def admin_update_model(self, name: str, **changes: Any) -> dict[str, Any]:
+        return self.request("PATCH", f"/v1/admin/models/{name}", json=changes)
+
+    def admin_deploy_model(
+        self, name: str, *, version: str | None = None, alias: str | None = None
+    ) -> dict[str, Any]:
+        """Resolve, load and probe; the entry as the deploy left it (`ready` or `failed`)."""
+        body = _without_none(version=version, alias=alias)
+        return self.request(
+            "POST", f"/v1/admin/models/{name}/deploy", json=body or None, timeout=300
+        )
+
+    def admin_undeploy_model(self, name: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/admin/models/{name}/undeploy")
+
+    def admin_rollback_model(self, name: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/admin/models/{name}/rollback", timeout=300)
+
     def generate(
         self,
         model: str,
@@ -186,6 +234,11 @@ class GoshenClient:
     def webhook_secret(self) -> str:
         """The `whsec_...` secret this account's webhooks are signed with."""
         return self.request("GET", "/v1/webhooks/default/secret")["key"]
+
+
+def _listed(value: Any) -> Any:
+    """Arrays (numpy, torch, ...) as the nested lists JSON carries."""
+    return value.tolist() if hasattr(value, "tolist") else value
 
 
 @dataclass(frozen=True)

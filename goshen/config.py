@@ -98,6 +98,14 @@ class Settings(BaseSettings):
     job_timeout_seconds: float = Field(default=600.0, gt=0, le=24 * 3600)
     max_active_jobs_per_user: int = Field(default=100, ge=1)
 
+    predict_max_batch_size: int = Field(default=64, ge=1, le=4096)
+    predict_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    predict_max_rows: int = Field(default=1024, ge=1)
+    max_model_upload_bytes: int = Field(default=256 * 1024**2, ge=1)
+    # The checker itself needs about 200 MiB before it reads the model.
+    model_validation_memory_bytes: int = Field(default=4 * 1024**3, ge=512 * 1024**2)
+    model_validation_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+
     webhook_allow_loopback: bool = False
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     shutdown_grace_seconds: float = Field(default=20.0, gt=0, le=600)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import mlflow
 from fastapi import FastAPI
 
 from goshen.catalog import ensure_builtin_models
@@ -12,21 +15,29 @@ from goshen.config import Settings, load_settings
 from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
 from goshen.storage import make_store
 from serving.body_limit import BodySizeLimit
+from serving.catalog_cache import CatalogCache
 from serving.job_watch import JobWatcher
 from serving.metrics import install_metrics
+from serving.notifications import KEYS_CHANNEL, is_postgres
+from serving.predict_models import PredictModels, warm_up
+from serving.principal_cache import PrincipalCache
 from serving.problems import install_problem_handlers
 from serving.routes import (
     admin,
+    admin_models,
     datasets,
     files,
     generate,
     health,
     jobs,
     keys,
+    model_uploads,
     models,
+    predict,
     training,
     webhooks,
 )
+from serving.usage_recorder import UsageRecorder
 
 API_DESCRIPTION = """Goshen's HTTP API. Authenticate with an API key in the `Authorization` header:
 `Authorization: Bearer gsk_...`. Errors are `application/problem+json` (RFC 9457)."""
@@ -41,15 +52,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         migrate.upgrade(engine)
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        read_engine = make_engine(settings.resolved_database_url, read_only=True)
+        app.state.read_sessionmaker = make_sessionmaker(read_engine)
         app.state.store = make_store(settings)
         with session_scope(app.state.sessionmaker) as session:
             ensure_builtin_models(session)
-        app.state.job_watcher = JobWatcher(settings.resolved_database_url)
+        mlflow.set_tracking_uri(settings.resolved_mlflow_tracking_uri)
+        mlflow.set_registry_uri(settings.resolved_mlflow_tracking_uri)
+        postgres = is_postgres(settings.resolved_database_url)
+        app.state.job_watcher = JobWatcher(
+            settings.resolved_database_url,
+            also={KEYS_CHANNEL: lambda user_id: app.state.principals.forget_user(user_id)},
+        )
+        app.state.principals = PrincipalCache(
+            listening=(lambda: app.state.job_watcher.listening) if postgres else None,
+            stamp=None if postgres else settings.home_dir / "keys-changed",
+        )
         app.state.job_watcher.start()
+        # What startup built (imports, settings, tables) lives as long as the process: keep it
+        # out of the cyclic collector's passes, whose full sweeps of it stall every request.
+        gc.freeze()
+        app.state.catalog_cache = CatalogCache(app.state.read_sessionmaker)
+        app.state.predict_models = PredictModels(settings, app.state.metrics)
+        app.state.usage = UsageRecorder(app.state.sessionmaker)
+        app.state.usage.start()
+        # Live ONNX models load in the background; /readyz answers 503 until they have.
+        threading.Thread(
+            target=warm_up,
+            args=(app.state.sessionmaker, app.state.predict_models),
+            name="warm-up",
+            daemon=True,
+        ).start()
         try:
             yield
         finally:
+            app.state.usage.stop()
+            app.state.predict_models.close()
             app.state.job_watcher.stop()
+            read_engine.dispose()
             engine.dispose()
 
     app = FastAPI(
@@ -63,11 +103,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_request_bytes,
-        exempt=(("POST", "/v1/datasets"),),
+        exempt=(("POST", "/v1/datasets"), ("POST", "/v1/models")),
     )
     app.state.metrics = install_metrics(app)
     install_problem_handlers(app)
-    routers = (health, keys, admin, files, datasets, training, webhooks, models, generate, jobs)
+    routers = (
+        predict,  # first: the hottest route, and routes are matched in order
+        health,
+        keys,
+        admin,
+        admin_models,
+        files,
+        datasets,
+        training,
+        webhooks,
+        model_uploads,
+        models,
+        generate,
+        jobs,
+    )
     for router in (module.router for module in routers):
         app.include_router(router)
     return app

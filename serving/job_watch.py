@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
@@ -25,13 +25,17 @@ log = logging.getLogger(__name__)
 
 
 class JobWatcher:
-    """Wake-ups per job id for coroutines on one event loop."""
+    """Wake-ups per job id for coroutines on one event loop; `also` maps other channels this
+    process listens to (on the same connection) to callbacks run on the listener thread."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(
+        self, database_url: str, also: dict[str, Callable[[str], None]] | None = None
+    ) -> None:
         self.poll_seconds = (
             POSTGRES_POLL_SECONDS if is_postgres(database_url) else SQLITE_POLL_SECONDS
         )
-        self._listener = Listener(database_url, (JOB_EVENTS_CHANNEL,))
+        self._also = also or {}
+        self._listener = Listener(database_url, (JOB_EVENTS_CHANNEL, *self._also))
         self._listening = is_postgres(database_url)
         self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -53,9 +57,17 @@ class JobWatcher:
 
     def _listen(self) -> None:
         while not self._stop.is_set():
-            for job_id in self._listener.wait(LISTEN_TIMEOUT_SECONDS):
-                assert self._loop is not None
-                self._loop.call_soon_threadsafe(self._wake, job_id)
+            for channel, payload in self._listener.wait(LISTEN_TIMEOUT_SECONDS):
+                if channel == JOB_EVENTS_CHANNEL:
+                    assert self._loop is not None
+                    self._loop.call_soon_threadsafe(self._wake, payload)
+                elif channel in self._also:
+                    self._also[channel](payload)
+
+    @property
+    def listening(self) -> bool:
+        """Whether notifications reach this process now (see Listener.connected)."""
+        return self._listener.connected
 
     def _wake(self, job_id: str) -> None:
         for event in self._waiters.get(job_id, ()):

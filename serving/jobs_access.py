@@ -16,7 +16,7 @@ MAX_EVENTS_PER_READ = 500
 
 def load_job(app: FastAPI, job_id: str) -> Job:
     """The job as committed now, read in a short session of its own."""
-    with app.state.sessionmaker() as session:
+    with app.state.read_sessionmaker() as session:
         job = session.get(Job, job_id)
         assert job is not None, "jobs are deleted only with their user"
         return job
@@ -24,7 +24,7 @@ def load_job(app: FastAPI, job_id: str) -> Job:
 
 def events_after(app: FastAPI, job_id: str, after: int) -> list[JobEvent]:
     """The job's events with ids above `after`, oldest first."""
-    with app.state.sessionmaker() as session:
+    with app.state.read_sessionmaker() as session:
         return list(
             session.scalars(
                 select(JobEvent)

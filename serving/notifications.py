@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 JOBS_CHANNEL = "goshen_jobs"  # a job became runnable
 JOB_EVENTS_CHANNEL = "goshen_job_events"  # a job has new events; the payload is its id
 WEBHOOKS_CHANNEL = "goshen_webhooks"  # a webhook delivery is due
+KEYS_CHANNEL = "goshen_keys"  # a key was revoked or a user changed; the payload is the user id
 RECONNECT_SECONDS = 2.0
 
 log = logging.getLogger(__name__)
@@ -70,21 +71,26 @@ class Listener:
         self._connection: psycopg.Connection | None = None
         self._retry_at = 0.0
 
-    def wait(self, timeout: float) -> list[str]:
-        """Payloads of notifications that arrive within `timeout` seconds (at least one waits)."""
+    def wait(self, timeout: float) -> list[tuple[str, str]]:
+        """(channel, payload) of the notifications that arrive within `timeout` seconds."""
         connection = self._connect()
         if connection is None:
             time.sleep(timeout)
             return []
         try:
-            payloads = [n.payload for n in connection.notifies(timeout=timeout, stop_after=1)]
+            arrived = list(connection.notifies(timeout=timeout, stop_after=1))
             # Drain what else is already waiting, without blocking again.
-            payloads += [n.payload for n in connection.notifies(timeout=0)]
+            arrived += list(connection.notifies(timeout=0))
         except psycopg.Error as exc:
             log.warning("LISTEN connection lost (%s); polling until it is back", exc)
             self.close()
             return []
-        return payloads
+        return [(notification.channel, notification.payload) for notification in arrived]
+
+    @property
+    def connected(self) -> bool:
+        """Whether notifications are being received now (False on SQLite and while reconnecting)."""
+        return self._connection is not None and not self._connection.closed
 
     def _connect(self) -> psycopg.Connection | None:
         if self._conninfo is None:

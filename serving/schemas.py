@@ -15,6 +15,7 @@ from goshen.db.models import (
     ModelKind,
     ModelRuntime,
     ModelStatus,
+    PricingUnit,
     Role,
     TrainingStatus,
     Visibility,
@@ -230,3 +231,60 @@ class ModelPublic(BaseModel):
     pricing: dict[str, Any]
     input_schema: dict[str, Any]
     examples: list[Any]
+
+
+CatalogName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
+
+
+class Pricing(RequestBody):
+    unit: PricingUnit = Field(description="image, second or request")
+    price_micros: int = Field(ge=0, le=10**12, description="per unit, in micro-credits")
+
+
+class ModelRegister(RequestBody):
+    """POST /v1/admin/models: a catalog entry for an MLflow registered model."""
+
+    name: CatalogName = Field(description="what developers call it, in URLs")
+    registered_model: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    alias: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = Field(
+        default=None, description="follow this alias (e.g. production); or pin `version`"
+    )
+    version: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")] | None = None
+    description: Annotated[str, StringConstraints(max_length=2000)] = ""
+    pricing: Pricing
+    visibility: Visibility = Visibility.private
+    max_batch_size: int | None = Field(default=None, ge=1, le=4096)
+    max_wait_ms: float | None = Field(default=None, ge=0, le=1000)
+
+
+class ModelUpdate(RequestBody):
+    """PATCH /v1/admin/models/{name}: what may change without a deploy."""
+
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    pricing: Pricing | None = None
+    visibility: Visibility | None = None
+    max_batch_size: int | None = Field(default=None, ge=1, le=4096)
+    max_wait_ms: float | None = Field(default=None, ge=0, le=1000)
+
+
+class DeployRequest(RequestBody):
+    """POST .../deploy: pin a version or follow an alias from now on; empty keeps the entry's."""
+
+    version: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")] | None = None
+    alias: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+
+
+class AdminModelPublic(ModelPublic):
+    """A catalog entry with what admins manage."""
+
+    id: str
+    registered_model: str
+    alias: str | None
+    pinned_version: str | None
+    previous_version: str | None
+    status_error: str | None
+    owner_id: str | None
+    max_batch_size: int | None
+    max_wait_ms: float | None
+    created_at: datetime
+    updated_at: datetime

@@ -632,3 +632,93 @@ def start_worker(serving_settings: Settings) -> Iterator[Callable[..., threading
     for thread, _ in running:
         thread.join(timeout=30)
         assert not thread.is_alive(), "a worker did not stop"
+
+
+def register_tiny_classifier(tracking_uri: str, name: str, seed: int = 0) -> RegisteredModel:
+    """A digits-shaped classifier (features float32 [B, 64] -> probabilities [B, 10]) with random
+    weights, exported to ONNX and registered as a new version of `name`."""
+    import mlflow
+    import numpy as np
+    import onnx
+    import torch
+
+    from goshen import registry
+    from goshen_pipelines.lib import export
+
+    torch.manual_seed(seed)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    module = torch.nn.Sequential(module, torch.nn.Softmax(dim=1)).eval()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_experiment("serving-tests")
+    features = np.random.default_rng(seed).random((3, 64), dtype=np.float32)
+    metadata = {
+        "kind": "onnx",
+        "task": "classification",
+        "classes": [str(digit) for digit in range(10)],
+        "input_ranges": {"features": [0.0, 1.0]},
+    }
+    with tempfile.TemporaryDirectory() as workdir, mlflow.start_run():
+        path = export.export_onnx(
+            module, Path(workdir) / "model.onnx", {"features": features}, "probabilities"
+        )
+        version = registry.log_onnx_model(
+            onnx.load(str(path)), name, metadata=metadata, tags={registry.CHECKS_TAG: "true"}
+        )
+    mlflow.MlflowClient().set_registered_model_alias(name, registry.PRODUCTION, version.version)
+    return RegisteredModel(name, version.version)
+
+
+@pytest.fixture(scope="session")
+def register_classifier(mlflow_server: str) -> Callable[..., RegisteredModel]:
+    """`register_classifier(name, seed=0)`: a tiny random classifier as a new live version."""
+    return lambda name, seed=0: register_tiny_classifier(mlflow_server, name, seed)
+
+
+def _tiny_onnx(path: Path, *, domain: str = "", external: str | None = None) -> Path:
+    """y = x · W (x float32 [B, 2], W 2x3), saved at `path`; `domain` puts MatMul in another op
+    domain, `external` stores W as external data at that location."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "W")
+    if external is not None:
+        weights.ClearField("raw_data")
+        weights.data_location = TensorProto.EXTERNAL
+        weights.external_data.add(key="location", value=external)
+        weights.external_data.add(key="offset", value="0")
+        weights.external_data.add(key="length", value="24")
+    node = helper.make_node("MatMul", ["x", "W"], ["y"], domain=domain)
+    graph = helper.make_graph(
+        [node],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[weights],
+    )
+    opsets = [helper.make_opsetid("", 17)]
+    if domain:
+        opsets.append(helper.make_opsetid(domain, 1))
+    model = helper.make_model(graph, opset_imports=opsets)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid two-input-feature ONNX model with no metadata: what a user might upload."""
+    return _tiny_onnx(tmp_path_factory.mktemp("tiny-onnx") / "model.onnx")
+
+
+@pytest.fixture(scope="session")
+def bad_onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """ONNX files an upload must refuse: external data outside their folder, a custom op domain."""
+    root = tmp_path_factory.mktemp("bad-onnx")
+    (root / "secret.bin").write_bytes(bytes(24))
+    (root / "model").mkdir()
+    return {
+        "external-data-outside": _tiny_onnx(
+            root / "model" / "outside.onnx", external="../secret.bin"
+        ),
+        "custom-domain": _tiny_onnx(root / "model" / "custom.onnx", domain="com.example"),
+    }

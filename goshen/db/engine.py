@@ -20,15 +20,20 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
-def make_engine(url: str | URL, **kwargs: object) -> Engine:
-    """An engine with Goshen's connection settings for the URL's backend."""
+def make_engine(url: str | URL, *, read_only: bool = False, **kwargs: object) -> Engine:
+    """An engine with Goshen's connection settings for the URL's backend.
+
+    `read_only` engines serve the hot read paths (authentication, event streams): on SQLite
+    their transactions take no write lock, so readers never queue behind each other or behind
+    writers; a write through one fails at once. On PostgreSQL reads never block anyway.
+    """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, **kwargs)
+        return _sqlite_engine(parsed, read_only=read_only, **kwargs)
     return create_engine(parsed, pool_pre_ping=True, **kwargs)
 
 
-def _sqlite_engine(url: URL, **kwargs: object) -> Engine:
+def _sqlite_engine(url: URL, *, read_only: bool, **kwargs: object) -> Engine:
     if url.database and url.database != ":memory:":
         from pathlib import Path
 
@@ -44,13 +49,16 @@ def _sqlite_engine(url: URL, **kwargs: object) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        if read_only:
+            cursor.execute("PRAGMA query_only=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _begin(connection) -> None:  # type: ignore[no-untyped-def]
         # IMMEDIATE takes the write lock up front: a deferred transaction that later writes can
-        # fail at once with SQLITE_BUSY when another process committed in between.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # fail at once with SQLITE_BUSY when another process committed in between. A read-only
+        # engine's transactions only read, so they take the snapshot WAL gives readers.
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

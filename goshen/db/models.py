@@ -218,6 +218,9 @@ class Model(Base):
     visibility: Mapped[Visibility] = mapped_column(_enum(Visibility), default=Visibility.private)
     status: Mapped[ModelStatus] = mapped_column(_enum(ModelStatus), default=ModelStatus.deploying)
     status_error: Mapped[str | None] = mapped_column(Text)
+    # Dynamic batching of /predict; None means the GOSHEN_PREDICT_* defaults.
+    max_batch_size: Mapped[int | None] = mapped_column(Integer)
+    max_wait_ms: Mapped[float | None] = mapped_column(Float)
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -23,6 +23,7 @@ from goshen_pipelines.lib.classifier import TrainedTabularModel
 
 OPSET = 17
 BATCH_AXIS = "batch"
+TABULAR_INPUT = "features"
 
 
 class DenoiserForExport(nn.Module):
@@ -85,7 +86,12 @@ def denoiser_inputs(
 
 def tabular_inputs(features: np.ndarray, batch_size: int = 3) -> dict[str, np.ndarray]:
     """The first rows of a real feature matrix, so parity is checked where the model is used."""
-    return {"features": np.ascontiguousarray(features[:batch_size], dtype=np.float32)}
+    return {TABULAR_INPUT: np.ascontiguousarray(features[:batch_size], dtype=np.float32)}
+
+
+def feature_range(features: np.ndarray) -> list[float]:
+    """[min, max] over every training feature: the input range a served model publishes."""
+    return [float(np.min(features)), float(np.max(features))]
 
 
 def export_denoiser(unet: UNet2DModel, path: str | os.PathLike[str], num_classes: int) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -53,7 +53,7 @@ def get_user(user_id: str, _admin: AdminPrincipal, session: SessionDep) -> UserP
 
 @router.patch("/users/{user_id}")
 def update_user(
-    user_id: str, body: UserUpdate, admin: AdminPrincipal, session: SessionDep
+    user_id: str, body: UserUpdate, admin: AdminPrincipal, session: SessionDep, request: Request
 ) -> UserPublic:
     """Rename, change role, or disable (all keys stop working) and re-enable a user."""
     user = _user(session, user_id)
@@ -65,7 +65,9 @@ def update_user(
         user.role = body.role
     if body.disabled is not None:
         user.disabled_at = (user.disabled_at or utcnow()) if body.disabled else None
+    request.app.state.principals.announce(session, user.id)
     session.commit()
+    request.app.state.principals.changed(user.id)  # a disabled or demoted user's keys, now
     return UserPublic.model_validate(user)
 
 
@@ -96,7 +98,11 @@ def list_all_keys(
 
 
 @router.delete("/keys/{key_id}")
-def revoke_any_key(key_id: str, _admin: AdminPrincipal, session: SessionDep) -> KeyPublic:
+def revoke_any_key(
+    key_id: str, _admin: AdminPrincipal, session: SessionDep, request: Request
+) -> KeyPublic:
     key = accounts.revoke_key(accounts.get_key(session, key_id))
+    request.app.state.principals.announce(session, key.user_id)
     session.commit()
+    request.app.state.principals.changed(key.user_id)
     return KeyPublic.model_validate(key)

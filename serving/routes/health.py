@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from serving.predict_models import live_models_loaded
+
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
 
@@ -22,8 +24,11 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "a dependency is unavailable"}})
 def readyz(request: Request) -> JSONResponse:
-    """Ready for traffic: every dependency answers."""
+    """Ready for traffic: every dependency answers and every live ONNX model is loaded."""
     checks = {"database": _check_database(request)}
+    if checks["database"]["ok"]:
+        state = request.app.state
+        checks["models"] = live_models_loaded(state.read_sessionmaker, state.predict_models)
     ready = all(check["ok"] for check in checks.values())
     return JSONResponse(
         {"status": "ok" if ready else "unavailable", "checks": checks},

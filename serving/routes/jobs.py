@@ -19,7 +19,7 @@ from goshen.db import access
 from goshen.db.models import Job, JobStatus, Model
 from goshen.errors import NotFoundError
 from serving import queue, webhooks
-from serving.deps import SessionDep, SettingsDep, StoreDep, require_any_scope
+from serving.deps import ReadSessionDep, SessionDep, SettingsDep, StoreDep, require_any_scope
 from serving.job_views import render_event_data, render_job, webhook_payload
 from serving.jobs_access import MAX_EVENTS_PER_READ, events_after, load_job
 from serving.pagination import Cursor, Limit, Page, paginate
@@ -43,7 +43,7 @@ def _model_names(session: Session, jobs: Sequence[Job]) -> dict[str, str]:
 @router.get("")
 def list_jobs(
     principal: JobsPrincipal,
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     store: StoreDep,
     limit: Limit = 20,
@@ -75,7 +75,7 @@ def list_jobs(
 def get_job(
     job_id: str,
     principal: JobsPrincipal,
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     store: StoreDep,
 ) -> JobPublic:
@@ -111,7 +111,7 @@ def stream_job_events(
     job_id: str,
     request: Request,
     principal: JobsPrincipal,
-    session: SessionDep,
+    session: ReadSessionDep,
     last_event_id: Annotated[int | None, Header(ge=0)] = None,
 ) -> StreamingResponse:
     """Server-sent events: `status` on each change, `progress` per denoising step, `log` per

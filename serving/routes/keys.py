@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from sqlalchemy import select
 
 from goshen import accounts
@@ -39,8 +39,12 @@ def get_key(key_id: str, principal: KeysPrincipal, session: SessionDep) -> KeyPu
 
 
 @router.delete("/{key_id}")
-def revoke_key(key_id: str, principal: KeysPrincipal, session: SessionDep) -> KeyPublic:
+def revoke_key(
+    key_id: str, principal: KeysPrincipal, session: SessionDep, request: Request
+) -> KeyPublic:
     """Revoke a key; it stops working at once."""
     key = accounts.revoke_key(accounts.get_key(session, key_id, owner_id=principal.user.id))
+    request.app.state.principals.announce(session, key.user_id)
     session.commit()
+    request.app.state.principals.changed(key.user_id)
     return KeyPublic.model_validate(key)

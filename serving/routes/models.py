@@ -10,7 +10,8 @@ from sqlalchemy import select
 from goshen import catalog
 from goshen.accounts import Principal
 from goshen.db.models import Model
-from serving.deps import SessionDep, require_any_scope
+from serving.deps import ReadSessionDep, require_any_scope
+from serving.model_views import public_model
 from serving.pagination import Cursor, Limit, Page, paginate
 from serving.schemas import ModelPublic
 
@@ -18,24 +19,9 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 ModelsPrincipal = Annotated[Principal, Depends(require_any_scope("models", "generate", "predict"))]
 
 
-def public_model(model: Model) -> ModelPublic:
-    return ModelPublic(
-        name=model.name,
-        kind=model.kind,
-        runtime=model.runtime,
-        description=model.description,
-        status=model.status,
-        live_version=model.pinned_version or model.live_version,
-        visibility=model.visibility,
-        pricing={"unit": str(model.pricing_unit), "price_micros": model.price_micros},
-        input_schema=model.input_schema,
-        examples=model.examples,
-    )
-
-
 @router.get("")
 def list_models(
-    principal: ModelsPrincipal, session: SessionDep, limit: Limit = 20, cursor: Cursor = None
+    principal: ModelsPrincipal, session: ReadSessionDep, limit: Limit = 20, cursor: Cursor = None
 ) -> Page[ModelPublic]:
     """Public models and your own, newest first."""
     query = select(Model).where(catalog.visible_to(principal.user.id))
@@ -49,6 +35,6 @@ def list_models(
 
 
 @router.get("/{name}")
-def get_model(name: str, principal: ModelsPrincipal, session: SessionDep) -> ModelPublic:
+def get_model(name: str, principal: ModelsPrincipal, session: ReadSessionDep) -> ModelPublic:
     """One model: its input as JSON Schema with examples, its pricing, whether it is live."""
     return public_model(catalog.get_visible(session, name, principal.user.id))

@@ -90,7 +90,7 @@ def stream_training_logs(
     """
     training.get_owned(session, job_id, principal.user.id)
     session.close()  # the stream polls with short sessions of its own
-    events = _log_events(request.app.state.sessionmaker, job_id, last_event_id or 0)
+    events = _log_events(request.app.state.read_sessionmaker, job_id, last_event_id or 0)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 

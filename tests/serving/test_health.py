@@ -13,7 +13,13 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ok", "checks": {"database": {"ok": True, "error": None}}}
+    assert ready.json() == {
+        "status": "ok",
+        "checks": {
+            "database": {"ok": True, "error": None},
+            "models": {"ok": True, "error": None, "models": []},  # no live ONNX model yet
+        },
+    }
 
 
 def test_readiness_fails_when_the_database_is_gone(settings: Settings) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi.testclient import TestClient
 
 PROBLEM = "application/problem+json"
@@ -98,3 +100,21 @@ def test_cursor_pagination(client: TestClient, developer) -> None:  # type: igno
     assert too_many.status_code == 422 and too_many.json()["errors"][0]["field"] == "limit"
     bad_cursor = client.get("/v1/keys", params={"cursor": "' OR 1=1"}, headers=developer.headers)
     assert bad_cursor.status_code == 422
+
+
+def test_a_revocation_reaches_every_api_process(  # type: ignore[no-untyped-def]
+    client: TestClient, settings, admin, developer
+) -> None:
+    """Two API apps on one database: a key cached by one is refused there as soon as the other
+    revokes it (SQLite: the stamp file; PostgreSQL: NOTIFY), long before the cache's TTL."""
+    from serving.app import create_app
+    from serving.principal_cache import TTL_SECONDS
+
+    with TestClient(create_app(settings)) as other:
+        assert other.get("/v1/keys", headers=developer.headers).status_code == 200  # cached there
+        revoked = client.delete(f"/v1/admin/keys/{developer.key_id}", headers=admin.headers)
+        assert revoked.status_code == 200
+        deadline = time.monotonic() + TTL_SECONDS / 10
+        while other.get("/v1/keys", headers=developer.headers).status_code != 401:
+            assert time.monotonic() < deadline, "the other process still takes a revoked key"
+            time.sleep(0.02)

@@ -13,7 +13,7 @@ import dagster as dg
 from goshen import catalog, registry, training
 from goshen.db.models import TrainingJob, TrainingStatus
 from goshen_pipelines.defs.training.assets import TrainedModel, training_job_partitions
-from goshen_pipelines.lib import publishing
+from goshen_pipelines.lib import export, publishing
 from goshen_pipelines.lib.classifier import TrainedTabularModel
 from goshen_pipelines.lib.diffusion import TrainedDiffusion
 from goshen_pipelines.resources import MLflowTracking, PlatformDatabase
@@ -71,7 +71,12 @@ def _publish(
         metadata["diffusion"] = model.spec.to_dict()
         extra_files = publishing.torch_weights(model.unet, path.parent)
     else:
-        metadata.update(task=model.task, classes=[str(c) for c in model.classes])
+        assert trained.features is not None, "tabular models carry their training features"
+        metadata.update(
+            task=model.task,
+            classes=[str(c) for c in model.classes],
+            input_ranges={export.TABULAR_INPUT: export.feature_range(trained.features)},
+        )
     return publishing.register(
         path,
         registered_name,

@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 from goshen import registry
 from goshen.config import Settings
+from goshen.runtimes.onnx_models import OnnxModel
 from goshen_pipelines.train import run_digits_job
 
 TINY = {
@@ -41,7 +42,7 @@ def _materialization(result: dg.ExecuteInProcessResult, asset: str) -> dg.AssetM
 
 
 def test_the_digits_graph_trains_checks_registers_and_promotes(
-    settings: Settings, capsys: pytest.CaptureFixture[str]
+    settings: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     result = run_digits_job(settings, TINY)
     assert result.success
@@ -86,3 +87,10 @@ def test_the_digits_graph_trains_checks_registers_and_promotes(
         assert registry.load_onnx(name).graph.input[0].type.tensor_type.shape.dim[0].dim_param
     promoted = _materialization(result, "digits_diffusion_production").metadata
     assert promoted["live_model_uri"].value == "models:/digits-diffusion@production"
+
+    # /predict publishes the classifier's input range: its training pixels span [0, 1].
+    folder = registry.download_model("digits-classifier", destination=tmp_path / "classifier")
+    schema = OnnxModel.from_folder(folder).public_schema()
+    assert schema["inputs"][0]["value_range"] == [0.0, 1.0]
+    assert schema["example"]["inputs"]["features"] == [[0.5] * 64]
+    assert (schema["task"], schema["classes"]) == ("classification", [str(d) for d in range(10)])

@@ -71,6 +71,11 @@ def test_classifier_parity_and_probabilities(
     assert [o.name for o in graph.output] == ["probabilities"]
 
 
+def test_feature_range_spans_every_feature() -> None:
+    features = np.array([[0.0, 2.5], [-1.0, 5.0]], dtype=np.float32)
+    assert export.feature_range(features) == [-1.0, 5.0]
+
+
 def test_regressor_exports_predictions(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     features = rng.normal(size=(100, 3)).astype(np.float32)

@@ -1,0 +1,51 @@
+"""Catalog entries as /predict reads them: from memory, re-read once they are TTL_SECONDS old.
+
+A prediction must not wait on the database for its model's row; deploys, undeploys and pricing
+changes made through another API replica reach this one within the TTL (at once here: the admin
+routes invalidate the entry they change).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from goshen.db.models import Model
+
+TTL_SECONDS = 1.0
+
+
+class CatalogCache:
+    def __init__(self, factory: sessionmaker[Session], ttl: float = TTL_SECONDS) -> None:
+        self.factory = factory
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Model | None]] = {}
+        self._lock = threading.Lock()
+
+    def fresh(self, name: str) -> tuple[bool, Model | None]:
+        """(whether a fresh copy is cached, the cached entry); never touches the database."""
+        with self._lock:
+            cached = self._entries.get(name)
+        if cached is None or time.monotonic() - cached[0] >= self.ttl:
+            return False, None
+        return True, cached[1]
+
+    def get(self, name: str) -> Model | None:
+        """The entry called `name` (detached), or None; reads the database when stale."""
+        hit, model = self.fresh(name)
+        if hit:
+            return model
+        with self.factory() as session:
+            model = session.scalar(select(Model).where(Model.name == name))
+            if model is not None:
+                session.expunge(model)
+        with self._lock:
+            self._entries[name] = (time.monotonic(), model)
+        return model
+
+    def invalidate(self, name: str) -> None:
+        with self._lock:
+            self._entries.pop(name, None)

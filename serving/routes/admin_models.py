@@ -1,0 +1,164 @@
+"""Admin: the model catalog. Register entries from the MLflow registry, change their metadata,
+pricing and visibility, and deploy, undeploy or roll them back."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Request
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+
+from goshen.db import session_scope
+from goshen.db.models import Model, ModelStatus
+from goshen.errors import ConflictError, InvalidInputError, NotFoundError
+from serving import deployments
+from serving.deps import AdminPrincipal, SessionDep
+from serving.model_views import admin_model
+from serving.pagination import Cursor, Limit, Page, paginate
+from serving.schemas import AdminModelPublic, DeployRequest, ModelRegister, ModelUpdate
+
+router = APIRouter(prefix="/v1/admin/models", tags=["admin"])
+
+
+def _by_name(request: Request, name: str) -> Model:
+    with request.app.state.sessionmaker() as session:
+        model = session.scalar(select(Model).where(Model.name == name))
+    if model is None:
+        raise NotFoundError(f"no catalog model named {name!r}")
+    return model
+
+
+@router.get("")
+def list_catalog(
+    _admin: AdminPrincipal, session: SessionDep, limit: Limit = 20, cursor: Cursor = None
+) -> Page[AdminModelPublic]:
+    """Every entry, private ones and their owners included."""
+    return paginate(
+        session,
+        select(Model),
+        Model.id,
+        AdminModelPublic,
+        limit=limit,
+        cursor=cursor,
+        render=lambda models: [admin_model(model) for model in models],
+    )
+
+
+@router.get("/{name}")
+def get_catalog_entry(name: str, _admin: AdminPrincipal, request: Request) -> AdminModelPublic:
+    return admin_model(_by_name(request, name))
+
+
+@router.post("", status_code=201, responses={409: {"description": "the name is taken"}})
+async def register_model(
+    body: ModelRegister, _admin: AdminPrincipal, request: Request
+) -> AdminModelPublic:
+    """Register an entry for `registered_model` at `alias` or `version`; deploy it to serve it.
+
+    The version is read from the registry to learn its kind (an ONNX model for /predict, or an
+    image generator) and its input schema.
+    """
+    if (body.alias is None) == (body.version is None):
+        raise InvalidInputError("give exactly one of `alias` and `version`", field="alias")
+    state = request.app.state
+    model = Model(
+        name=body.name,
+        registered_model=body.registered_model,
+        alias=body.alias,
+        pinned_version=body.version,
+        description=body.description,
+        pricing_unit=body.pricing.unit,
+        price_micros=body.pricing.price_micros,
+        visibility=body.visibility,
+        max_batch_size=body.max_batch_size,
+        max_wait_ms=body.max_wait_ms,
+        status=ModelStatus.disabled,
+    )
+    version = await run_in_threadpool(deployments.resolve_version, state.settings, model)
+    facts = await run_in_threadpool(
+        deployments.inspect_version, state.settings, body.registered_model, version
+    )
+    model.kind, model.runtime = facts.kind, facts.runtime
+    model.input_schema, model.examples = facts.input_schema, facts.examples
+    try:
+        with session_scope(state.sessionmaker) as session:
+            session.add(model)
+    except IntegrityError:
+        raise ConflictError(f"the catalog already has a model named {body.name!r}") from None
+    return admin_model(model)
+
+
+@router.patch("/{name}")
+def update_model(
+    name: str, body: ModelUpdate, _admin: AdminPrincipal, request: Request
+) -> AdminModelPublic:
+    """Change description, pricing, visibility or batching; no deploy needed."""
+    with session_scope(request.app.state.sessionmaker) as session:
+        model = session.scalar(select(Model).where(Model.name == name))
+        if model is None:
+            raise NotFoundError(f"no catalog model named {name!r}")
+        changes = body.model_dump(exclude_unset=True)
+        if "pricing" in changes:
+            pricing = changes.pop("pricing")
+            model.pricing_unit, model.price_micros = pricing["unit"], pricing["price_micros"]
+        for field, value in changes.items():
+            setattr(model, field, value)
+    request.app.state.catalog_cache.invalidate(name)
+    if {"max_batch_size", "max_wait_ms"} & set(changes):
+        request.app.state.predict_models.unload(model.id)  # reloaded with the new limits
+    return admin_model(model)
+
+
+@router.post("/{name}/deploy")
+async def deploy_model(
+    name: str,
+    _admin: AdminPrincipal,
+    request: Request,
+    body: Annotated[DeployRequest | None, Body()] = None,
+) -> AdminModelPublic:
+    """Resolve the entry's alias (or pinned version), load and probe it: `ready` serving that
+    version, or `failed` with the error. The answer comes when the deploy has ended."""
+    body = body or DeployRequest()
+    if body.version is not None and body.alias is not None:
+        raise InvalidInputError("give at most one of `version` and `alias`", field="version")
+    state = request.app.state
+    model = _by_name(request, name)
+    deployed = await run_in_threadpool(
+        deployments.deploy,
+        state.sessionmaker,
+        state.settings,
+        state.predict_models,
+        model.id,
+        version=body.version,
+        alias=body.alias,
+    )
+    state.catalog_cache.invalidate(name)
+    return admin_model(deployed)
+
+
+@router.post("/{name}/undeploy")
+def undeploy_model(name: str, _admin: AdminPrincipal, request: Request) -> AdminModelPublic:
+    """Stop serving: requests answer 409 until the entry is deployed again."""
+    state = request.app.state
+    model = deployments.undeploy(
+        state.sessionmaker, state.predict_models, _by_name(request, name).id
+    )
+    state.catalog_cache.invalidate(name)
+    return admin_model(model)
+
+
+@router.post("/{name}/rollback", responses={409: {"description": "no previous version"}})
+async def rollback_model(name: str, _admin: AdminPrincipal, request: Request) -> AdminModelPublic:
+    """Serve the previous live version again (pinned, until the next deploy)."""
+    state = request.app.state
+    model = await run_in_threadpool(
+        deployments.rollback,
+        state.sessionmaker,
+        state.settings,
+        state.predict_models,
+        _by_name(request, name).id,
+    )
+    state.catalog_cache.invalidate(name)
+    return admin_model(model)

@@ -1,0 +1,143 @@
+"""POST /v1/models: a user uploads an ONNX model and calls it through /predict.
+
+The file is checked in a subprocess with a memory cap and a timeout before anything is kept: its
+size, that it is ONNX and not a pickle, standard op domains only, no external data outside its
+folder, and that ONNX Runtime loads it. Then it is logged to MLflow, registered as
+`<user id>.<name>`, and becomes a catalog entry private to its uploader until an admin makes it
+public. A refusal says why, and leaves nothing registered.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import Field, ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+
+from goshen import registry
+from goshen.accounts import Principal
+from goshen.config import Settings
+from goshen.db import session_scope
+from goshen.db.models import Model, ModelKind, ModelRuntime, ModelStatus, PricingUnit, Visibility
+from goshen.errors import ConflictError, InvalidInputError
+from goshen.model_uploads import ModelUploadLimits, validate_onnx_upload
+from serving.deps import require_scope
+from serving.model_views import public_model
+from serving.multipart import receive_upload
+from serving.schemas import CatalogName, ModelPublic, RequestBody
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+ModelsPrincipal = Annotated[Principal, Depends(require_scope("models"))]
+
+_UPLOAD_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "name"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "an .onnx"},
+                        "name": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]{1,62}$"},
+                        "description": {"type": "string", "maxLength": 2000},
+                    },
+                    "additionalProperties": False,
+                }
+            }
+        },
+    }
+}
+
+
+class ModelUpload(RequestBody):
+    """The text fields of a model upload; the file is the multipart part `file`."""
+
+    name: CatalogName
+    description: str = Field(default="", max_length=2000)
+
+
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra=_UPLOAD_FORM,
+    responses={
+        409: {"description": "a catalog model has that name"},
+        413: {"description": "the file passes GOSHEN_MAX_MODEL_UPLOAD_BYTES"},
+        422: {"description": "a field is wrong, or the model is refused; the detail says why"},
+    },
+)
+async def upload_model(request: Request, principal: ModelsPrincipal) -> ModelPublic:
+    """Upload an ONNX model; it is yours alone until an admin makes it public."""
+    settings: Settings = request.app.state.settings
+    with tempfile.TemporaryDirectory(prefix="goshen-model-") as workdir:
+        upload = await receive_upload(
+            request,
+            Path(workdir) / "model.onnx",
+            file_field="file",
+            max_file_bytes=settings.max_model_upload_bytes,
+            limit_name="GOSHEN_MAX_MODEL_UPLOAD_BYTES",
+        )
+        try:
+            body = ModelUpload.model_validate(upload.fields)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+            ) from None
+        if upload.file is None:
+            raise InvalidInputError("attach the model as the multipart part 'file'", field="file")
+        return await run_in_threadpool(
+            _register, request, principal.user.id, body, upload.file, settings
+        )
+
+
+def _register(
+    request: Request, user_id: str, body: ModelUpload, model_file: Path, settings: Settings
+) -> ModelPublic:
+    factory = request.app.state.sessionmaker
+    with factory() as session:
+        if session.scalar(select(Model.id).where(Model.name == body.name)) is not None:
+            raise ConflictError(f"a catalog model is already named {body.name!r}; pick another")
+    limits = ModelUploadLimits(
+        max_bytes=settings.max_model_upload_bytes,
+        memory_bytes=settings.model_validation_memory_bytes,
+        timeout_seconds=settings.model_validation_timeout_seconds,
+    )
+    # The upload is only ever opened in the checking subprocess; its verdict has the schema.
+    schema = validate_onnx_upload(model_file, limits).public_schema()
+    registered = registry.log_uploaded_onnx(
+        model_file,
+        f"{user_id}.{body.name}",
+        experiment=f"uploads/{user_id}",
+        metadata={"kind": "onnx", "uploaded_by": user_id},
+    )
+    model = Model(
+        name=body.name,
+        kind=ModelKind.onnx,
+        runtime=ModelRuntime.onnx,
+        description=body.description,
+        registered_model=registered.name,
+        pinned_version=registered.version,
+        live_version=registered.version,
+        input_schema=schema,
+        examples=[schema["example"]],
+        pricing_unit=PricingUnit.request,
+        price_micros=0,
+        visibility=Visibility.private,
+        status=ModelStatus.ready,
+        owner_id=user_id,
+    )
+    try:
+        with session_scope(factory) as session:
+            session.add(model)
+    except IntegrityError:
+        # Someone took the name while this upload was checked: nothing of it may stay.
+        registry.delete_version(registered.name, registered.version)
+        raise ConflictError(f"a catalog model is already named {body.name!r}") from None
+    return public_model(model)

@@ -1,0 +1,152 @@
+"""POST /v1/models/{name}/predict: synchronous ONNX inference, dynamically batched.
+
+The body is MLflow's tensor input format, `{"inputs": {"<input name>": <nested list>}}`, so a
+client of `mlflow models serve` switches by changing the URL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+
+from goshen import catalog
+from goshen.accounts import Principal
+from goshen.db.models import Model, ModelKind, ModelStatus
+from goshen.errors import ConflictError, InvalidInputError, NotFoundError
+from serving.deps import authenticate
+from serving.schemas import RequestBody
+
+
+class _DirectRoute(APIRoute):
+    """Calls the endpoint with the path parameters and the request, skipping FastAPI's
+    dependency resolution and validation: the route checks its own body (see `predict`).
+    The OpenAPI document still comes from the endpoint's signature and `openapi_extra`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint = self.endpoint
+
+        async def handle(request: Request) -> Response:
+            return await endpoint(request=request, **request.path_params)
+
+        return handle
+
+
+router = APIRouter(prefix="/v1/models", tags=["predict"], route_class=_DirectRoute)
+
+
+class PredictRequest(RequestBody):
+    """The body, as the OpenAPI document shows it; the route parses it itself (it is the
+    hottest path, and the ONNX signature checks every value anyway)."""
+
+    inputs: dict[str, Any] | list[Any] = Field(
+        description="tensors by input name, as nested lists (a bare list for single-input "
+        "models); GET /v1/models/{name} lists each input's name, dtype and shape"
+    )
+
+
+def _body_inputs(raw: bytes) -> Any:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(
+            f'the body is not JSON ({exc}); send {{"inputs": {{"<input name>": [...]}}}}',
+            field="body",
+        ) from None
+    if not isinstance(body, dict) or "inputs" not in body:
+        raise InvalidInputError(
+            'send {"inputs": {"<input name>": [...]}} (MLflow\'s tensor format)', field="inputs"
+        )
+    unknown = sorted(set(body) - {"inputs"})
+    if unknown:
+        raise InvalidInputError(f"unknown fields {unknown}; send only `inputs`", field=unknown[0])
+    return body["inputs"]
+
+
+@router.post(
+    "/{name}/predict",
+    openapi_extra={
+        "security": [{"HTTPBearer": []}],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+        },
+    },
+    responses={
+        200: {"description": '`{"outputs": {...}}`; classifiers add `labels` and `probabilities`'},
+        404: {"description": "no such model, or not one this key may call"},
+        409: {"description": "the model is not deployed (undeployed, failed or deploying)"},
+        422: {"description": "an input is missing, unknown, or of the wrong shape or dtype"},
+    },
+)
+async def predict(name: str, request: Request) -> Response:
+    """Run the model's live ONNX version on the inputs; each caller gets exactly its own rows.
+
+    Needs a key with the `predict` scope.
+    """
+    principal = await authenticate(request, "predict")
+    inputs = _body_inputs(await request.body())
+    state = request.app.state
+    model = await _callable_model(request, name, principal.user.id)
+    version = model.pinned_version or model.live_version
+    assert version is not None, "a ready entry has a live version"
+    loaded = state.predict_models.loaded(model, version) or await run_in_threadpool(
+        state.predict_models.load, model, version
+    )
+    feeds = loaded.onnx.check_inputs(inputs, max_rows=state.settings.predict_max_rows)
+    rows = loaded.onnx.rows(feeds)
+    started = time.monotonic()
+    outputs = await loaded.batcher.predict(feeds, rows)
+    _meter(request, model, principal, rows, time.monotonic() - started)
+    return Response(loaded.onnx.answer(outputs), media_type="application/json")
+
+
+async def _callable_model(request: Request, name: str, user_id: str) -> Model:
+    cache = request.app.state.catalog_cache
+    hit, model = cache.fresh(name)
+    if not hit:
+        model = await run_in_threadpool(cache.get, name)
+    if model is None or not catalog.is_visible(model, user_id):
+        raise NotFoundError(f"no model named {name!r}; GET /v1/models lists the ones you can call")
+    if model.kind != ModelKind.onnx:
+        raise InvalidInputError(
+            f"model {name} generates images; send it to POST /v1/generate", field="name"
+        )
+    if model.status != ModelStatus.ready or not (model.pinned_version or model.live_version):
+        raise ConflictError(_not_deployed(model))
+    return model
+
+
+def _not_deployed(model: Model) -> str:
+    if model.status == ModelStatus.disabled:
+        return (
+            f"model {model.name} is not deployed: an admin undeployed it "
+            f"(POST /v1/admin/models/{model.name}/deploy serves it again)"
+        )
+    if model.status == ModelStatus.failed:
+        return f"model {model.name} is not deployed: its deploy failed: {model.status_error}"
+    return f"model {model.name} is not deployed yet ({model.status}); try again shortly"
+
+
+def _meter(request: Request, model: Model, principal: Principal, rows: int, seconds: float) -> None:
+    """One usage event per request; a per-image price counts the rows."""
+    quantity, cost = catalog.price(model, images=rows, seconds=seconds)
+    request.app.state.usage.record(
+        user_id=principal.user.id,
+        api_key_id=principal.key.id,
+        model_id=model.id,
+        job_id=None,
+        kind="prediction",
+        quantity=quantity,
+        unit=str(model.pricing_unit),
+        cost_micros=cost,
+        images=None,
+        seconds=seconds,
+    )

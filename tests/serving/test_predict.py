@@ -1,0 +1,301 @@
+"""/predict, the admin catalog and model uploads against a real MLflow registry holding small
+random-weights ONNX classifiers: validation, dynamic batching, deploy, undeploy, rollback."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from goshen import registry
+from goshen.client import GoshenAPIError, GoshenClient
+from goshen.config import Settings
+from goshen.db.models import Model, Role, UsageEvent
+from serving.app import create_app
+
+ROWS = np.random.default_rng(1).random((5, 64), dtype=np.float32)
+
+
+@pytest.fixture
+def api(serving_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(serving_settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def admin(make_account):  # type: ignore[no-untyped-def]
+    return make_account(Role.admin)
+
+
+@pytest.fixture
+def classifier(api, admin, register_classifier) -> dict:  # type: ignore[no-untyped-def]
+    """A deployed public catalog entry for a fresh registered classifier."""
+    name = f"clf-{secrets.token_hex(3)}"
+    register_classifier(name)
+    body = {
+        "name": name,
+        "registered_model": name,
+        "alias": registry.PRODUCTION,
+        "pricing": {"unit": "request", "price_micros": 250},
+        "visibility": "public",
+    }
+    created = api.post("/v1/admin/models", json=body, headers=admin.headers)
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "disabled"
+    deployed = api.post(f"/v1/admin/models/{name}/deploy", headers=admin.headers)
+    assert deployed.status_code == 200, deployed.text
+    assert deployed.json()["status"] == "ready", deployed.json()["status_error"]
+    return deployed.json()
+
+
+def _predict(api, account, name: str, inputs):  # type: ignore[no-untyped-def]
+    return api.post(f"/v1/models/{name}/predict", json={"inputs": inputs}, headers=account.headers)
+
+
+def _direct(api, name: str, rows: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The same version in a plain ONNX Runtime session, for comparison."""
+    folder = registry.model_folder(
+        registry.download_version(name, "1", api.app.state.settings.home_dir / "direct" / name)
+    )
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {"features": rows})[0]
+
+
+def test_predict_answers_outputs_labels_and_probabilities(  # type: ignore[no-untyped-def]
+    api, developer, classifier, sessions
+) -> None:
+    response = _predict(api, developer, classifier["name"], {"features": ROWS.tolist()})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    probabilities = np.asarray(body["outputs"]["probabilities"])
+    np.testing.assert_allclose(probabilities, _direct(api, classifier["name"], ROWS), atol=1e-6)
+    assert body["probabilities"] == body["outputs"]["probabilities"]
+    assert body["labels"] == [str(p.argmax()) for p in probabilities]
+    bare = _predict(api, developer, classifier["name"], ROWS[:2].tolist())  # one input: a list
+    assert bare.status_code == 200 and bare.json()["labels"] == body["labels"][:2]
+    api.app.state.usage.flush()
+    with sessions() as session:
+        usage = session.scalars(select(UsageEvent).where(UsageEvent.kind == "prediction")).all()
+    assert [(u.user_id, u.quantity, u.cost_micros) for u in usage] == [
+        (developer.user_id, 1.0, 250)
+    ] * 2
+
+
+def test_the_model_page_publishes_each_input(api, developer, classifier) -> None:  # type: ignore[no-untyped-def]
+    page = api.get(f"/v1/models/{classifier['name']}", headers=developer.headers).json()
+    (features,) = page["input_schema"]["inputs"]
+    assert (features["name"], features["dtype"]) == ("features", "float32")
+    assert features["shape"][1] == 64 and features["value_range"] == [0.0, 1.0]
+    example = page["examples"][0]
+    assert _predict(api, developer, classifier["name"], example["inputs"]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("inputs", "field"),
+    [
+        ({"features": ROWS[:, :10].tolist()}, "inputs.features"),  # wrong shape
+        ({"features": [["a"] * 64]}, "inputs.features"),  # wrong dtype
+        ({}, "inputs.features"),  # missing input
+        ({"features": ROWS.tolist(), "pixels": [[1]]}, "inputs.pixels"),  # unknown input
+        ({"features": [[0.5] * 64] * 2000}, "inputs.features"),  # more rows than allowed
+        ({"features": [[0.5] * 64, [0.5] * 63]}, "inputs.features"),  # ragged
+    ],
+)
+def test_bad_inputs_are_a_422_naming_the_input(  # type: ignore[no-untyped-def]
+    api, developer, classifier, inputs, field
+) -> None:
+    response = _predict(api, developer, classifier["name"], inputs)
+    assert response.status_code == 422, response.text
+    assert field in [error["field"] for error in response.json()["errors"]]
+
+
+def test_concurrent_requests_are_batched_and_get_their_own_rows(  # type: ignore[no-untyped-def]
+    api, admin, developer, classifier
+) -> None:
+    name = classifier["name"]
+    # A longer wait makes the merge certain on a busy machine; the code path is the same.
+    patched = api.patch(f"/v1/admin/models/{name}", json={"max_wait_ms": 50}, headers=admin.headers)
+    assert patched.json()["max_wait_ms"] == 50
+    requests = [
+        np.random.default_rng(n).random((1 + n % 3, 64), dtype=np.float32) for n in range(24)
+    ]
+    answers: dict[int, np.ndarray] = {}
+    barrier = threading.Barrier(len(requests))
+
+    def send(number: int) -> None:
+        barrier.wait()
+        response = _predict(api, developer, name, {"features": requests[number].tolist()})
+        assert response.status_code == 200, response.text
+        answers[number] = np.asarray(response.json()["outputs"]["probabilities"])
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    batcher = api.app.state.predict_models._loaded[classifier["id"]].batcher
+    assert max(batcher.batch_sizes) > 1, batcher.batch_sizes
+    metrics = api.get("/metrics").text
+    calls = (
+        f'goshen_predict_batch_requests_count{{model="{name}"}} {sum(batcher.batch_sizes.values())}'
+    )
+    assert calls in metrics
+    for number, rows in enumerate(requests):
+        alone = _predict(api, developer, name, {"features": rows.tolist()}).json()
+        np.testing.assert_array_equal(
+            answers[number], np.asarray(alone["outputs"]["probabilities"])
+        )
+
+
+def test_undeploy_deploy_and_rollback_through_the_admin_api(  # type: ignore[no-untyped-def]
+    api, admin, developer, classifier, register_classifier
+) -> None:
+    name = classifier["name"]
+    undeployed = api.post(f"/v1/admin/models/{name}/undeploy", headers=admin.headers).json()
+    assert undeployed["status"] == "disabled"
+    refused = _predict(api, developer, name, {"features": ROWS.tolist()})
+    assert refused.status_code == 409 and "not deployed" in refused.json()["detail"]
+
+    first = api.post(f"/v1/admin/models/{name}/deploy", headers=admin.headers).json()
+    assert (first["status"], first["live_version"]) == ("ready", "1")
+    before = _predict(api, developer, name, {"features": ROWS.tolist()}).json()
+
+    register_classifier(name, seed=7)  # version 2 takes the alias
+    second = api.post(f"/v1/admin/models/{name}/deploy", headers=admin.headers).json()
+    assert (second["live_version"], second["previous_version"]) == ("2", "1")
+    changed = _predict(api, developer, name, {"features": ROWS.tolist()}).json()
+    assert changed["outputs"] != before["outputs"]
+
+    rolled = api.post(f"/v1/admin/models/{name}/rollback", headers=admin.headers).json()
+    assert (rolled["status"], rolled["live_version"], rolled["pinned_version"]) == (
+        "ready",
+        "1",
+        "1",
+    )
+    again = _predict(api, developer, name, {"features": ROWS.tolist()}).json()
+    assert again["outputs"] == before["outputs"]
+    ready = api.get("/readyz").json()["checks"]["models"]
+    assert (
+        ready["ok"]
+        and {"name": name, "live_version": "1", "loaded_version": "1"}.items()
+        <= next(entry for entry in ready["models"] if entry["name"] == name).items()
+    )
+
+
+def test_the_sdk_predicts_and_runs_the_catalog(  # type: ignore[no-untyped-def]
+    serving_settings, run_api, admin, developer, classifier
+) -> None:
+    name = classifier["name"]
+    with (
+        run_api(serving_settings) as served,
+        GoshenClient(served.api_url, admin.key) as as_admin,
+        GoshenClient(served.api_url, developer.key) as as_developer,
+    ):
+        _sdk_calls(as_admin, as_developer, name)
+
+
+def _sdk_calls(as_admin: GoshenClient, as_developer: GoshenClient, name: str) -> None:
+    answer = as_developer.predict(name, {"features": ROWS})  # an array goes as nested lists
+    assert len(answer["labels"]) == len(ROWS)
+    assert as_admin.admin_undeploy_model(name)["status"] == "disabled"
+    with pytest.raises(GoshenAPIError) as refused:
+        as_developer.predict(name, ROWS[:1])
+    assert refused.value.status_code == 409 and "not deployed" in str(refused.value)
+    assert as_admin.admin_deploy_model(name)["status"] == "ready"
+    assert as_admin.admin_update_model(name, description="digits")["description"] == "digits"
+    assert as_developer.predict(name, ROWS[:1])["labels"] == answer["labels"][:1]
+
+
+def test_a_deploy_of_a_missing_version_fails_with_its_error(api, admin, classifier) -> None:  # type: ignore[no-untyped-def]
+    name = classifier["name"]
+    failed = api.post(
+        f"/v1/admin/models/{name}/deploy", json={"version": "99"}, headers=admin.headers
+    ).json()
+    assert failed["status"] == "failed" and "no version 99" in failed["status_error"]
+    assert api.post(f"/v1/admin/models/{name}/rollback", headers=admin.headers).status_code == 200
+
+
+def test_a_rollback_without_a_previous_version_answers_409(api, admin, classifier) -> None:  # type: ignore[no-untyped-def]
+    response = api.post(f"/v1/admin/models/{classifier['name']}/rollback", headers=admin.headers)
+    assert response.status_code == 409
+
+
+def test_image_models_point_to_generate_and_unknown_models_are_404(  # type: ignore[no-untyped-def]
+    api, developer, digits_model
+) -> None:
+    wrong = _predict(api, developer, digits_model.name, {"features": []})
+    assert wrong.status_code == 422 and "/v1/generate" in wrong.json()["detail"]
+    assert _predict(api, developer, "no-such-model", {}).status_code == 404
+
+
+def test_uploads_are_private_until_an_admin_publishes_them(  # type: ignore[no-untyped-def]
+    api, admin, developer, make_account, tiny_onnx_file, sessions
+) -> None:
+    name = f"up-{secrets.token_hex(3)}"
+    with tiny_onnx_file.open("rb") as file:
+        uploaded = api.post(
+            "/v1/models",
+            data={"name": name, "description": "mine"},
+            files={"file": ("model.onnx", file, "application/octet-stream")},
+            headers=developer.headers,
+        )
+    assert uploaded.status_code == 201, uploaded.text
+    assert (uploaded.json()["visibility"], uploaded.json()["status"]) == ("private", "ready")
+    stranger = make_account()
+    assert _predict(api, stranger, name, {"x": [[1.0, 2.0]]}).status_code == 404
+    mine = _predict(api, developer, name, {"x": [[1.0, 2.0]]})
+    assert mine.status_code == 200, mine.text
+    api.patch(f"/v1/admin/models/{name}", json={"visibility": "public"}, headers=admin.headers)
+    assert _predict(api, stranger, name, {"x": [[1.0, 2.0]]}).status_code == 200
+
+
+@pytest.mark.parametrize("defect", ["external-data-outside", "custom-domain"])
+def test_a_refused_upload_leaves_nothing_registered(  # type: ignore[no-untyped-def]
+    api, developer, bad_onnx_files, sessions, mlflow_server, defect
+) -> None:
+    name = f"bad-{secrets.token_hex(3)}"
+    with bad_onnx_files[defect].open("rb") as file:
+        refused = api.post(
+            "/v1/models",
+            data={"name": name},
+            files={"file": ("model.onnx", file, "application/octet-stream")},
+            headers=developer.headers,
+        )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["field"] == "file"
+    with sessions() as session:
+        assert (
+            session.scalar(select(func.count()).select_from(Model).where(Model.name == name)) == 0
+        )
+    assert registry.version_for_alias(mlflow_server, f"{developer.user_id}.{name}", "x") is None
+    import mlflow
+
+    assert (
+        mlflow.MlflowClient(mlflow_server).search_registered_models(
+            filter_string=f"name = '{developer.user_id}.{name}'"
+        )
+        == []
+    )
+
+
+def test_readiness_is_503_while_a_live_model_cannot_be_loaded(  # type: ignore[no-untyped-def]
+    serving_settings, sessions, make_model
+) -> None:
+    from goshen.db import session_scope
+    from goshen.db.models import ModelKind, ModelRuntime
+
+    broken = make_model("never-registered-classifier", "4")
+    with session_scope(sessions) as session:
+        row = session.get(Model, broken.id)
+        row.kind, row.runtime = ModelKind.onnx, ModelRuntime.onnx
+    with TestClient(create_app(serving_settings)) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 503
+    models = ready.json()["checks"]["models"]
+    assert models["ok"] is False and broken.name in models["error"]
