@@ -43,6 +43,18 @@ class PayloadTooLargeError(GoshenError):
     title = "Content too large"
 
 
+class UnavailableError(GoshenError):
+    """Something the request needs cannot be used now (a model that fails to load); retry later.
+    `retry_after_seconds` says when."""
+
+    status_code = 503
+    title = "Service unavailable"
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class RateLimitedError(GoshenError):
     """Too many requests or jobs for now; `retry_after_seconds` says when to try again."""
 

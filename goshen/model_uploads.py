@@ -16,7 +16,10 @@ built to exhaust memory or to take forever to load costs one bounded process. It
   existing file inside the model file's folder, and its offset and length lie within that file;
   the model and its external files together fit in `max_bytes`;
 - `onnx.checker.check_model(full_check=True)`, then ONNX Runtime builds a CPU session;
-- every input and output is a numeric or boolean tensor, which /predict can carry in JSON.
+- every input and output is a numeric or boolean tensor, which /predict can carry in JSON;
+- the model answers its example input (one row, as GET /v1/models/{name} will publish it), here
+  under the caps: a graph built to allocate without bound or to loop forever on being run fails
+  in this child, not later in the API process that serves it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
@@ -41,6 +45,7 @@ from goshen.errors import GoshenError, InvalidInputError, PayloadTooLargeError
 from goshen.runtimes.onnx_models import (
     TensorSpec,
     UnservableModelError,
+    example_value,
     graph_signature,
     public_schema,
 )
@@ -246,8 +251,10 @@ def check_model_file(model_file: Path, max_bytes: int) -> ValidatedModel:
         onnx.checker.check_model(str(model_file), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise _invalid(f"the ONNX checker refuses the model: {exc}") from exc
-    providers = _cpu_session_providers(model_file)
-    return ValidatedModel(*_signature(model), _opset_imports(model), providers)
+    inputs, outputs = _signature(model)
+    session = _cpu_session(model_file)
+    _run_example(session, inputs)
+    return ValidatedModel(inputs, outputs, _opset_imports(model), list(session.get_providers()))
 
 
 def _invalid(message: str) -> InvalidInputError:
@@ -445,7 +452,7 @@ def _check_extent(
         raise refuse(f"is {size} bytes, shorter than the offset and length it is given")
 
 
-def _cpu_session_providers(model_file: Path) -> list[str]:
+def _cpu_session(model_file: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -461,7 +468,23 @@ def _cpu_session_providers(model_file: Path) -> list[str]:
         if any(sign in str(exc) for sign in _MEMORY_SIGNS):
             raise MemoryError(str(exc)) from exc
         raise _invalid(f"ONNX Runtime cannot load the model: {exc}") from exc
-    return list(session.get_providers())
+    return session
+
+
+def _run_example(session: ort.InferenceSession, inputs: list[TensorSpec]) -> None:
+    feeds = {spec.name: np.asarray(example_value(spec), dtype=spec.dtype) for spec in inputs}
+    try:
+        session.run(None, feeds)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        if any(sign in str(exc) for sign in _MEMORY_SIGNS):
+            raise MemoryError(str(exc)) from exc
+        shapes = ", ".join(f"{spec.name} {list(feeds[spec.name].shape)}" for spec in inputs)
+        raise _invalid(
+            f"the model fails on an example input ({shapes}, mid-range values): {exc}; "
+            "/predict runs that input when it loads a model, so the graph must answer it"
+        ) from exc
 
 
 def _signature(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:

@@ -19,7 +19,7 @@ from serving.catalog_cache import CatalogCache
 from serving.job_watch import JobWatcher
 from serving.metrics import install_metrics
 from serving.notifications import KEYS_CHANNEL, is_postgres
-from serving.predict_models import PredictModels, warm_up
+from serving.predict_models import PredictModels
 from serving.principal_cache import PrincipalCache
 from serving.problems import install_problem_handlers
 from serving.routes import (
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             also={KEYS_CHANNEL: lambda user_id: app.state.principals.forget_user(user_id)},
         )
         app.state.principals = PrincipalCache(
-            listening=(lambda: app.state.job_watcher.listening) if postgres else None,
+            listen_session=(lambda: app.state.job_watcher.listen_session) if postgres else None,
             stamp=None if postgres else settings.home_dir / "keys-changed",
         )
         app.state.job_watcher.start()
@@ -76,16 +76,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.predict_models = PredictModels(settings, app.state.metrics)
         app.state.usage = UsageRecorder(app.state.sessionmaker)
         app.state.usage.start()
-        # Live ONNX models load in the background; /readyz answers 503 until they have.
-        threading.Thread(
-            target=warm_up,
-            args=(app.state.sessionmaker, app.state.predict_models),
-            name="warm-up",
+        # Live ONNX models load in the background, and follow the catalog from then on; /readyz
+        # answers 503 until the public ones have loaded.
+        reconciler_stop = threading.Event()
+        reconciler = threading.Thread(
+            target=app.state.predict_models.run_reconciler,
+            args=(app.state.read_sessionmaker, app.state.sessionmaker, reconciler_stop),
+            name="model-reconciler",
             daemon=True,
-        ).start()
+        )
+        reconciler.start()
         try:
             yield
         finally:
+            reconciler_stop.set()
+            reconciler.join(timeout=10)
             app.state.usage.stop()
             app.state.predict_models.close()
             app.state.job_watcher.stop()

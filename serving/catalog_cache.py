@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from goshen.db.models import Model
 
 TTL_SECONDS = 1.0
+MAX_ENTRIES = 10_000  # names asked for, found or not; past it the cache starts over
 
 
 class CatalogCache:
@@ -23,6 +24,8 @@ class CatalogCache:
         self.factory = factory
         self.ttl = ttl
         self._entries: dict[str, tuple[float, Model | None]] = {}
+        # Bumped by every invalidation: a read that began before one must not store what it read.
+        self._generation = 0
         self._lock = threading.Lock()
 
     def fresh(self, name: str) -> tuple[bool, Model | None]:
@@ -38,14 +41,20 @@ class CatalogCache:
         hit, model = self.fresh(name)
         if hit:
             return model
+        generation = self._generation
         with self.factory() as session:
             model = session.scalar(select(Model).where(Model.name == name))
             if model is not None:
                 session.expunge(model)
         with self._lock:
-            self._entries[name] = (time.monotonic(), model)
+            if self._generation == generation:
+                if len(self._entries) >= MAX_ENTRIES:
+                    self._entries.clear()
+                self._entries[name] = (time.monotonic(), model)
         return model
 
     def invalidate(self, name: str) -> None:
+        """Forget `name` after a change to it has committed; a read in flight is not kept."""
         with self._lock:
+            self._generation += 1
             self._entries.pop(name, None)

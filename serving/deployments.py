@@ -19,7 +19,7 @@ from goshen import catalog, registry
 from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import Model, ModelKind, ModelRuntime, ModelStatus
-from goshen.errors import ConflictError, NotFoundError
+from goshen.errors import ConflictError, InvalidInputError, NotFoundError
 from goshen.runtimes.onnx_models import OnnxModel
 from serving.predict_models import PredictModels
 
@@ -75,7 +75,14 @@ def inspect_version(settings: Settings, registered_model: str, version: str) -> 
     try:
         read_diffusion_spec(folder)
     except Exception:  # noqa: BLE001 - not a diffusion model: it must load as a plain ONNX one
-        onnx = OnnxModel.from_folder(folder)
+        try:
+            onnx = OnnxModel.from_folder(folder)
+        except Exception as exc:
+            raise InvalidInputError(
+                f"{registered_model} v{version} is neither an image generator nor an ONNX model "
+                f"/predict can serve: {type(exc).__name__}: {exc}",
+                field="registered_model",
+            ) from exc
         schema = onnx.public_schema()
         return VersionFacts(version, ModelKind.onnx, ModelRuntime.onnx, schema, [schema["example"]])
     schema, examples = catalog.schema_for(ModelRuntime.onnx_diffusion)
@@ -86,7 +93,7 @@ def probe(settings: Settings, predict_models: PredictModels, model: Model, versi
     """Load `version` as this entry serves it: an ONNX model answers its example input as it
     loads; an image generator's version must still be of the entry's runtime."""
     if model.runtime == ModelRuntime.onnx:
-        predict_models.load(model, version)
+        predict_models.load(model, version, retry=True)
         return
     facts = inspect_version(settings, model.registered_model, version)
     if facts.runtime != model.runtime:

@@ -65,9 +65,9 @@ class JobWatcher:
                     self._also[channel](payload)
 
     @property
-    def listening(self) -> bool:
-        """Whether notifications reach this process now (see Listener.connected)."""
-        return self._listener.connected
+    def listen_session(self) -> int | None:
+        """The LISTEN connection's number, None while there is none (see Listener.session)."""
+        return self._listener.session
 
     def _wake(self, job_id: str) -> None:
         for event in self._waiters.get(job_id, ()):

@@ -70,6 +70,8 @@ class Listener:
         self._conninfo = _libpq(database_url) if is_postgres(database_url) else None
         self._connection: psycopg.Connection | None = None
         self._retry_at = 0.0
+        # Counts the connections made: notifications sent between two of them were missed.
+        self.connection_number = 0
 
     def wait(self, timeout: float) -> list[tuple[str, str]]:
         """(channel, payload) of the notifications that arrive within `timeout` seconds."""
@@ -92,6 +94,12 @@ class Listener:
         """Whether notifications are being received now (False on SQLite and while reconnecting)."""
         return self._connection is not None and not self._connection.closed
 
+    @property
+    def session(self) -> int | None:
+        """Which connection receives notifications now (None: none does). A change means some
+        may have been missed in between."""
+        return self.connection_number if self.connected else None
+
     def _connect(self) -> psycopg.Connection | None:
         if self._conninfo is None:
             return None
@@ -100,7 +108,17 @@ class Listener:
         if time.monotonic() < self._retry_at:
             return None
         try:
-            connection = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+            # TCP keepalives: a connection that died silently (a half-open socket) is noticed
+            # within about 25 s instead of never, so `connected` does not claim a dead one.
+            connection = psycopg.connect(
+                self._conninfo,
+                autocommit=True,
+                connect_timeout=5,
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+            )
             for channel in self.channels:
                 connection.execute(f'LISTEN "{channel}"')
         except psycopg.Error as exc:
@@ -108,6 +126,7 @@ class Listener:
             self._retry_at = time.monotonic() + RECONNECT_SECONDS
             return None
         self._connection = connection
+        self.connection_number += 1
         return connection
 
     def close(self) -> None:

@@ -1,5 +1,12 @@
 """The ONNX models one API process serves on /predict: loaded on deploy or first use, one
-batcher each, and what every catalog entry's status is in this process (for /readyz)."""
+batcher each, and what every catalog entry's status is in this process (for /readyz).
+
+A reconciler thread (`reconcile`, every RECONCILE_SECONDS) keeps the process in step with the
+catalog, whichever API replica changed it: it loads every public live entry (so /readyz answers
+ready once they serve), drops entries that were undeployed, rebuilds those whose live version or
+batching limits changed, and unloads private uploads nobody called for IDLE_PRIVATE_SECONDS
+(they load again on their next request).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +24,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from goshen import registry
 from goshen.config import Settings
 from goshen.db import session_scope
-from goshen.db.models import Model, ModelKind, ModelStatus
+from goshen.db.models import Model, ModelKind, ModelStatus, Visibility
 from goshen.runtimes.onnx_models import OnnxModel
 from serving.batcher import DynamicBatcher
 from serving.metrics import ApiMetrics
 
 log = logging.getLogger(__name__)
+# A version that failed to load is tried again at most this often (requests answer 503 meanwhile).
+LOAD_RETRY_SECONDS = 10
+RECONCILE_SECONDS = 5.0
+IDLE_PRIVATE_SECONDS = 600.0
+
+
+class ModelLoadError(RuntimeError):
+    """A model version could not be loaded (or failed to moments ago); the message says why."""
 
 
 @dataclass
@@ -34,6 +49,8 @@ class LoadedModel:
     version: str
     onnx: OnnxModel
     batcher: DynamicBatcher
+    limits: tuple[int, float]  # (max rows, max wait seconds) the batcher was built with
+    last_used: float = field(default_factory=time.monotonic)  # set by /predict
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,7 @@ class PredictModels:
         self.cache_dir = settings.home_dir / "models"
         self._loaded: dict[str, LoadedModel] = {}
         self._errors: dict[str, tuple[str, str]] = {}  # model id -> (name, last error)
+        self._failures: dict[tuple[str, str], tuple[float, str]] = {}  # (id, version) -> when, why
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         # One thread per model call at a time is enough: each session uses the cores itself.
@@ -63,30 +81,34 @@ class PredictModels:
         found = self._loaded.get(model.id)
         return found if found is not None and found.version == version else None
 
-    def load(self, model: Model, version: str) -> LoadedModel:
+    def load(self, model: Model, version: str, *, retry: bool = False) -> LoadedModel:
         """The entry's `version`, loaded once however many requests ask at the same time.
 
-        Blocking (download, session build): call it from a thread.
+        A version that failed to load is not tried again for LOAD_RETRY_SECONDS (ModelLoadError
+        at once), unless `retry` (a deploy). Blocking (download, session build): call it from a
+        thread.
         """
         with self._lock_for(model.id):
             found = self.loaded(model, version)
             if found is not None:
                 return found
+            failed = self._failures.get((model.id, version))
+            recent = failed is not None and time.monotonic() - failed[0] < LOAD_RETRY_SECONDS
+            if recent and not retry:
+                raise ModelLoadError(failed[1])
             try:
                 onnx = OnnxModel.from_folder(self._download(model, version))
                 call_seconds = _run_example(onnx, self.settings.predict_max_rows)
             except Exception as exc:
-                self._errors[model.id] = (model.name, f"{type(exc).__name__}: {exc}")
-                raise
+                error = f"{type(exc).__name__}: {exc}"
+                self._errors[model.id] = (model.name, error)
+                self._failures[(model.id, version)] = (time.monotonic(), error)
+                raise ModelLoadError(error) from exc
+            limits = self.limits(model)
             batcher = DynamicBatcher(
                 onnx.run,
-                max_rows=model.max_batch_size or self.settings.predict_max_batch_size,
-                max_wait=(
-                    model.max_wait_ms
-                    if model.max_wait_ms is not None
-                    else self.settings.predict_max_wait_ms
-                )
-                / 1000,
+                max_rows=limits[0],
+                max_wait=limits[1],
                 batchable=onnx.batchable,
                 executor=self._executor,
                 call_seconds=call_seconds,
@@ -96,11 +118,70 @@ class PredictModels:
                     else None
                 ),
             )
-            loaded = LoadedModel(model.id, model.name, version, onnx, batcher)
+            loaded = LoadedModel(model.id, model.name, version, onnx, batcher, limits)
             self._loaded[model.id] = loaded
             self._errors.pop(model.id, None)
+            self._failures.pop((model.id, version), None)
             log.info("serving %s v%s on %s", model.name, version, onnx.device.name)
             return loaded
+
+    def limits(self, model: Model) -> tuple[int, float]:
+        """The entry's batching limits (max rows, max wait seconds), defaults from the settings."""
+        wait_ms = model.max_wait_ms
+        if wait_ms is None:
+            wait_ms = self.settings.predict_max_wait_ms
+        return (model.max_batch_size or self.settings.predict_max_batch_size, wait_ms / 1000)
+
+    def reconcile(self, reads: sessionmaker[Session], writes: sessionmaker[Session]) -> None:
+        """One pass of the reconciler (see the module's docstring); the catalog is read through
+        `reads` (no write lock on SQLite)."""
+        with reads() as session:
+            entries = session.scalars(select(Model).where(Model.kind == ModelKind.onnx)).all()
+            for entry in entries:
+                session.expunge(entry)
+        live = {e.id: e for e in entries if e.status == ModelStatus.ready and _version(e)}
+        now = time.monotonic()
+        for model_id, loaded in list(self._loaded.items()):
+            entry = live.get(model_id)
+            idle = now - loaded.last_used > IDLE_PRIVATE_SECONDS
+            if (
+                entry is None
+                or loaded.version != _version(entry)
+                or loaded.limits != self.limits(entry)
+                or (entry.visibility != Visibility.public and idle)
+            ):
+                self.unload(model_id)
+        for entry in live.values():
+            if entry.visibility == Visibility.public and entry.id not in self._loaded:
+                try:
+                    self._load_published(writes, entry)
+                except ModelLoadError as exc:
+                    log.warning("could not load %s v%s: %s", entry.name, _version(entry), exc)
+
+    def _load_published(self, factory: sessionmaker[Session], model: Model) -> None:
+        """Load a public entry; one that publishes no input schema yet (a built-in one) gets
+        its graph's."""
+        loaded = self.load(model, _version(model))  # type: ignore[arg-type]
+        if not model.input_schema:
+            schema = loaded.onnx.public_schema()
+            with session_scope(factory) as session:
+                session.execute(
+                    update(Model)
+                    .where(Model.id == model.id)
+                    .values(input_schema=schema, examples=[schema["example"]])
+                )
+
+    def run_reconciler(
+        self, reads: sessionmaker[Session], writes: sessionmaker[Session], stop: threading.Event
+    ) -> None:
+        """Reconcile now and then every RECONCILE_SECONDS until `stop` is set (a thread)."""
+        while True:
+            try:
+                self.reconcile(reads, writes)
+            except Exception:
+                log.exception("reconciling the served models with the catalog failed")
+            if stop.wait(RECONCILE_SECONDS):
+                return
 
     def unload(self, model_id: str) -> None:
         self._loaded.pop(model_id, None)
@@ -111,13 +192,15 @@ class PredictModels:
 
     def health(self) -> list[ModelHealth]:
         """Every entry this process loaded or failed to load."""
-        names = {loaded.model_id: loaded.name for loaded in self._loaded.values()}
-        names.update({model_id: name for model_id, (name, _) in self._errors.items()})
+        # Copies first (atomic under the GIL): loads in other threads change the originals.
+        loaded, errors = dict(self._loaded), dict(self._errors)
+        names = {entry.model_id: entry.name for entry in loaded.values()}
+        names.update({model_id: name for model_id, (name, _) in errors.items()})
         return [
             ModelHealth(
                 name,
-                self._loaded[model_id].version if model_id in self._loaded else None,
-                self._errors.get(model_id, (name, None))[1],
+                loaded[model_id].version if model_id in loaded else None,
+                errors.get(model_id, (name, None))[1],
             )
             for model_id, name in sorted(names.items(), key=lambda item: item[1])
         ]
@@ -146,40 +229,20 @@ def _run_example(onnx: OnnxModel, max_rows: int) -> float:
     return time.perf_counter() - started
 
 
-def warm_up(factory: sessionmaker[Session], models: PredictModels) -> None:
-    """Load every live ONNX entry, so /readyz answers ready once they all serve; an entry
-    that publishes no input schema yet (a built-in one) gets its graph's."""
-    with factory() as session:
-        live = session.scalars(
-            select(Model).where(Model.kind == ModelKind.onnx, Model.status == ModelStatus.ready)
-        ).all()
-        for model in live:
-            session.expunge(model)
-    for model in live:
-        version = model.pinned_version or model.live_version
-        if version is None:
-            continue
-        try:
-            loaded = models.load(model, version)
-        except Exception:
-            log.exception("could not load %s v%s", model.name, version)
-            continue
-        if not model.input_schema:
-            schema = loaded.onnx.public_schema()
-            with session_scope(factory) as session:
-                session.execute(
-                    update(Model)
-                    .where(Model.id == model.id)
-                    .values(input_schema=schema, examples=[schema["example"]])
-                )
+def _version(model: Model) -> str | None:
+    return model.pinned_version or model.live_version
 
 
 def live_models_loaded(factory: sessionmaker[Session], models: PredictModels) -> dict[str, Any]:
-    """The readiness check: every live ONNX entry is loaded here at its live version."""
+    """The readiness check: every public live ONNX entry is loaded here at its live version.
+    Private uploads load on their first request and are neither awaited nor listed (the check is
+    public)."""
     with factory() as session:
         live = session.execute(
             select(Model.id, Model.name, Model.pinned_version, Model.live_version).where(
-                Model.kind == ModelKind.onnx, Model.status == ModelStatus.ready
+                Model.kind == ModelKind.onnx,
+                Model.status == ModelStatus.ready,
+                Model.visibility == Visibility.public,
             )
         ).all()
     health = {entry.name: entry for entry in models.health()}

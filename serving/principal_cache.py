@@ -4,7 +4,8 @@ A revoked key must fail at once, in every API process. So whatever revokes a key
 or demotes a user, calls `changed(user_id)` after its commit, and every process drops what it
 cached of that user before its next request is answered:
 - on PostgreSQL through a notification on `goshen_keys` (while the LISTEN connection is down,
-  nothing is cached at all);
+  nothing is cached at all, and when it has been reopened the cache starts over: what was sent
+  in between never arrives);
 - on SQLite (one host) through a stamp file under GOSHEN_HOME, checked with a stat at most every
   STAMP_CHECK_SECONDS (a stat costs more than the rest of a cached lookup): a change to it drops
   the whole cache, so another process sees a revocation within that interval.
@@ -32,11 +33,16 @@ MAX_ENTRIES = 10_000
 
 class PrincipalCache:
     def __init__(
-        self, *, listening: Callable[[], bool] | None, stamp: Path | None, ttl: float = TTL_SECONDS
+        self,
+        *,
+        listen_session: Callable[[], int | None] | None,
+        stamp: Path | None,
+        ttl: float = TTL_SECONDS,
     ) -> None:
-        # PostgreSQL: `listening()` says whether revocations elsewhere reach this process.
-        # SQLite: `stamp` is the file other processes touch when they revoke.
-        self.listening = listening
+        # PostgreSQL: `listen_session()` names the LISTEN connection revocations arrive on (None:
+        # none now). SQLite: `stamp` is the file other processes touch when they revoke.
+        self.listen_session = listen_session
+        self._session_seen: int | None = None
         self.stamp = stamp
         self.ttl = ttl
         self._entries: dict[str, tuple[float, Principal]] = {}
@@ -78,7 +84,10 @@ class PrincipalCache:
         if self.stamp is not None:
             self.stamp.parent.mkdir(parents=True, exist_ok=True)
             self.stamp.touch()
-            os.utime(self.stamp)  # a new mtime even on filesystems that keep touch's old one
+            # An explicit nanosecond mtime: the clock touch() uses ticks only every few ms, so
+            # two revocations within one tick could leave the same stamp.
+            now = time.time_ns()
+            os.utime(self.stamp, ns=(now, now))
 
     def forget_user(self, user_id: str) -> None:
         with self._lock:
@@ -88,11 +97,12 @@ class PrincipalCache:
 
     def _current(self) -> bool:
         """Whether the cache may be used now; drops it when another process revoked."""
-        if self.listening is not None:
-            if not self.listening():
+        if self.listen_session is not None:
+            session = self.listen_session()
+            if session != self._session_seen:  # down, or reopened: notifications were missed
                 self._clear()
-                return False
-            return True
+                self._session_seen = session
+            return session is not None
         now = time.monotonic()
         if now - self._stamp_checked >= STAMP_CHECK_SECONDS:
             self._stamp_checked = now

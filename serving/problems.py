@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from goshen.errors import GoshenError, InvalidInputError, RateLimitedError
+from goshen.errors import GoshenError, InvalidInputError, RateLimitedError, UnavailableError
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ async def _goshen_error(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, InvalidInputError) and exc.field is not None:
         errors = [{"field": exc.field, "message": str(exc), "type": "value_error"}]
     headers = None
-    if isinstance(exc, RateLimitedError):
+    if isinstance(exc, RateLimitedError | UnavailableError):
         headers = {"Retry-After": str(exc.retry_after_seconds)}
     return problem(exc.status_code, str(exc), title=exc.title, errors=errors, headers=headers)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from goshen.db.models import (
     ApiKey,
@@ -265,6 +265,15 @@ class ModelUpdate(RequestBody):
     visibility: Visibility | None = None
     max_batch_size: int | None = Field(default=None, ge=1, le=4096)
     max_wait_ms: float | None = Field(default=None, ge=0, le=1000)
+
+    @field_validator("description", "pricing", "visibility", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Only given fields are validated: null here would blank a required column. (Batching
+        # limits may be null: back to the GOSHEN_PREDICT_* defaults.)
+        if value is None:
+            raise ValueError("may not be null; leave the field out to keep it")
+        return value
 
 
 class DeployRequest(RequestBody):

@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.db import session_scope
@@ -49,9 +49,15 @@ class UsageRecorder:
             for event in pending:
                 event.setdefault("id", new_id("use"))
             try:
-                # Core, not the ORM's bulk insert: one executemany, no objects built.
+                # Core, not the ORM's bulk insert: one executemany, no objects built. A retry
+                # after a commit whose answer was lost skips the rows that did land (same ids).
                 with session_scope(self.factory) as session:
-                    session.execute(insert(UsageEvent.__table__), pending)
+                    dialect = session.get_bind().dialect.name
+                    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+                    statement = insert(UsageEvent.__table__).on_conflict_do_nothing(
+                        index_elements=["id"]
+                    )
+                    session.execute(statement, pending)
             except Exception:
                 with self._lock:  # keep them for the next flush rather than lose them
                     self._pending[:0] = pending

@@ -223,7 +223,12 @@ class OnnxModel:
 
     def rows(self, feeds: dict[str, np.ndarray]) -> int:
         """How many rows a request holds: its batch size, or 1 for a model without a batch axis."""
-        return len(feeds[self.inputs[0].name]) if self.batchable else 1
+        return len(feeds[self.inputs[0].name]) if self._has_rows else 1
+
+    @property
+    def _has_rows(self) -> bool:
+        """Whether every input's first dim is symbolic: rows, which must agree across inputs."""
+        return all(spec.batched for spec in self.inputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every output for checked `feeds`; safe to call from several threads at once."""
@@ -286,7 +291,7 @@ class OnnxModel:
         for spec in self.inputs:
             for axis, dim in enumerate(spec.shape or ()):
                 # The batch axis agrees whatever each input calls it, even unnamed.
-                rows = axis == 0 and self.batchable
+                rows = axis == 0 and self._has_rows
                 if not rows and (not isinstance(dim, str) or dim == ANY_SIZE):
                     continue
                 size = feeds[spec.name].shape[axis]
@@ -320,8 +325,14 @@ class OnnxModel:
 
 
 def batchable(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> bool:
-    """Whether a signature lets requests be merged: every tensor has a symbolic first dim."""
-    return bool(inputs) and all(spec.batched for spec in [*inputs, *outputs])
+    """Whether a signature lets requests be merged: every tensor's first dim is the same
+    symbolic one, by name (torch.onnx's `dynamic_axes={...: {0: "batch"}}`) or unnamed in all of
+    them (skl2onnx's None). An output whose first dim has another name (`Reshape` to -1, a count
+    of detections) is not one row per input row. The batcher still checks each merged call."""
+    tensors = [*inputs, *outputs]
+    if not inputs or not all(spec.batched for spec in tensors):
+        return False
+    return len({spec.shape[0] for spec in tensors}) == 1  # type: ignore[index]
 
 
 def public_schema(

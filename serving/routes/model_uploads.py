@@ -10,6 +10,7 @@ public. A refusal says why, and leaves nothing registered.
 from __future__ import annotations
 
 import tempfile
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,12 +26,17 @@ from goshen.accounts import Principal
 from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import Model, ModelKind, ModelRuntime, ModelStatus, PricingUnit, Visibility
-from goshen.errors import ConflictError, InvalidInputError
+from goshen.errors import ConflictError, InvalidInputError, RateLimitedError
 from goshen.model_uploads import ModelUploadLimits, validate_onnx_upload
 from serving.deps import require_scope
 from serving.model_views import public_model
 from serving.multipart import receive_upload
 from serving.schemas import CatalogName, ModelPublic, RequestBody
+
+# Each check may take GOSHEN_MODEL_VALIDATION_MEMORY_BYTES and a core for its timeout: at most
+# this many run at once in one API process; more uploads answer 429 meanwhile.
+MAX_CONCURRENT_CHECKS = 2
+_checks = threading.BoundedSemaphore(MAX_CONCURRENT_CHECKS)
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 ModelsPrincipal = Annotated[Principal, Depends(require_scope("models"))]
@@ -110,7 +116,16 @@ def _register(
         timeout_seconds=settings.model_validation_timeout_seconds,
     )
     # The upload is only ever opened in the checking subprocess; its verdict has the schema.
-    schema = validate_onnx_upload(model_file, limits).public_schema()
+    if not _checks.acquire(blocking=False):
+        raise RateLimitedError(
+            f"{MAX_CONCURRENT_CHECKS} uploaded models are being checked on this server now; "
+            "send yours again shortly",
+            retry_after_seconds=10,
+        )
+    try:
+        schema = validate_onnx_upload(model_file, limits).public_schema()
+    finally:
+        _checks.release()
     registered = registry.log_uploaded_onnx(
         model_file,
         f"{user_id}.{body.name}",
@@ -140,4 +155,5 @@ def _register(
         # Someone took the name while this upload was checked: nothing of it may stay.
         registry.delete_version(registered.name, registered.version)
         raise ConflictError(f"a catalog model is already named {body.name!r}") from None
+    request.app.state.catalog_cache.invalidate(body.name)  # a cached "no such model" goes
     return public_model(model)

@@ -20,8 +20,9 @@ from starlette.concurrency import run_in_threadpool
 from goshen import catalog
 from goshen.accounts import Principal
 from goshen.db.models import Model, ModelKind, ModelStatus
-from goshen.errors import ConflictError, InvalidInputError, NotFoundError
+from goshen.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from serving.deps import authenticate
+from serving.predict_models import LOAD_RETRY_SECONDS, ModelLoadError
 from serving.schemas import RequestBody
 
 
@@ -97,14 +98,21 @@ async def predict(name: str, request: Request) -> Response:
     model = await _callable_model(request, name, principal.user.id)
     version = model.pinned_version or model.live_version
     assert version is not None, "a ready entry has a live version"
-    loaded = state.predict_models.loaded(model, version) or await run_in_threadpool(
-        state.predict_models.load, model, version
-    )
+    loaded = state.predict_models.loaded(model, version)
+    if loaded is None:
+        try:
+            loaded = await run_in_threadpool(state.predict_models.load, model, version)
+        except ModelLoadError:
+            # Why is for admins (/readyz, the deploy's status); callers may only try again.
+            raise UnavailableError(
+                f"model {name} cannot be served right now; try again shortly",
+                retry_after_seconds=LOAD_RETRY_SECONDS,
+            ) from None
+    loaded.last_used = time.monotonic()
     feeds = loaded.onnx.check_inputs(inputs, max_rows=state.settings.predict_max_rows)
     rows = loaded.onnx.rows(feeds)
-    started = time.monotonic()
-    outputs = await loaded.batcher.predict(feeds, rows)
-    _meter(request, model, principal, rows, time.monotonic() - started)
+    outputs, seconds = await loaded.batcher.predict(feeds, rows)
+    _meter(request, model, principal, rows, seconds)
     return Response(loaded.onnx.answer(outputs), media_type="application/json")
 
 
@@ -136,7 +144,8 @@ def _not_deployed(model: Model) -> str:
 
 
 def _meter(request: Request, model: Model, principal: Principal, rows: int, seconds: float) -> None:
-    """One usage event per request; a per-image price counts the rows."""
+    """One usage event per request; a per-image price counts the rows, a per-second one this
+    request's share (by rows) of the model call that computed it."""
     quantity, cost = catalog.price(model, images=rows, seconds=seconds)
     request.app.state.usage.record(
         user_id=principal.user.id,

@@ -313,3 +313,25 @@ def test_a_graph_the_checker_refuses_is_refused(folder: Path) -> None:
     model = _adder()
     model.graph.node[0].input[1] = "nothing_makes_this"
     assert "the ONNX checker refuses the model" in _refused(_save(model, folder))
+
+
+def test_a_model_that_allocates_without_bound_when_run_is_refused(folder: Path) -> None:
+    """It loads fine; only running it asks for 64 GiB (ConstantOfShape): the child's cap stops
+    it, so the API process that would serve it never tries."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [2**17, 2**17])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["huge"]),
+        helper.make_node("ReduceSum", ["huge"], ["total"], keepdims=0),
+        helper.make_node("Add", ["x", "total"], ["y"]),
+    ]
+    model = helper.make_model(_graph(nodes, [shape]), opset_imports=OPSET)
+    limits = ModelUploadLimits(max_bytes=2**20, memory_bytes=512 * 2**20, timeout_seconds=60)
+    assert "needed more than 512 MiB of memory" in _refused(_save(model, folder), limits)
+
+
+def test_a_model_that_fails_on_its_example_input_is_refused(folder: Path) -> None:
+    columns = helper.make_tensor("columns", TensorProto.INT64, [4], [9, 9, 9, 9])  # x has 4
+    nodes = [helper.make_node("Gather", ["x", "columns"], ["y"], axis=1)]
+    model = helper.make_model(_graph(nodes, [columns]), opset_imports=OPSET)
+    message = _refused(_save(model, folder))
+    assert "fails on an example input (x [1, 4]" in message

@@ -22,7 +22,9 @@ def rows(count: int, start: float) -> dict[str, np.ndarray]:
 
 
 async def gather(batcher: DynamicBatcher, requests: list[dict[str, np.ndarray]]) -> list[dict]:
-    return await asyncio.gather(*(batcher.predict(r, len(r["x"])) for r in requests))
+    """Each request's outputs."""
+    answers = await asyncio.gather(*(batcher.predict(r, len(r["x"])) for r in requests))
+    return [outputs for outputs, _ in answers]
 
 
 @pytest.mark.parametrize("call_seconds", [None, 1e-6, 1.0], ids=["unknown", "quick", "slow"])
@@ -81,26 +83,64 @@ def test_a_model_without_a_batch_axis_takes_one_request_per_call() -> None:
     assert sizes == [1] * 5
 
 
-def test_a_failed_call_fails_every_request_in_it_and_the_next_batch_runs() -> None:
-    calls = 0
+def test_a_failed_merged_call_retries_its_requests_alone() -> None:
+    """One caller's bad values (here: 666) fail that caller only, never its batch mates."""
+    sizes: list[int] = []
 
     def model(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RuntimeError("out of memory")
+        sizes.append(len(feeds["x"]))
+        if (feeds["x"] == 666).any():
+            raise RuntimeError("index out of range")
         return doubled(feeds)
 
-    async def main() -> tuple[list, dict]:
+    async def main() -> list:
         batcher = DynamicBatcher(model, max_rows=64, max_wait=0.02, call_seconds=1e-6)
-        failed = await asyncio.gather(
-            *(batcher.predict(rows(1, n), 1) for n in range(4)), return_exceptions=True
+        values = [1, 2, 666, 4]
+        return await asyncio.gather(
+            *(batcher.predict(rows(1, v), 1) for v in values), return_exceptions=True
         )
-        return failed, await batcher.predict(rows(1, 7), 1)
 
-    failed, after = asyncio.run(main())
-    assert all(isinstance(f, RuntimeError) and "out of memory" in str(f) for f in failed)
-    np.testing.assert_array_equal(after["y"], [[14.0]])
+    answers = asyncio.run(main())
+    assert sizes == [4, 1, 1, 1, 1]
+    assert isinstance(answers[2], RuntimeError) and "out of range" in str(answers[2])
+    assert [a[0]["y"].tolist() for i, a in enumerate(answers) if i != 2] == [[[2]], [[4]], [[8]]]
+
+
+def test_outputs_without_one_row_per_input_row_stop_the_merging() -> None:
+    """A graph whose symbolic first dims are not a batch axis (a Reshape to [-1, 1] here) must
+    not hand one caller another's rows: the merged call is detected and each runs alone."""
+
+    def reshaped(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"y": np.concatenate([feeds["x"], feeds["x"]]).reshape(-1, 1)}
+
+    async def main() -> tuple[list, int]:
+        batcher = DynamicBatcher(reshaped, max_rows=64, max_wait=0.02, call_seconds=1e-6)
+        answers = await gather(batcher, [rows(1, v) for v in (1, 2, 3)])
+        return answers, batcher.max_rows
+
+    answers, max_rows = asyncio.run(main())
+    assert [a["y"].tolist() for a in answers] == [[[1], [1]], [[2], [2]], [[3], [3]]]
+    assert max_rows == 1
+
+
+def test_only_requests_of_the_same_shapes_merge_and_seconds_are_shared_by_rows() -> None:
+    sizes: list[tuple[int, int]] = []
+
+    def model(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sizes.append(feeds["x"].shape)
+        time.sleep(0.01)
+        return {"y": feeds["x"].sum(axis=1)}
+
+    async def main() -> list:
+        batcher = DynamicBatcher(model, max_rows=64, max_wait=0.02, call_seconds=1e-6)
+        shaped = [np.ones((1, 2)), np.ones((3, 5)), np.ones((3, 2)), np.ones((2, 5))]
+        return await asyncio.gather(*(batcher.predict({"x": x}, len(x)) for x in shaped))
+
+    answers = asyncio.run(main())
+    assert sorted(sizes) == [(4, 2), (5, 5)]
+    assert [a[0]["y"].tolist() for a in answers] == [[2.0], [5.0] * 3, [2.0] * 3, [5.0] * 2]
+    one, three = answers[0][1], answers[2][1]  # the same call: 1 row and 3 rows of it
+    assert three == pytest.approx(3 * one) and one + three >= 0.01
 
 
 def test_quick_models_run_on_the_loop_and_slow_ones_in_the_executor() -> None:

@@ -247,6 +247,8 @@ def test_uploads_are_private_until_an_admin_publishes_them(  # type: ignore[no-u
         )
     assert uploaded.status_code == 201, uploaded.text
     assert (uploaded.json()["visibility"], uploaded.json()["status"]) == ("private", "ready")
+    ready = api.get("/readyz").json()["checks"]["models"]  # private: neither awaited nor shown
+    assert ready["ok"] and name not in {entry["name"] for entry in ready["models"]}
     stranger = make_account()
     assert _predict(api, stranger, name, {"x": [[1.0, 2.0]]}).status_code == 404
     mine = _predict(api, developer, name, {"x": [[1.0, 2.0]]})
@@ -285,7 +287,7 @@ def test_a_refused_upload_leaves_nothing_registered(  # type: ignore[no-untyped-
 
 
 def test_readiness_is_503_while_a_live_model_cannot_be_loaded(  # type: ignore[no-untyped-def]
-    serving_settings, sessions, make_model
+    serving_settings, sessions, make_model, make_account
 ) -> None:
     from goshen.db import session_scope
     from goshen.db.models import ModelKind, ModelRuntime
@@ -294,8 +296,51 @@ def test_readiness_is_503_while_a_live_model_cannot_be_loaded(  # type: ignore[n
     with session_scope(sessions) as session:
         row = session.get(Model, broken.id)
         row.kind, row.runtime = ModelKind.onnx, ModelRuntime.onnx
+    developer = make_account()
     with TestClient(create_app(serving_settings)) as client:
         ready = client.get("/readyz")
+        refused = client.post(
+            f"/v1/models/{broken.name}/predict", json={"inputs": [[1.0]]}, headers=developer.headers
+        )
     assert ready.status_code == 503
     models = ready.json()["checks"]["models"]
     assert models["ok"] is False and broken.name in models["error"]
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "10"
+    # Why it failed is for admins (above); the caller learns only to come back.
+    assert (
+        refused.json()["detail"]
+        == f"model {broken.name} cannot be served right now; try again shortly"
+    )
+
+
+def test_another_replica_follows_the_catalog(  # type: ignore[no-untyped-def]
+    api, admin, classifier, serving_settings
+) -> None:
+    """A second API process on the same catalog: its reconciler loads the public entry, drops
+    it when undeployed elsewhere, and rebuilds the batcher when its limits change."""
+    name, model_id = classifier["name"], classifier["id"]
+    with TestClient(create_app(serving_settings)) as replica:
+        state = replica.app.state
+        models = state.predict_models
+
+        def reconcile() -> None:
+            models.reconcile(state.read_sessionmaker, state.sessionmaker)
+
+        reconcile()
+        assert models.loaded_version(model_id) == "1"
+        api.patch(f"/v1/admin/models/{name}", json={"max_batch_size": 3}, headers=admin.headers)
+        reconcile()
+        assert models._loaded[model_id].batcher.max_rows == 3
+        api.post(f"/v1/admin/models/{name}/undeploy", headers=admin.headers)
+        reconcile()
+        assert models.loaded_version(model_id) is None
+
+
+def test_a_patch_cannot_blank_required_fields(api, admin, classifier) -> None:  # type: ignore[no-untyped-def]
+    path = f"/v1/admin/models/{classifier['name']}"
+    for field in ("description", "pricing", "visibility"):
+        response = api.patch(path, json={field: None}, headers=admin.headers)
+        assert response.status_code == 422, (field, response.text)
+        assert response.json()["errors"][0]["field"].endswith(field)
+    back_to_defaults = api.patch(path, json={"max_batch_size": None}, headers=admin.headers)
+    assert back_to_defaults.status_code == 200 and back_to_defaults.json()["max_batch_size"] is None

@@ -341,3 +341,19 @@ def test_a_session_on_cuda_reports_a_cuda_device(monkeypatch: pytest.MonkeyPatch
     # What ONNX Runtime ran on decides, even where PyTorch is a CPU build.
     monkeypatch.setattr(onnx_models, "detect_device", onnx_models.cpu_device)
     assert onnx_models._device(CudaSession()).kind == "cuda"  # type: ignore[arg-type]
+
+
+def test_outputs_whose_first_dim_is_not_the_batch_axis_are_not_merged(tmp_path: Path) -> None:
+    """Reshape to [-1, 1]: two rows out per row in, so merged requests would swap rows."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["flat", 1])],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 1])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m")
+    model = OnnxModel.from_file(tmp_path / "m")
+    assert not model.batchable and not model.public_schema()["batchable"]
+    feeds = model.check_inputs([[1.0, 2.0], [3.0, 4.0]], max_rows=8)
+    assert model.rows(feeds) == 2 and model.run(feeds)["y"].shape == (4, 1)
