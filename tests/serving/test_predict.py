@@ -251,6 +251,9 @@ def test_uploads_are_private_until_an_admin_publishes_them(  # type: ignore[no-u
     assert ready["ok"] and name not in {entry["name"] for entry in ready["models"]}
     stranger = make_account()
     assert _predict(api, stranger, name, {"x": [[1.0, 2.0]]}).status_code == 404
+    assert api.get(f"/v1/models/{name}", headers=stranger.headers).status_code == 404
+    listed = api.get("/v1/models", headers=stranger.headers).json()["data"]
+    assert name not in {model["name"] for model in listed}
     mine = _predict(api, developer, name, {"x": [[1.0, 2.0]]})
     assert mine.status_code == 200, mine.text
     api.patch(f"/v1/admin/models/{name}", json={"visibility": "public"}, headers=admin.headers)
