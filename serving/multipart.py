@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from goshen.errors import InvalidInputError, PayloadTooLargeError
 
+Form = TypeVar("Form", bound=BaseModel)
 MAX_FIELD_BYTES = 4096
 MAX_FIELDS = 16
 # Room for boundaries, part headers and the text fields around the file.
@@ -30,6 +33,19 @@ class MultipartUpload:
 
     file: Path | None
     fields: dict[str, str]
+
+    def validated(self, schema: type[Form], what: str) -> tuple[Form, Path]:
+        """The text fields as `schema` (422 naming each bad field, as JSON bodies get) and the
+        file, which must be there (`what` it should be, for the 422 when it is not)."""
+        try:
+            form = schema.model_validate(self.fields)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+            ) from None
+        if self.file is None:
+            raise InvalidInputError(f"attach the {what} as the multipart part 'file'", field="file")
+        return form, self.file
 
 
 async def receive_upload(

@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -16,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from goshen.accounts import Principal
 from goshen.db import access
 from goshen.db.models import Dataset, DatasetKind, DatasetStatus, TrainingJob, TrainingStatus
-from goshen.errors import ConflictError, InvalidInputError
+from goshen.errors import ConflictError
 from goshen.ids import new_id
 from goshen.storage import ArtifactStore, artifact_key
 from goshen.uploads import UploadLimits, store_dataset
@@ -92,16 +90,9 @@ async def create_dataset(
             max_file_bytes=limits.max_upload_bytes,
             limit_name="GOSHEN_MAX_UPLOAD_BYTES",
         )
-        try:
-            body = DatasetCreate.model_validate(upload.fields)
-        except ValidationError as exc:
-            raise RequestValidationError(
-                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
-            ) from None
-        if upload.file is None:
-            raise InvalidInputError("attach the dataset as the multipart part 'file'", field="file")
+        body, file = upload.validated(DatasetCreate, "dataset")
         return await run_in_threadpool(
-            _store_and_record, session, store, principal.user.id, body, upload.file, limits
+            _store_and_record, session, store, principal.user.id, body, file, limits
         )
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import Field, ValidationError
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
@@ -26,7 +25,7 @@ from goshen.accounts import Principal
 from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import Model, ModelKind, ModelRuntime, ModelStatus, PricingUnit, Visibility
-from goshen.errors import ConflictError, InvalidInputError, RateLimitedError
+from goshen.errors import ConflictError, RateLimitedError
 from goshen.model_uploads import ModelUploadLimits, validate_onnx_upload
 from serving.deps import require_scope
 from serving.model_views import public_model
@@ -90,17 +89,8 @@ async def upload_model(request: Request, principal: ModelsPrincipal) -> ModelPub
             max_file_bytes=settings.max_model_upload_bytes,
             limit_name="GOSHEN_MAX_MODEL_UPLOAD_BYTES",
         )
-        try:
-            body = ModelUpload.model_validate(upload.fields)
-        except ValidationError as exc:
-            raise RequestValidationError(
-                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
-            ) from None
-        if upload.file is None:
-            raise InvalidInputError("attach the model as the multipart part 'file'", field="file")
-        return await run_in_threadpool(
-            _register, request, principal.user.id, body, upload.file, settings
-        )
+        body, file = upload.validated(ModelUpload, "model")
+        return await run_in_threadpool(_register, request, principal.user.id, body, file, settings)
 
 
 def _register(
