@@ -25,11 +25,14 @@ def make_engine(url: str | URL, *, read_only: bool = False, **kwargs: object) ->
 
     `read_only` engines serve the hot read paths (authentication, event streams): on SQLite
     their transactions take no write lock, so readers never queue behind each other or behind
-    writers; a write through one fails at once. On PostgreSQL reads never block anyway.
+    writers. A write through one fails at once on either backend.
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, read_only=read_only, **kwargs)
+    if read_only:
+        # psycopg then opens each transaction READ ONLY: a write fails there too.
+        kwargs.setdefault("execution_options", {"postgresql_readonly": True})
     return create_engine(parsed, pool_pre_ping=True, **kwargs)
 
 

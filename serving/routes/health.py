@@ -24,7 +24,7 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "a dependency is unavailable"}})
 def readyz(request: Request) -> JSONResponse:
-    """Ready for traffic: every dependency answers and every live ONNX model is loaded."""
+    """Ready for traffic: every dependency answers and every public live ONNX model is loaded."""
     checks = {"database": _check_database(request)}
     if checks["database"]["ok"]:
         state = request.app.state
