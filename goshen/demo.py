@@ -3,8 +3,8 @@
 It makes (or reuses) an admin key, then drives the API the way a team's first day would: create a
 developer, issue the developer a key, let the developer make and revoke a key of their own, and
 show that the revoked key is refused at once. Then it trains the built-in digits models in Dagster
-if the MLflow registry lacks them, and has the developer generate a grid of digits through the
-generation API, saved as a PNG.
+if the MLflow registry lacks them, has the developer generate a grid of digits through the
+generation API, saved as a PNG, and has the digits classifier read them back through /predict.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import io
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from goshen import accounts, dagster_runs, registry
-from goshen.catalog import DIGITS_DIFFUSION
+from goshen.catalog import DIGITS_CLASSIFIER, DIGITS_DIFFUSION
 from goshen.client import GoshenAPIError, GoshenClient
 from goshen.config import Settings
 from goshen.db import make_engine, make_sessionmaker, session_scope
@@ -64,11 +65,12 @@ def ensure_admin_key(settings: Settings) -> str:
 
 
 def walkthrough(settings: Settings, say: Callable[[str], None] = print) -> None:
-    """The whole first run: keys, the digits models, a generated grid."""
+    """The whole first run: keys, the digits models, a generated grid, read back by /predict."""
     developer_key = key_walkthrough(settings, say)
     ensure_digits_models(settings, say)
     grid = generate_digits_grid(settings, developer_key, say)
-    say(f"generated digits, one per column: {grid}")
+    say(f"generated digits, one per column: {grid.path}")
+    read_digits(settings, developer_key, grid, say)
 
 
 def key_walkthrough(settings: Settings, say: Callable[[str], None] = print) -> str:
@@ -145,13 +147,22 @@ def _worth_showing(message: dagster_runs.RunMessage) -> bool:
     return epoch is None or int(epoch[1]) % 5 == 0 or epoch[1] == epoch[2]
 
 
+@dataclass(frozen=True)
+class DigitsGrid:
+    """The saved grid, and its images (N, H, W) in [0, 255] with the digit each was asked for."""
+
+    path: Path
+    images: np.ndarray
+    asked: np.ndarray
+
+
 def generate_digits_grid(
     settings: Settings,
     api_key: str,
     say: Callable[[str], None] = print,
     model: str = DIGITS_DIFFUSION,
-) -> Path:
-    """Generate GRID_ROWS images of each digit through the API; the saved grid's path."""
+) -> DigitsGrid:
+    """Generate GRID_ROWS images of each digit through the API and save them as one grid."""
     with GoshenClient(settings.api_url, api_key, timeout=120) as developer:
         jobs = [
             developer.generate(model, {"digit": digit, "num_images": GRID_ROWS, "seed": digit})
@@ -177,8 +188,34 @@ def generate_digits_grid(
         )
     rows = [columns[digit][row] for row in range(GRID_ROWS) for digit in range(10)]
     path = settings.home_dir / "demo-digits.png"
-    path.write_bytes(to_png_grid(np.stack(rows), columns=10, scale=4))
-    return path
+    images = np.stack(rows)
+    path.write_bytes(to_png_grid(images, columns=10, scale=4))
+    return DigitsGrid(path, images, np.tile(np.arange(10), GRID_ROWS))
+
+
+def read_digits(
+    settings: Settings,
+    api_key: str,
+    grid: DigitsGrid,
+    say: Callable[[str], None] = print,
+    model: str = DIGITS_CLASSIFIER,
+) -> float:
+    """Have the digits classifier read the grid back in one /predict call; the share of the
+    digits it reads as the digit asked for."""
+    cells = [Image.fromarray(image) for image in grid.images]
+    # The classifier takes 8x8 pixels in [0, 1], row by row (its page lists the input).
+    features = np.stack(
+        [np.asarray(cell.resize((8, 8), Image.Resampling.BOX), dtype=np.float32) for cell in cells]
+    ).reshape(len(cells), 64)
+    with GoshenClient(settings.api_url, api_key, timeout=120) as developer:
+        answer = developer.predict(model, {"features": features / 255.0})
+    read = np.asarray([int(label) for label in answer["labels"]])
+    share = float((read == grid.asked).mean())
+    say(
+        f"{model} read {int((read == grid.asked).sum())} of {len(read)} generated digits as the "
+        f"digit asked for, in one POST /v1/models/{model}/predict"
+    )
+    return share
 
 
 def _pixels(png: bytes) -> np.ndarray:

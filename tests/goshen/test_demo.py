@@ -38,19 +38,36 @@ def test_client_raises_problems(live_api: Settings) -> None:
     assert raised.value.problem["status"] == 401
 
 
-def test_the_developer_generates_a_grid_of_digits_through_the_api(  # type: ignore[no-untyped-def]
-    serving_settings, run_api, start_worker, digits_model, developer
+def test_the_developer_generates_a_grid_of_digits_and_has_them_read_back(  # type: ignore[no-untyped-def]
+    serving_settings, run_api, start_worker, digits_model, developer, admin, register_classifier
 ) -> None:
+    """The models have random weights: the walkthrough's calls are what is checked, not how
+    well the generated digits read (tests/goshen/test_up.py checks that on trained ones)."""
     start_worker()
     said: list[str] = []
+    register_classifier("demo-judge")
     with run_api(serving_settings) as served:
-        path = demo.generate_digits_grid(
+        grid = demo.generate_digits_grid(
             served, developer.key, said.append, model=digits_model.name
         )
-    grid = Image.open(path)
+        with GoshenClient(served.api_url, admin.key) as as_admin:
+            as_admin.admin_register_model(
+                name="demo-judge",
+                registered_model="demo-judge",
+                alias="production",
+                pricing={"unit": "request", "price_micros": 0},
+                visibility="public",
+            )
+            assert as_admin.admin_deploy_model("demo-judge")["status"] == "ready"
+        share = demo.read_digits(served, developer.key, grid, said.append, model="demo-judge")
+    saved = Image.open(grid.path)
     # Ten digits across, GRID_ROWS samples down, each 8x8 pixels shown 4 times larger.
-    assert grid.size == (10 * 8 * 4, demo.GRID_ROWS * 8 * 4)
+    assert saved.size == (10 * 8 * 4, demo.GRID_ROWS * 8 * 4)
+    assert grid.images.shape == (10 * demo.GRID_ROWS, 8, 8)
+    assert grid.asked.tolist()[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
     assert any("10 jobs succeeded" in line for line in said)
+    assert 0.0 <= share <= 1.0
+    assert said[-1].startswith("demo-judge read ") and f"of {10 * demo.GRID_ROWS} " in said[-1]
 
 
 def test_models_already_in_the_registry_are_not_trained_again(  # type: ignore[no-untyped-def]

@@ -217,6 +217,12 @@ def test_demo_trains_the_digits_models_and_saves_a_grid_of_recognizable_digits(
     read = probabilities.argmax(axis=1)
     # The digits classifier, the platform's own judge of generated digits, reads them as asked.
     assert (read == asked).mean() >= 0.9, (read.reshape(-1, 10), text[-3000:])
+    # So does the walkthrough, through the API: one /predict call on the live classifier.
+    served = re.search(
+        r"digits-classifier read (\d+) of (\d+) generated digits", demo_platform.text()
+    )
+    assert served is not None, demo_platform.text()[-3000:]
+    assert int(served.group(1)) >= 0.9 * int(served.group(2)), served.group(0)
     demo_platform.process.send_signal(signal.SIGINT)
     assert demo_platform.process.wait(timeout=60) == 0, demo_platform.text()
 
