@@ -170,6 +170,11 @@ def check_callable(model: Model) -> str | None:
     if model.status in (ModelStatus.disabled, ModelStatus.failed):
         reason = f": {model.status_error}" if model.status_error else ""
         raise ConflictError(f"model {model.name} is {model.status}{reason}; it takes no jobs now")
+    return serving_version(model)
+
+
+def serving_version(model: Model) -> str | None:
+    """The version an entry serves: its pinned version, else its alias's live one."""
     return model.pinned_version or model.live_version
 
 

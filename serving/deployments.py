@@ -89,18 +89,21 @@ def inspect_version(settings: Settings, registered_model: str, version: str) -> 
     return VersionFacts(version, ModelKind.diffusion, ModelRuntime.onnx_diffusion, schema, examples)
 
 
-def probe(settings: Settings, predict_models: PredictModels, model: Model, version: str) -> None:
+def probe(
+    settings: Settings, predict_models: PredictModels, model: Model, version: str
+) -> dict[str, Any] | None:
     """Load `version` as this entry serves it: an ONNX model answers its example input as it
-    loads; an image generator's version must still be of the entry's runtime."""
+    loads (its published signature is returned); an image generator's version must still be of
+    the entry's runtime."""
     if model.runtime == ModelRuntime.onnx:
-        predict_models.load(model, version, retry=True)
-        return
+        return predict_models.load(model, version, retry=True).onnx.public_schema()
     facts = inspect_version(settings, model.registered_model, version)
     if facts.runtime != model.runtime:
         raise ConflictError(
             f"{model.registered_model} v{version} is a {facts.runtime} model, but the entry "
             f"{model.name} serves {model.runtime}; register it as a new entry"
         )
+    return None
 
 
 def deploy(
@@ -122,7 +125,7 @@ def deploy(
         model.status, model.status_error = ModelStatus.deploying, None
     try:
         target = resolve_version(settings, model)
-        probe(settings, predict_models, model, target)
+        schema = probe(settings, predict_models, model, target)
     except Exception as exc:  # noqa: BLE001 - a failed deploy is a state of the entry, kept
         error = f"{type(exc).__name__}: {exc}"
         log.warning("deploying %s failed: %s", model.name, error)
@@ -135,10 +138,8 @@ def deploy(
         if model.live_version != target:
             model.previous_version = model.live_version
             model.live_version = target
-        if model.runtime == ModelRuntime.onnx:
-            loaded = predict_models.load(model, target)
-            model.input_schema = loaded.onnx.public_schema()
-            model.examples = [model.input_schema["example"]]
+        if schema is not None:
+            model.input_schema, model.examples = schema, [schema["example"]]
         model.status = ModelStatus.ready
     return model
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from goshen import catalog
 from goshen.db.models import Model
 from serving.schemas import AdminModelPublic, ModelPublic
 
@@ -13,7 +14,7 @@ def public_model(model: Model) -> ModelPublic:
         runtime=model.runtime,
         description=model.description,
         status=model.status,
-        live_version=model.pinned_version or model.live_version,
+        live_version=catalog.serving_version(model),
         visibility=model.visibility,
         pricing={"unit": str(model.pricing_unit), "price_micros": model.price_micros},
         input_schema=model.input_schema,

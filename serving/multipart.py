@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -46,6 +46,27 @@ class MultipartUpload:
         if self.file is None:
             raise InvalidInputError(f"attach the {what} as the multipart part 'file'", field="file")
         return form, self.file
+
+
+def multipart_form(file_description: str, fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its body with `receive_upload`: a multipart form
+    of the part `file` and the text `fields` (JSON Schema of each), `file` and `name` required."""
+    file = {"type": "string", "format": "binary", "description": file_description}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file", "name"],
+                        "properties": {"file": file, **fields},
+                        "additionalProperties": False,
+                    }
+                }
+            },
+        }
+    }
 
 
 async def receive_upload(

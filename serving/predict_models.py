@@ -22,6 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen import registry
+from goshen.catalog import serving_version
 from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import Model, ModelKind, ModelStatus, Visibility
@@ -139,14 +140,14 @@ class PredictModels:
             entries = session.scalars(select(Model).where(Model.kind == ModelKind.onnx)).all()
             for entry in entries:
                 session.expunge(entry)
-        live = {e.id: e for e in entries if e.status == ModelStatus.ready and _version(e)}
+        live = {e.id: e for e in entries if e.status == ModelStatus.ready and serving_version(e)}
         now = time.monotonic()
         for model_id, loaded in list(self._loaded.items()):
             entry = live.get(model_id)
             idle = now - loaded.last_used > IDLE_PRIVATE_SECONDS
             if (
                 entry is None
-                or loaded.version != _version(entry)
+                or loaded.version != serving_version(entry)
                 or loaded.limits != self.limits(entry)
                 or (entry.visibility != Visibility.public and idle)
             ):
@@ -156,12 +157,14 @@ class PredictModels:
                 try:
                     self._load_published(writes, entry)
                 except ModelLoadError as exc:
-                    log.warning("could not load %s v%s: %s", entry.name, _version(entry), exc)
+                    log.warning(
+                        "could not load %s v%s: %s", entry.name, serving_version(entry), exc
+                    )
 
     def _load_published(self, factory: sessionmaker[Session], model: Model) -> None:
         """Load a public entry; one that publishes no input schema yet (a built-in one) gets
         its graph's."""
-        loaded = self.load(model, _version(model))  # type: ignore[arg-type]
+        loaded = self.load(model, serving_version(model))  # type: ignore[arg-type]
         if not model.input_schema:
             schema = loaded.onnx.public_schema()
             with session_scope(factory) as session:
@@ -227,10 +230,6 @@ def _run_example(onnx: OnnxModel, max_rows: int) -> float:
     started = time.perf_counter()
     onnx.run(feeds)
     return time.perf_counter() - started
-
-
-def _version(model: Model) -> str | None:
-    return model.pinned_version or model.live_version
 
 
 def live_models_loaded(factory: sessionmaker[Session], models: PredictModels) -> dict[str, Any]:

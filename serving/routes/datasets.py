@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import delete, select
@@ -19,48 +19,31 @@ from goshen.ids import new_id
 from goshen.storage import ArtifactStore, artifact_key
 from goshen.uploads import UploadLimits, store_dataset
 from serving.deps import SessionDep, SettingsDep, StoreDep, require_scope
-from serving.multipart import receive_upload
+from serving.multipart import multipart_form, receive_upload
 from serving.pagination import Cursor, Limit, Page, paginate
 from serving.schemas import DatasetCreate, DatasetPublic
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 DatasetsPrincipal = Annotated[Principal, Depends(require_scope("datasets"))]
 
-_UPLOAD_FORM: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "name"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "a .zip, .tar or .tar.gz of PNG, JPEG, BMP or GIF "
-                            "images (optional top-level labels.csv of file,label; or one folder "
-                            "per class), or a CSV or Parquet table",
-                        },
-                        "name": {"type": "string", "minLength": 1, "maxLength": 200},
-                        "kind": {
-                            "type": "string",
-                            "enum": [kind.value for kind in DatasetKind],
-                            "description": "inferred from the file's content when absent",
-                        },
-                        "target": {
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": 200,
-                            "description": "tables: the target column, described in stats",
-                        },
-                    },
-                    "additionalProperties": False,
-                }
-            }
+_UPLOAD_FORM = multipart_form(
+    "a .zip, .tar or .tar.gz of PNG, JPEG, BMP or GIF images (optional top-level labels.csv of "
+    "file,label; or one folder per class), or a CSV or Parquet table",
+    {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "kind": {
+            "type": "string",
+            "enum": [kind.value for kind in DatasetKind],
+            "description": "inferred from the file's content when absent",
         },
-    }
-}
+        "target": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 200,
+            "description": "tables: the target column, described in stats",
+        },
+    },
+)
 
 
 @router.post(

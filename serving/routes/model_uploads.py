@@ -12,10 +12,10 @@ from __future__ import annotations
 import tempfile
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
@@ -29,7 +29,7 @@ from goshen.errors import ConflictError, RateLimitedError
 from goshen.model_uploads import ModelUploadLimits, validate_onnx_upload
 from serving.deps import require_scope
 from serving.model_views import public_model
-from serving.multipart import receive_upload
+from serving.multipart import multipart_form, receive_upload
 from serving.schemas import CatalogName, ModelPublic, RequestBody
 
 # Each check may take GOSHEN_MODEL_VALIDATION_MEMORY_BYTES and a core for its timeout: at most
@@ -40,25 +40,13 @@ _checks = threading.BoundedSemaphore(MAX_CONCURRENT_CHECKS)
 router = APIRouter(prefix="/v1/models", tags=["models"])
 ModelsPrincipal = Annotated[Principal, Depends(require_scope("models"))]
 
-_UPLOAD_FORM: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "name"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "an .onnx"},
-                        "name": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]{1,62}$"},
-                        "description": {"type": "string", "maxLength": 2000},
-                    },
-                    "additionalProperties": False,
-                }
-            }
-        },
-    }
-}
+_UPLOAD_FORM = multipart_form(
+    "one .onnx file (ONNX protobuf, its weights inside it)",
+    {
+        "name": TypeAdapter(CatalogName).json_schema(),  # the pattern the route checks
+        "description": {"type": "string", "maxLength": 2000},
+    },
+)
 
 
 class ModelUpload(RequestBody):

@@ -96,7 +96,7 @@ async def predict(name: str, request: Request) -> Response:
     inputs = _body_inputs(await request.body())
     state = request.app.state
     model = await _callable_model(request, name, principal.user.id)
-    version = model.pinned_version or model.live_version
+    version = catalog.serving_version(model)
     assert version is not None, "a ready entry has a live version"
     loaded = state.predict_models.loaded(model, version)
     if loaded is None:
@@ -127,7 +127,7 @@ async def _callable_model(request: Request, name: str, user_id: str) -> Model:
         raise InvalidInputError(
             f"model {name} generates images; send it to POST /v1/generate", field="name"
         )
-    if model.status != ModelStatus.ready or not (model.pinned_version or model.live_version):
+    if model.status != ModelStatus.ready or not catalog.serving_version(model):
         raise ConflictError(_not_deployed(model))
     return model
 
