@@ -139,7 +139,8 @@ def _not_deployed(model: Model) -> str:
             f"(POST /v1/admin/models/{model.name}/deploy serves it again)"
         )
     if model.status == ModelStatus.failed:
-        return f"model {model.name} is not deployed: its deploy failed: {model.status_error}"
+        # Why is for admins (GET /v1/admin/models/{name}): it may name registry internals.
+        return f"model {model.name} is not deployed: its last deploy failed; ask an admin"
     return f"model {model.name} is not deployed yet ({model.status}); try again shortly"
 
 
