@@ -180,7 +180,15 @@ def goshen_environment(home: Path, tracking_uri: str, port: int) -> dict[str, st
 
 def admin_and_developer(env: dict[str, str], api: str) -> tuple[str, str]:
     created = subprocess.run(
-        [sys.executable, "-m", "goshen.cli", "admin", "create", "--email", "bench@example.com"],
+        [
+            sys.executable,
+            "-m",
+            "goshen_launcher.cli",
+            "admin",
+            "create",
+            "--email",
+            "bench@example.com",
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -43,10 +43,10 @@ from goshen.db.models import (
     User,
     utcnow,
 )
+from goshen.db.notifications import JOB_EVENTS_CHANNEL, Listener
 from goshen.runtimes.devices import cpu_device
 from goshen.runtimes.inputs import DigitsInput, batch_key
-from serving import queue
-from serving.notifications import JOB_EVENTS_CHANNEL, Listener
+from serving.jobs.transitions import enqueue
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -73,7 +73,7 @@ class NoopSource:
 
 def run_noop_worker(settings_json: str, stop_file: str) -> None:
     """A `goshen worker` whose models do nothing; stops when `stop_file` appears."""
-    from serving.worker import run_worker
+    from serving.worker.loop import run_worker
 
     settings = Settings.model_validate_json(settings_json)
     stop = threading.Event()
@@ -201,7 +201,7 @@ def measure(database_url: str, workers: int, jobs: int, burst: int, home: Path) 
         ids = []
         for number in range(jobs):
             with session_scope(factory) as session:
-                ids.append(queue.enqueue(session, _job(user_id, model_id)).id)
+                ids.append(enqueue(session, _job(user_id, model_id)).id)
             _wait_done(factory, listener, number + 1)
         overheads = _overheads(factory, ids[10:])  # the first jobs warm the workers' caches
         result.update(
@@ -211,7 +211,7 @@ def measure(database_url: str, workers: int, jobs: int, burst: int, home: Path) 
         )
         with session_scope(factory) as session:
             for _ in range(burst):
-                queue.enqueue(session, _job(user_id, model_id))
+                enqueue(session, _job(user_id, model_id))
         started = time.monotonic()
         _wait_done(factory, listener, jobs + burst)
         result.update(burst_jobs=burst, jobs_per_second=burst / (time.monotonic() - started))

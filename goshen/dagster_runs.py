@@ -7,13 +7,31 @@ in the Dagster UI, and show there; `goshen demo` uses it to train the built-in m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from goshen.config import Settings
 from goshen.errors import GoshenError
 
 REPOSITORY = "__repository__"  # what Dagster calls the repository of a Definitions object
+EMBEDDED_DAGSTER_INSTANCE = """\
+# The embedded Dagster instance that `goshen up` runs: SQLite storage in this folder.
+# Written once by `goshen up` and never overwritten; the production instance is deploy/dagster.yaml.
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+# One run at a time, each in one process (the jobs use the in-process executor): SQLite gets a
+# single run writing its events, not several runs and step processes writing at once.
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+concurrency:
+  runs:
+    max_concurrent_runs: 1
+"""
 TERMINAL_STATUSES = ("SUCCESS", "FAILURE", "CANCELED")
 
 LAUNCH_RUN = """
@@ -116,3 +134,13 @@ def run_messages(url: str, run_id: str, cursor: str | None) -> tuple[list[RunMes
         if "message" in event
     ]
     return messages, result["cursor"]
+
+
+def prepare_dagster_home(settings: Settings) -> Path:
+    """Create DAGSTER_HOME with the embedded instance config, keeping an operator's edits."""
+    home = settings.resolved_dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    instance = home / "dagster.yaml"
+    if not instance.exists():
+        instance.write_text(EMBEDDED_DAGSTER_INSTANCE)
+    return home

@@ -11,7 +11,7 @@ import os
 import dagster as dg
 
 from goshen.config import Settings
-from goshen.services import prepare_dagster_home
+from goshen.dagster_runs import prepare_dagster_home
 from goshen.tracking import running_tracking_server
 from goshen_pipelines.definitions import defs
 from goshen_pipelines.defs.jobs import digits_models_job

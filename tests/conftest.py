@@ -39,6 +39,8 @@ from goshen import accounts
 from goshen.config import Settings
 from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
 from goshen.db.models import Role
+from goshen.storage import make_store
+from serving.jobs.effects import JobEffects
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 BACKENDS = ["sqlite", "postgresql"]
@@ -170,6 +172,12 @@ def sessions(settings: Settings):  # type: ignore[no-untyped-def]
     engine = make_engine(settings.resolved_database_url)
     yield make_sessionmaker(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def job_effects(settings: Settings) -> JobEffects:
+    """What job transitions cause, with webhook links to this test's store and API URL."""
+    return JobEffects(make_store(settings), settings.api_url)
 
 
 @pytest.fixture
@@ -610,8 +618,8 @@ def start_worker(serving_settings: Settings) -> Iterator[Callable[..., threading
     """Start `goshen worker`'s loop in a thread; stopped (and joined) after the test.
 
     `step_seconds` pauses after each denoising step (see SlowSteps)."""
-    from serving.model_cache import RegistrySource
-    from serving.worker import run_worker
+    from serving.worker.generator_cache import RegistrySource
+    from serving.worker.loop import run_worker
 
     running: list[tuple[threading.Thread, threading.Event]] = []
 

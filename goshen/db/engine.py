@@ -9,6 +9,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from goshen.db import notifications, pending_rows
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -67,7 +69,14 @@ def _sqlite_engine(url: URL, *, read_only: bool, **kwargs: object) -> Engine:
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    """Sessions that keep loaded objects after commit, and run the platform's commit hooks:
+    rows queued with `insert_at_commit`, then notifications queued with `notify`."""
+    factory = sessionmaker(engine, expire_on_commit=False)
+    event.listen(factory, "before_commit", pending_rows.insert_pending)
+    event.listen(factory, "before_commit", notifications.send_pending)
+    event.listen(factory, "after_soft_rollback", pending_rows.drop_pending)
+    event.listen(factory, "after_soft_rollback", notifications.drop_pending)
+    return factory
 
 
 @contextmanager

@@ -1,24 +1,19 @@
-"""Image generators: a loaded model that turns a batch of validated inputs into images.
-
-Workers hold generators in a cache and call `generate` with every job of a batch at once. The
-`on_step(step, total)` callback runs after each denoising step and answers which requests of the
-batch to stop (canceled, timed out, lease lost); a generator stops them as early as it can and
-returns None in their place. An exception from `on_step` aborts the whole batch.
-"""
+"""The platform's own image generators (class-conditional digits UNets on ONNX Runtime or
+PyTorch) and `load_generator`, which picks the generator for a catalog entry's runtime."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Protocol
 
 import yaml
 from PIL import Image
 
 from goshen.config import DiffusionEngine
 from goshen.db.models import ModelRuntime
+from goshen.runtimes.base import ImageGenerator, ModelFormatError, StepReport
 from goshen.runtimes.devices import Device, cpu_device, detect_device
 from goshen.runtimes.diffusion import (
     DiffusionModelSpec,
@@ -29,29 +24,7 @@ from goshen.runtimes.diffusion import (
 )
 from goshen.runtimes.inputs import DigitsInput, GenerationInput
 
-# (step, total) -> indices of the batch's requests to stop now.
-StepReport = Callable[[int, int], AbstractSet[int]]
 TORCH_WEIGHTS_FOLDER = "extra_files"
-
-
-class ModelFormatError(Exception):
-    """A model folder is not what its catalog entry says it is; the message says what is off."""
-
-
-class ImageGenerator(Protocol):
-    """A loaded model serving one catalog entry."""
-
-    device: Device
-
-    def generate(
-        self, inputs: Sequence[GenerationInput], on_step: StepReport
-    ) -> list[list[Image.Image] | None]:
-        """Images per request, in order; None for requests `on_step` stopped."""
-        ...
-
-    def close(self) -> None:
-        """Free what the model holds (GPU memory above all)."""
-        ...
 
 
 class ClassConditionalGenerator:

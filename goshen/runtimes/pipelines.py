@@ -22,9 +22,9 @@ import torch
 from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 from PIL import Image
 
+from goshen.runtimes.base import ModelFormatError, StepReport
 from goshen.runtimes.devices import Device, cpu_device, detect_device
 from goshen.runtimes.diffusion import image_seeds
-from goshen.runtimes.generators import ModelFormatError, StepReport
 from goshen.runtimes.inputs import GenerationInput, TextToImageInput
 
 PIPELINE_INDEX = "model_index.json"

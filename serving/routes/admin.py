@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from goshen import accounts
 from goshen.db.models import ApiKey, User, utcnow
 from goshen.errors import ConflictError, NotFoundError
-from serving.deps import AdminPrincipal, SessionDep
-from serving.pagination import Cursor, Limit, Page, paginate
+from serving.http.dependencies import AdminPrincipal, PrincipalsDep, SessionDep
+from serving.http.pagination import Cursor, Limit, Page, paginate
 from serving.schemas import KeyCreate, KeyCreated, KeyPublic, UserCreate, UserPublic, UserUpdate
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -53,7 +53,11 @@ def get_user(user_id: str, _admin: AdminPrincipal, session: SessionDep) -> UserP
 
 @router.patch("/users/{user_id}")
 def update_user(
-    user_id: str, body: UserUpdate, admin: AdminPrincipal, session: SessionDep, request: Request
+    user_id: str,
+    body: UserUpdate,
+    admin: AdminPrincipal,
+    session: SessionDep,
+    principals: PrincipalsDep,
 ) -> UserPublic:
     """Rename, change role, or disable (all keys stop working) and re-enable a user."""
     user = _user(session, user_id)
@@ -65,9 +69,9 @@ def update_user(
         user.role = body.role
     if body.disabled is not None:
         user.disabled_at = (user.disabled_at or utcnow()) if body.disabled else None
-    request.app.state.principals.announce(session, user.id)
+    principals.announce(session, user.id)
     session.commit()
-    request.app.state.principals.changed(user.id)  # a disabled or demoted user's keys, now
+    principals.changed(user.id)  # a disabled or demoted user's keys, now
     return UserPublic.model_validate(user)
 
 
@@ -99,10 +103,10 @@ def list_all_keys(
 
 @router.delete("/keys/{key_id}")
 def revoke_any_key(
-    key_id: str, _admin: AdminPrincipal, session: SessionDep, request: Request
+    key_id: str, _admin: AdminPrincipal, session: SessionDep, principals: PrincipalsDep
 ) -> KeyPublic:
     key = accounts.revoke_key(accounts.get_key(session, key_id))
-    request.app.state.principals.announce(session, key.user_id)
+    principals.announce(session, key.user_id)
     session.commit()
-    request.app.state.principals.changed(key.user_id)
+    principals.changed(key.user_id)
     return KeyPublic.model_validate(key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
@@ -13,17 +13,18 @@ from starlette.concurrency import run_in_threadpool
 from goshen.db import session_scope
 from goshen.db.models import Model, ModelStatus
 from goshen.errors import ConflictError, InvalidInputError, NotFoundError
-from serving import deployments
-from serving.deps import AdminPrincipal, SessionDep
-from serving.model_views import admin_model
-from serving.pagination import Cursor, Limit, Page, paginate
+from serving.catalog import deployments
+from serving.catalog.views import admin_model
+from serving.http.dependencies import AdminPrincipal, ApiStateDep, SessionDep
+from serving.http.pagination import Cursor, Limit, Page, paginate
+from serving.http.state import ApiState
 from serving.schemas import AdminModelPublic, DeployRequest, ModelRegister, ModelUpdate
 
 router = APIRouter(prefix="/v1/admin/models", tags=["admin"])
 
 
-def _by_name(request: Request, name: str) -> Model:
-    with request.app.state.sessionmaker() as session:
+def _by_name(state: ApiState, name: str) -> Model:
+    with state.sessions() as session:
         model = session.scalar(select(Model).where(Model.name == name))
     if model is None:
         raise NotFoundError(f"no catalog model named {name!r}")
@@ -47,13 +48,13 @@ def list_catalog(
 
 
 @router.get("/{name}")
-def get_catalog_entry(name: str, _admin: AdminPrincipal, request: Request) -> AdminModelPublic:
-    return admin_model(_by_name(request, name))
+def get_catalog_entry(name: str, _admin: AdminPrincipal, state: ApiStateDep) -> AdminModelPublic:
+    return admin_model(_by_name(state, name))
 
 
 @router.post("", status_code=201, responses={409: {"description": "the name is taken"}})
 async def register_model(
-    body: ModelRegister, _admin: AdminPrincipal, request: Request
+    body: ModelRegister, _admin: AdminPrincipal, state: ApiStateDep
 ) -> AdminModelPublic:
     """Register an entry for `registered_model` at `alias` or `version`; deploy it to serve it.
 
@@ -62,7 +63,6 @@ async def register_model(
     """
     if (body.alias is None) == (body.version is None):
         raise InvalidInputError("give exactly one of `alias` and `version`", field="alias")
-    state = request.app.state
     model = Model(
         name=body.name,
         registered_model=body.registered_model,
@@ -83,7 +83,7 @@ async def register_model(
     model.kind, model.runtime = facts.kind, facts.runtime
     model.input_schema, model.examples = facts.input_schema, facts.examples
     try:
-        with session_scope(state.sessionmaker) as session:
+        with session_scope(state.sessions) as session:
             session.add(model)
     except IntegrityError:
         raise ConflictError(f"the catalog already has a model named {body.name!r}") from None
@@ -92,10 +92,10 @@ async def register_model(
 
 @router.patch("/{name}")
 def update_model(
-    name: str, body: ModelUpdate, _admin: AdminPrincipal, request: Request
+    name: str, body: ModelUpdate, _admin: AdminPrincipal, state: ApiStateDep
 ) -> AdminModelPublic:
     """Change description, pricing, visibility or batching; no deploy needed."""
-    with session_scope(request.app.state.sessionmaker) as session:
+    with session_scope(state.sessions) as session:
         model = session.scalar(select(Model).where(Model.name == name))
         if model is None:
             raise NotFoundError(f"no catalog model named {name!r}")
@@ -105,9 +105,9 @@ def update_model(
             model.pricing_unit, model.price_micros = pricing["unit"], pricing["price_micros"]
         for field, value in changes.items():
             setattr(model, field, value)
-    request.app.state.catalog_cache.invalidate(name)
+    state.catalog.invalidate(name)
     if {"max_batch_size", "max_wait_ms"} & set(changes):
-        request.app.state.predict_models.unload(model.id)  # reloaded with the new limits
+        state.predict_models.unload(model.id)  # reloaded with the new limits
     return admin_model(model)
 
 
@@ -115,7 +115,7 @@ def update_model(
 async def deploy_model(
     name: str,
     _admin: AdminPrincipal,
-    request: Request,
+    state: ApiStateDep,
     body: Annotated[DeployRequest | None, Body()] = None,
 ) -> AdminModelPublic:
     """Resolve the entry's alias (or pinned version), load and probe it: `ready` serving that
@@ -123,42 +123,37 @@ async def deploy_model(
     body = body or DeployRequest()
     if body.version is not None and body.alias is not None:
         raise InvalidInputError("give at most one of `version` and `alias`", field="version")
-    state = request.app.state
-    model = _by_name(request, name)
+    model = _by_name(state, name)
     deployed = await run_in_threadpool(
         deployments.deploy,
-        state.sessionmaker,
+        state.sessions,
         state.settings,
         state.predict_models,
         model.id,
         version=body.version,
         alias=body.alias,
     )
-    state.catalog_cache.invalidate(name)
+    state.catalog.invalidate(name)
     return admin_model(deployed)
 
 
 @router.post("/{name}/undeploy")
-def undeploy_model(name: str, _admin: AdminPrincipal, request: Request) -> AdminModelPublic:
+def undeploy_model(name: str, _admin: AdminPrincipal, state: ApiStateDep) -> AdminModelPublic:
     """Stop serving: requests answer 409 until the entry is deployed again."""
-    state = request.app.state
-    model = deployments.undeploy(
-        state.sessionmaker, state.predict_models, _by_name(request, name).id
-    )
-    state.catalog_cache.invalidate(name)
+    model = deployments.undeploy(state.sessions, state.predict_models, _by_name(state, name).id)
+    state.catalog.invalidate(name)
     return admin_model(model)
 
 
 @router.post("/{name}/rollback", responses={409: {"description": "no previous version"}})
-async def rollback_model(name: str, _admin: AdminPrincipal, request: Request) -> AdminModelPublic:
+async def rollback_model(name: str, _admin: AdminPrincipal, state: ApiStateDep) -> AdminModelPublic:
     """Serve the previous live version again (pinned, until the next deploy)."""
-    state = request.app.state
     model = await run_in_threadpool(
         deployments.rollback,
-        state.sessionmaker,
+        state.sessions,
         state.settings,
         state.predict_models,
-        _by_name(request, name).id,
+        _by_name(state, name).id,
     )
-    state.catalog_cache.invalidate(name)
+    state.catalog.invalidate(name)
     return admin_model(model)

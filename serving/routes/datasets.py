@@ -18,9 +18,9 @@ from goshen.errors import ConflictError
 from goshen.ids import new_id
 from goshen.storage import ArtifactStore, artifact_key
 from goshen.uploads import UploadLimits, store_dataset
-from serving.deps import SessionDep, SettingsDep, StoreDep, require_scope
-from serving.multipart import multipart_form, receive_upload
-from serving.pagination import Cursor, Limit, Page, paginate
+from serving.http.dependencies import SessionDep, SettingsDep, StoreDep, require_scope
+from serving.http.multipart import multipart_form, receive_upload
+from serving.http.pagination import Cursor, Limit, Page, paginate
 from serving.schemas import DatasetCreate, DatasetPublic
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from goshen.config import StorageBackend
 from goshen.storage import verify_signed_url
-from serving.deps import SettingsDep, StoreDep
+from serving.http.dependencies import SettingsDep, StoreDep
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 

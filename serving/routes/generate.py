@@ -6,16 +6,23 @@ import re
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Response
 from starlette.concurrency import run_in_threadpool
 
 from goshen.accounts import Principal
 from goshen.errors import InvalidInputError
-from serving.deps import SessionDep, SettingsDep, StoreDep, require_scope
-from serving.job_views import render_job
-from serving.jobs_access import load_job, wait_until_done
+from serving.http.dependencies import (
+    JobWatcherDep,
+    ReadSessionsDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    require_scope,
+)
+from serving.jobs.reads import load_job, wait_until_done
+from serving.jobs.submit import submit
+from serving.jobs.views import render_job
 from serving.schemas import JobCreate, JobPublic
-from serving.submissions import submit
 
 router = APIRouter(prefix="/v1", tags=["generation"])
 GeneratePrincipal = Annotated[Principal, Depends(require_scope("generate"))]
@@ -55,12 +62,13 @@ def wait_seconds(prefer: str | None) -> int | None:
 )
 async def generate(
     body: JobCreate,
-    request: Request,
     response: Response,
     principal: GeneratePrincipal,
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
+    reads: ReadSessionsDep,
+    watcher: JobWatcherDep,
     prefer: Annotated[str | None, Header(max_length=200)] = None,
     idempotency_key: Annotated[
         str | None,
@@ -88,8 +96,8 @@ async def generate(
     )
     job = submission.job
     if wait is not None:
-        await wait_until_done(request.app, job.id, started + wait)
-        job = await run_in_threadpool(load_job, request.app, job.id)
+        await wait_until_done(reads, watcher, job.id, started + wait)
+        job = await run_in_threadpool(load_job, reads, job.id)
         response.headers["Preference-Applied"] = f"wait={wait}"
     if submission.replayed:
         response.headers["Idempotent-Replayed"] = "true"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from serving.predict_models import live_models_loaded
+from serving.http.dependencies import ApiStateDep
+from serving.predict.models import live_models_loaded
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
@@ -23,12 +24,11 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "a dependency is unavailable"}})
-def readyz(request: Request) -> JSONResponse:
+def readyz(state: ApiStateDep) -> JSONResponse:
     """Ready for traffic: every dependency answers and every public live ONNX model is loaded."""
-    checks = {"database": _check_database(request)}
+    checks = {"database": _check_database(state.engine)}
     if checks["database"]["ok"]:
-        state = request.app.state
-        checks["models"] = live_models_loaded(state.read_sessionmaker, state.predict_models)
+        checks["models"] = live_models_loaded(state.read_sessions, state.predict_models)
     ready = all(check["ok"] for check in checks.values())
     return JSONResponse(
         {"status": "ok" if ready else "unavailable", "checks": checks},
@@ -36,9 +36,9 @@ def readyz(request: Request) -> JSONResponse:
     )
 
 
-def _check_database(request: Request) -> dict[str, Any]:
+def _check_database(engine: Engine) -> dict[str, Any]:
     try:
-        with request.app.state.engine.connect() as connection:
+        with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
         # The full error can name hosts and users; it goes to the log, not to anonymous callers.
@@ -48,5 +48,5 @@ def _check_database(request: Request) -> dict[str, Any]:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(request: Request) -> Response:
-    return request.app.state.metrics.render()
+def metrics(state: ApiStateDep) -> Response:
+    return state.metrics.render()

@@ -7,10 +7,10 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from goshen import catalog
@@ -18,12 +18,23 @@ from goshen.accounts import Principal
 from goshen.db import access
 from goshen.db.models import Job, JobStatus, Model
 from goshen.errors import NotFoundError
-from serving import queue, webhooks
-from serving.deps import ReadSessionDep, SessionDep, SettingsDep, StoreDep, require_any_scope
-from serving.job_views import render_event_data, render_job, webhook_payload
-from serving.jobs_access import MAX_EVENTS_PER_READ, events_after, load_job
-from serving.pagination import Cursor, Limit, Page, paginate
-from serving.queue import TERMINAL
+from goshen.storage import ArtifactStore
+from serving.http.dependencies import (
+    JobEffectsDep,
+    JobWatcherDep,
+    ReadSessionDep,
+    ReadSessionsDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    require_any_scope,
+)
+from serving.http.pagination import Cursor, Limit, Page, paginate
+from serving.jobs import transitions
+from serving.jobs.reads import MAX_EVENTS_PER_READ, events_after, load_job
+from serving.jobs.transitions import TERMINAL
+from serving.jobs.views import render_event_data, render_job
+from serving.jobs.watch import JobWatcher
 from serving.schemas import JobPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -90,14 +101,12 @@ def cancel_job(
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
+    effects: JobEffectsDep,
 ) -> JobPublic:
     """A queued job ends canceled at once; a running one stops at its next denoising step."""
     _owned(session, job_id, principal.user.id)
-    job = queue.request_cancel(session, job_id)
+    job = transitions.request_cancel(session, job_id, effects)
     name = _model_names(session, [job])[job.model_id]
-    if job.status == JobStatus.canceled:
-        payload = webhook_payload(job, name, "completed", store, settings.api_url)
-        webhooks.enqueue_event(session, job, "completed", payload)
     session.commit()
     return render_job(job, name, store, settings.api_url)
 
@@ -109,9 +118,11 @@ def cancel_job(
 )
 def stream_job_events(
     job_id: str,
-    request: Request,
     principal: JobsPrincipal,
     session: ReadSessionDep,
+    reads: ReadSessionsDep,
+    watcher: JobWatcherDep,
+    store: StoreDep,
     last_event_id: Annotated[int | None, Header(ge=0)] = None,
 ) -> StreamingResponse:
     """Server-sent events: `status` on each change, `progress` per denoising step, `log` per
@@ -121,19 +132,24 @@ def stream_job_events(
     """
     _owned(session, job_id, principal.user.id)
     session.close()  # the stream reads with short sessions of its own
-    events = _events(request.app, job_id, last_event_id or 0)
+    events = _events(reads, watcher, store, job_id, last_event_id or 0)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
-async def _events(app: FastAPI, job_id: str, after: int) -> AsyncIterator[str]:
-    store = app.state.store
+async def _events(
+    reads: sessionmaker[Session],
+    watcher: JobWatcher,
+    store: ArtifactStore,
+    job_id: str,
+    after: int,
+) -> AsyncIterator[str]:
     last_sent = time.monotonic()
-    with app.state.job_watcher.watching(job_id) as waiter:
+    with watcher.watching(job_id) as waiter:
         while True:
             # The status first: if the job had ended by then, this read has its last events.
-            ended = (await run_in_threadpool(load_job, app, job_id)).status in TERMINAL
-            events = await run_in_threadpool(events_after, app, job_id, after)
+            ended = (await run_in_threadpool(load_job, reads, job_id)).status in TERMINAL
+            events = await run_in_threadpool(events_after, reads, job_id, after)
             for event in events:
                 after = event.id
                 data = render_event_data(event.type, event.data, store)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from sqlalchemy import select
 
 from goshen import accounts
 from goshen.db.models import ApiKey
-from serving.deps import KeysPrincipal, SessionDep
-from serving.pagination import Cursor, Limit, Page, paginate
+from serving.http.dependencies import KeysPrincipal, PrincipalsDep, SessionDep
+from serving.http.pagination import Cursor, Limit, Page, paginate
 from serving.schemas import KeyCreate, KeyCreated, KeyPublic
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -40,11 +40,11 @@ def get_key(key_id: str, principal: KeysPrincipal, session: SessionDep) -> KeyPu
 
 @router.delete("/{key_id}")
 def revoke_key(
-    key_id: str, principal: KeysPrincipal, session: SessionDep, request: Request
+    key_id: str, principal: KeysPrincipal, session: SessionDep, principals: PrincipalsDep
 ) -> KeyPublic:
     """Revoke a key; it stops working at once."""
     key = accounts.revoke_key(accounts.get_key(session, key_id, owner_id=principal.user.id))
-    request.app.state.principals.announce(session, key.user_id)
+    principals.announce(session, key.user_id)
     session.commit()
-    request.app.state.principals.changed(key.user_id)
+    principals.changed(key.user_id)
     return KeyPublic.model_validate(key)

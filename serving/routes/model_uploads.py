@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import Field, TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from goshen import registry
@@ -27,9 +28,14 @@ from goshen.db import session_scope
 from goshen.db.models import Model, ModelKind, ModelRuntime, ModelStatus, PricingUnit, Visibility
 from goshen.errors import ConflictError, RateLimitedError
 from goshen.model_uploads import ModelUploadLimits, validate_onnx_upload
-from serving.deps import require_scope
-from serving.model_views import public_model
-from serving.multipart import multipart_form, receive_upload
+from serving.catalog.views import public_model
+from serving.http.dependencies import (
+    CatalogCacheDep,
+    SessionsDep,
+    SettingsDep,
+    require_scope,
+)
+from serving.http.multipart import multipart_form, receive_upload
 from serving.schemas import CatalogName, ModelPublic, RequestBody
 
 # Each check may take GOSHEN_MODEL_VALIDATION_MEMORY_BYTES and a core for its timeout: at most
@@ -66,9 +72,14 @@ class ModelUpload(RequestBody):
         422: {"description": "a field is wrong, or the model is refused; the detail says why"},
     },
 )
-async def upload_model(request: Request, principal: ModelsPrincipal) -> ModelPublic:
+async def upload_model(
+    request: Request,
+    principal: ModelsPrincipal,
+    settings: SettingsDep,
+    sessions: SessionsDep,
+    catalog_cache: CatalogCacheDep,
+) -> ModelPublic:
     """Upload an ONNX model; it is yours alone until an admin makes it public."""
-    settings: Settings = request.app.state.settings
     with tempfile.TemporaryDirectory(prefix="goshen-model-") as workdir:
         upload = await receive_upload(
             request,
@@ -78,13 +89,20 @@ async def upload_model(request: Request, principal: ModelsPrincipal) -> ModelPub
             limit_name="GOSHEN_MAX_MODEL_UPLOAD_BYTES",
         )
         body, file = upload.validated(ModelUpload, "model")
-        return await run_in_threadpool(_register, request, principal.user.id, body, file, settings)
+        model = await run_in_threadpool(
+            _register, sessions, principal.user.id, body, file, settings
+        )
+    catalog_cache.invalidate(body.name)  # a cached "no such model" goes
+    return public_model(model)
 
 
 def _register(
-    request: Request, user_id: str, body: ModelUpload, model_file: Path, settings: Settings
-) -> ModelPublic:
-    factory = request.app.state.sessionmaker
+    factory: sessionmaker[Session],
+    user_id: str,
+    body: ModelUpload,
+    model_file: Path,
+    settings: Settings,
+) -> Model:
     with factory() as session:
         if session.scalar(select(Model.id).where(Model.name == body.name)) is not None:
             raise ConflictError(f"a catalog model is already named {body.name!r}; pick another")
@@ -133,5 +151,4 @@ def _register(
         # Someone took the name while this upload was checked: nothing of it may stay.
         registry.delete_version(registered.name, registered.version)
         raise ConflictError(f"a catalog model is already named {body.name!r}") from None
-    request.app.state.catalog_cache.invalidate(body.name)  # a cached "no such model" goes
-    return public_model(model)
+    return model

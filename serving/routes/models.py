@@ -10,9 +10,9 @@ from sqlalchemy import select
 from goshen import catalog
 from goshen.accounts import Principal
 from goshen.db.models import Model
-from serving.deps import ReadSessionDep, require_any_scope
-from serving.model_views import public_model
-from serving.pagination import Cursor, Limit, Page, paginate
+from serving.catalog.views import public_model
+from serving.http.dependencies import ReadSessionDep, require_any_scope
+from serving.http.pagination import Cursor, Limit, Page, paginate
 from serving.schemas import ModelPublic
 
 router = APIRouter(prefix="/v1/models", tags=["models"])

@@ -21,8 +21,10 @@ from goshen import catalog
 from goshen.accounts import Principal
 from goshen.db.models import Model, ModelKind, ModelStatus
 from goshen.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
-from serving.deps import authenticate
-from serving.predict_models import LOAD_RETRY_SECONDS, ModelLoadError
+from serving.catalog.cache import CatalogCache
+from serving.http.dependencies import ApiStateDep, api_state, authenticate
+from serving.predict.metering import UsageRecorder
+from serving.predict.models import LOAD_RETRY_SECONDS, ModelLoadError
 from serving.schemas import RequestBody
 
 
@@ -35,7 +37,8 @@ class _DirectRoute(APIRoute):
         endpoint = self.endpoint
 
         async def handle(request: Request) -> Response:
-            return await endpoint(request=request, **request.path_params)
+            state = api_state(request)
+            return await endpoint(request=request, state=state, **request.path_params)
 
         return handle
 
@@ -87,15 +90,14 @@ def _body_inputs(raw: bytes) -> Any:
         422: {"description": "an input is missing, unknown, or of the wrong shape or dtype"},
     },
 )
-async def predict(name: str, request: Request) -> Response:
+async def predict(name: str, request: Request, state: ApiStateDep) -> Response:
     """Run the model's live ONNX version on the inputs; each caller gets exactly its own rows.
 
     Needs a key with the `predict` scope.
     """
     principal = await authenticate(request, "predict")
     inputs = _body_inputs(await request.body())
-    state = request.app.state
-    model = await _callable_model(request, name, principal.user.id)
+    model = await _callable_model(state.catalog, name, principal.user.id)
     version = catalog.serving_version(model)
     assert version is not None, "a ready entry has a live version"
     loaded = state.predict_models.loaded(model, version)
@@ -112,12 +114,11 @@ async def predict(name: str, request: Request) -> Response:
     feeds = loaded.onnx.check_inputs(inputs, max_rows=state.settings.predict_max_rows)
     rows = loaded.onnx.rows(feeds)
     outputs, seconds = await loaded.batcher.predict(feeds, rows)
-    _meter(request, model, principal, rows, seconds)
+    _meter(state.usage, model, principal, rows, seconds)
     return Response(loaded.onnx.answer(outputs), media_type="application/json")
 
 
-async def _callable_model(request: Request, name: str, user_id: str) -> Model:
-    cache = request.app.state.catalog_cache
+async def _callable_model(cache: CatalogCache, name: str, user_id: str) -> Model:
     hit, model = cache.fresh(name)
     if not hit:
         model = await run_in_threadpool(cache.get, name)
@@ -144,11 +145,13 @@ def _not_deployed(model: Model) -> str:
     return f"model {model.name} is not deployed yet ({model.status}); try again shortly"
 
 
-def _meter(request: Request, model: Model, principal: Principal, rows: int, seconds: float) -> None:
+def _meter(
+    usage: UsageRecorder, model: Model, principal: Principal, rows: int, seconds: float
+) -> None:
     """One usage event per request; a per-image price counts the rows, a per-second one this
     request's share (by rows) of the model call that computed it."""
     quantity, cost = catalog.price(model, images=rows, seconds=seconds)
-    request.app.state.usage.record(
+    usage.record(
         user_id=principal.user.id,
         api_key_id=principal.key.id,
         model_id=model.id,

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from goshen import training
 from goshen.accounts import Principal
 from goshen.db.models import TrainingJob
-from serving.deps import SessionDep, SettingsDep, require_scope
-from serving.pagination import Cursor, Limit, Page, paginate
+from serving.http.dependencies import ReadSessionsDep, SessionDep, SettingsDep, require_scope
+from serving.http.pagination import Cursor, Limit, Page, paginate
 from serving.schemas import TrainingJobCreate, TrainingJobPublic
 
 router = APIRouter(prefix="/v1/training-jobs", tags=["training"])
@@ -78,9 +78,9 @@ def cancel_training_job(
 )
 def stream_training_logs(
     job_id: str,
-    request: Request,
     principal: TrainingPrincipal,
     session: SessionDep,
+    reads: ReadSessionsDep,
     last_event_id: Annotated[int | None, Header(ge=0)] = None,
 ) -> StreamingResponse:
     """Server-sent events: `log` per line, `status` on changes, `done` when the job ends.
@@ -90,7 +90,7 @@ def stream_training_logs(
     """
     training.get_owned(session, job_id, principal.user.id)
     session.close()  # the stream polls with short sessions of its own
-    events = _log_events(request.app.state.read_sessionmaker, job_id, last_event_id or 0)
+    events = _log_events(reads, job_id, last_event_id or 0)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from goshen.accounts import Principal
-from serving.deps import SessionDep, require_scope
-from serving.webhooks import webhook_secret_for
+from serving.http.dependencies import SessionDep, require_scope
+from serving.webhooks.signing import webhook_secret_for
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 GeneratePrincipal = Annotated[Principal, Depends(require_scope("generate"))]

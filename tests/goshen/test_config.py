@@ -96,7 +96,7 @@ def test_cli_reports_a_bad_setting_in_one_line(command: list[str], tmp_path: Pat
         "GOSHEN_HOME": str(tmp_path),
     }
     result = subprocess.run(
-        [sys.executable, "-m", "goshen.cli", *command],
+        [sys.executable, "-m", "goshen_launcher.cli", *command],
         env=env,
         cwd=tmp_path,
         capture_output=True,

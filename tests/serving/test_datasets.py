@@ -88,7 +88,7 @@ def upload(client: TestClient, account: Any, data: bytes, filename: str = "data"
 def nothing_kept(client: TestClient, sessions) -> bool:  # type: ignore[no-untyped-def]
     with session_scope(sessions) as session:
         rows = session.scalar(select(func.count()).select_from(Dataset))
-    return rows == 0 and client.app.state.store.list("datasets") == []  # type: ignore[attr-defined]
+    return rows == 0 and client.app.state.api.store.list("datasets") == []  # type: ignore[attr-defined]
 
 
 def test_image_archive_lifecycle(client: TestClient, developer) -> None:  # type: ignore[no-untyped-def]
@@ -104,7 +104,7 @@ def test_image_archive_lifecycle(client: TestClient, developer) -> None:  # type
     assert "label" in dataset["schema"]["columns"]
     assert not {"storage_prefix", "user_id", "schema_"} & set(dataset)
 
-    store = client.app.state.store  # type: ignore[attr-defined]
+    store = client.app.state.api.store  # type: ignore[attr-defined]
     keys = [info.key for info in store.list("datasets")]
     prefix = f"datasets/{developer.user_id}/{dataset['id']}/"
     assert keys == [prefix + "images.tar", prefix + "manifest.json"]  # no user file names

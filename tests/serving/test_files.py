@@ -17,7 +17,7 @@ def _relative(url: str) -> str:
 
 
 def test_signed_url_downloads_the_artifact(client: TestClient) -> None:
-    store = client.app.state.store
+    store = client.app.state.api.store
     key = artifact_key("outputs", "usr_1", "job_1", "digit 7.png")
     payload = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64
     store.put(key, payload)
@@ -30,7 +30,7 @@ def test_signed_url_downloads_the_artifact(client: TestClient) -> None:
 
 
 def test_tampered_or_expired_links_are_refused(client: TestClient) -> None:
-    store = client.app.state.store
+    store = client.app.state.api.store
     store.put("outputs/usr_1/job_1/a.png", b"a")
     store.put("outputs/usr_2/job_2/b.png", b"b")
     url = store.signed_url("outputs/usr_1/job_1/a.png")
@@ -43,7 +43,7 @@ def test_tampered_or_expired_links_are_refused(client: TestClient) -> None:
     )
     assert client.get(later).status_code == 403
     past = int(time.time()) - 10
-    signing_key = client.app.state.settings.signing_key
+    signing_key = client.app.state.api.settings.signing_key
     signature = hmac.new(signing_key, f"outputs/usr_1/job_1/a.png\n{past}".encode(), "sha256")
     expired = (
         f"/v1/files/outputs/usr_1/job_1/a.png?expires={past}&signature={signature.hexdigest()}"
@@ -54,5 +54,5 @@ def test_tampered_or_expired_links_are_refused(client: TestClient) -> None:
 
 
 def test_signed_link_to_a_missing_file_is_404(client: TestClient) -> None:
-    url = client.app.state.store.signed_url("outputs/usr_1/job_1/gone.png")
+    url = client.app.state.api.store.signed_url("outputs/usr_1/job_1/gone.png")
     assert client.get(_relative(url)).status_code == 404

@@ -17,8 +17,8 @@ from PIL import Image
 
 from goshen.config import Settings
 from goshen.db.models import Role
-from serving import webhooks
-from serving.webhook_delivery import run_dispatcher
+from serving.webhooks import signing
+from serving.webhooks.delivery import run_dispatcher
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
 
@@ -139,12 +139,10 @@ def test_a_developer_generates_digits_end_to_end(  # type: ignore[no-untyped-def
     assert Image.open(io.BytesIO(png.content)).size == (8, 8)
 
     deliveries = receiver.wait_for(4)
-    assert (
-        webhooks.sign(VECTOR_SECRET, VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY) == VECTOR_SIGNATURE
-    )
+    assert signing.sign(VECTOR_SECRET, VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY) == VECTOR_SIGNATURE
     types = []
     for headers, raw in deliveries:
-        webhooks.verify(secret, headers, raw)
+        signing.verify(secret, headers, raw)
         payload = json.loads(raw)
         assert payload["data"]["id"] == job["id"]
         types.append(payload["type"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
@@ -25,9 +27,10 @@ def test_health_and_readiness(client: TestClient) -> None:
 def test_readiness_fails_when_the_database_is_gone(settings: Settings) -> None:
     with TestClient(create_app(settings)) as client:
         # Swap in an engine whose database cannot be reached, as after a network partition.
-        client.app.state.engine = create_engine(
+        unreachable = create_engine(
             "postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1"
         )
+        client.app.state.api = replace(client.app.state.api, engine=unreachable)
         ready = client.get("/readyz")
     assert ready.status_code == 503
     check = ready.json()["checks"]["database"]

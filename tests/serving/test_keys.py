@@ -108,7 +108,7 @@ def test_a_revocation_reaches_every_api_process(  # type: ignore[no-untyped-def]
     """Two API apps on one database: a key cached by one is refused there as soon as the other
     revokes it (SQLite: the stamp file; PostgreSQL: NOTIFY), long before the cache's TTL."""
     from serving.app import create_app
-    from serving.principal_cache import TTL_SECONDS
+    from serving.http.principal_cache import TTL_SECONDS
 
     with TestClient(create_app(settings)) as other:
         assert other.get("/v1/keys", headers=developer.headers).status_code == 200  # cached there

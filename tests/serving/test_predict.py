@@ -61,7 +61,7 @@ def _predict(api, account, name: str, inputs):  # type: ignore[no-untyped-def]
 def _direct(api, name: str, rows: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
     """The same version in a plain ONNX Runtime session, for comparison."""
     folder = registry.model_folder(
-        registry.download_version(name, "1", api.app.state.settings.home_dir / "direct" / name)
+        registry.download_version(name, "1", api.app.state.api.settings.home_dir / "direct" / name)
     )
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     return session.run(None, {"features": rows})[0]
@@ -79,7 +79,7 @@ def test_predict_answers_outputs_labels_and_probabilities(  # type: ignore[no-un
     assert body["labels"] == [str(p.argmax()) for p in probabilities]
     bare = _predict(api, developer, classifier["name"], ROWS[:2].tolist())  # one input: a list
     assert bare.status_code == 200 and bare.json()["labels"] == body["labels"][:2]
-    api.app.state.usage.flush()
+    api.app.state.api.usage.flush()
     with sessions() as session:
         usage = session.scalars(select(UsageEvent).where(UsageEvent.kind == "prediction")).all()
     assert [(u.user_id, u.quantity, u.cost_micros) for u in usage] == [
@@ -139,7 +139,7 @@ def test_concurrent_requests_are_batched_and_get_their_own_rows(  # type: ignore
         thread.start()
     for thread in threads:
         thread.join()
-    batcher = api.app.state.predict_models._loaded[classifier["id"]].batcher
+    batcher = api.app.state.api.predict_models._loaded[classifier["id"]].batcher
     assert max(batcher.batch_sizes) > 1, batcher.batch_sizes
     metrics = api.get("/metrics").text
     calls = (
@@ -328,11 +328,11 @@ def test_another_replica_follows_the_catalog(  # type: ignore[no-untyped-def]
     it when undeployed elsewhere, and rebuilds the batcher when its limits change."""
     name, model_id = classifier["name"], classifier["id"]
     with TestClient(create_app(serving_settings)) as replica:
-        state = replica.app.state
+        state = replica.app.state.api
         models = state.predict_models
 
         def reconcile() -> None:
-            models.reconcile(state.read_sessionmaker, state.sessionmaker)
+            models.reconcile(state.read_sessions, state.sessions)
 
         reconcile()
         assert models.loaded_version(model_id) == "1"

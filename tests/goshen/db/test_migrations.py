@@ -62,7 +62,7 @@ def test_concurrent_upgrades_leave_one_schema(empty_database_url: str, tmp_path:
     env = {**os.environ, "GOSHEN_DATABASE_URL": empty_database_url, "GOSHEN_HOME": str(tmp_path)}
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "goshen.cli", "db", "upgrade"],
+            [sys.executable, "-m", "goshen_launcher.cli", "db", "upgrade"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

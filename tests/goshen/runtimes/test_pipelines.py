@@ -23,7 +23,7 @@ from PIL import Image
 
 from goshen import registry
 from goshen.errors import InvalidInputError
-from goshen.runtimes.generators import ModelFormatError
+from goshen.runtimes.base import ModelFormatError
 from goshen.runtimes.inputs import DigitsInput, TextToImageInput
 from goshen.runtimes.pipelines import DiffusersGenerator, load_pipeline, speed_up
 

@@ -1,0 +1,98 @@
+"""A cap on request bodies (GOSHEN_MAX_REQUEST_BYTES), enforced before the route sees them.
+
+JSON bodies are parsed whole in memory, so an unbounded one is a way to exhaust a replica. The
+middleware reads the body first (by Content-Length when one is sent, else as it streams) and
+answers 413 past the cap; the route gets the body it read. Routes that stream uploads to disk
+with limits of their own (datasets) are left to those limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from serving.http.problems import problem
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for a body over `max_bytes`, by its Content-Length or as it streams."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, exempt: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.exempt = exempt  # (method, path) of routes with limits of their own
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._exempt(scope):
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        body = (
+            None
+            if declared is not None and declared > self.max_bytes
+            else await self._read(receive)
+        )
+        if body is None:
+            await problem(413, self._detail(), title="Content too large")(scope, receive, send)
+            return
+        await self.app(scope, _replaying(body, receive), send)
+
+    def _exempt(self, scope: Scope) -> bool:
+        # Behind a proxy prefix (uvicorn --root-path) the route's own path follows it.
+        path = scope["path"].removeprefix(scope.get("root_path", "")) or "/"
+        route = (scope["method"], path.rstrip("/"))
+        return route in self.exempt
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body, or None once it passes the cap (the rest is left unread)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks)  # the client went away; the route will see it too
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _detail(self) -> str:
+        return (
+            f"the request body is larger than {self.max_bytes} bytes "
+            "(GOSHEN_MAX_REQUEST_BYTES); send less"
+        )
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """`receive` for the route: the body read already, then the client's own messages."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

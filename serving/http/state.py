@@ -1,0 +1,36 @@
+"""The API process's long-lived parts, built once by the app's lifespan (serving.app)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from goshen.config import Settings
+from goshen.storage import ArtifactStore
+from serving.catalog.cache import CatalogCache
+from serving.http.metrics import ApiMetrics
+from serving.http.principal_cache import PrincipalCache
+from serving.jobs.effects import JobEffects
+from serving.jobs.watch import JobWatcher
+from serving.predict.metering import UsageRecorder
+from serving.predict.models import PredictModels
+
+
+@dataclass(frozen=True)
+class ApiState:
+    """What every request may use; routes receive each part through serving.http.dependencies."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]  # writes
+    read_sessions: sessionmaker[Session]  # the read-only engine: no write lock on SQLite
+    store: ArtifactStore
+    metrics: ApiMetrics
+    job_watcher: JobWatcher
+    job_effects: JobEffects
+    principals: PrincipalCache
+    catalog: CatalogCache
+    predict_models: PredictModels
+    usage: UsageRecorder

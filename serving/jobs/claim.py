@@ -1,0 +1,187 @@
+"""Workers claim batches of queued jobs: the head of the queue and what may share its batch.
+
+Claims lock the rows they take with `FOR UPDATE SKIP LOCKED` on PostgreSQL, so concurrent workers
+never wait on each other or take the same job; on SQLite every transaction starts with
+BEGIN IMMEDIATE (goshen.db.engine), which serializes claims. Every claim sets a new claim token
+and a lease: the token fences the worker's writes (serving.jobs.lease).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from goshen.db.models import Job, JobStatus, utcnow
+from serving.jobs.effects import JobEffects
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job a worker holds: what it needs to run it, and the token that fences its writes."""
+
+    job_id: str
+    token: str
+    attempt: int
+    user_id: str
+    api_key_id: str | None
+    model_id: str
+    model_version: str | None
+    input: dict[str, Any]
+    created_at: datetime
+    started_at: datetime
+    timeout_seconds: float | None
+
+    @property
+    def images(self) -> int:
+        return int(self.input.get("num_images", 1))
+
+
+def _runnable(query: Select[Any], now: datetime) -> Select[Any]:
+    return query.where(Job.status == JobStatus.queued, Job.run_after <= now)
+
+
+def _oldest_first(query: Select[Any]) -> Select[Any]:
+    return query.order_by(Job.priority.desc(), Job.run_after, Job.id)
+
+
+def claim_batch(
+    session: Session,
+    worker_id: str,
+    effects: JobEffects,
+    *,
+    max_images: int,
+    lease_seconds: float,
+    now: datetime | None = None,
+) -> list[Claim]:
+    """Claim the next runnable job and, up to `max_images` images in all, queued jobs that may
+    share its batch (same model, version and batch key). Empty when nothing is runnable."""
+    now = now or utcnow()
+    batch = _head_group(session, max_images, now)
+    if not batch:
+        # The head's whole group is taken by other workers: the next free job, then its group.
+        first = session.scalars(
+            _oldest_first(_runnable(select(Job), now)).limit(1).with_for_update(skip_locked=True)
+        ).first()
+        if first is None:
+            return []
+        batch = [first, *_compatible(session, first, max_images - _images(first), now)]
+    return _start_attempts(session, batch, worker_id, effects, lease_seconds, now)
+
+
+def _head_group(session: Session, max_images: int, now: datetime) -> list[Job]:
+    """In one query: free jobs of the queue head's group (model, version, batch key), oldest
+    first, within `max_images` images; the first is always taken, whatever its size."""
+    head = (
+        _oldest_first(_runnable(select(Job.model_id, Job.model_version, Job.batch_key), now))
+        .limit(1)
+        .subquery()
+    )
+    group = _oldest_first(
+        _runnable(select(Job), now).where(
+            Job.model_id == head.c.model_id,
+            Job.model_version.is_not_distinct_from(head.c.model_version),
+            Job.batch_key.is_not_distinct_from(head.c.batch_key),
+        )
+    )
+    picked: list[Job] = []
+    room = max_images
+    locked = group.limit(max_images).with_for_update(skip_locked=True, of=Job)
+    for job in session.scalars(locked):
+        if not picked or (job.batch_key is not None and _images(job) <= room):
+            picked.append(job)
+            room -= _images(job)
+        if room <= 0 or picked[0].batch_key is None:
+            break
+    return picked
+
+
+def claim_compatible(
+    session: Session,
+    worker_id: str,
+    job_id: str,
+    effects: JobEffects,
+    *,
+    max_images: int,
+    lease_seconds: float,
+    now: datetime | None = None,
+) -> list[Claim]:
+    """Claim more queued jobs that may join the batch of `job_id`, up to `max_images` images."""
+    now = now or utcnow()
+    first = session.get(Job, job_id)
+    if first is None:
+        return []
+    batch = _compatible(session, first, max_images, now)
+    return _start_attempts(session, batch, worker_id, effects, lease_seconds, now)
+
+
+def _compatible(session: Session, first: Job, room: int, now: datetime) -> list[Job]:
+    """Runnable jobs that may share `first`'s batch, oldest first, within `room` images."""
+    if first.batch_key is None or room <= 0:
+        return []
+    same_version = (
+        Job.model_version.is_(None)
+        if first.model_version is None
+        else Job.model_version == first.model_version
+    )
+    query = _oldest_first(
+        _runnable(select(Job), now).where(
+            Job.id != first.id,
+            Job.model_id == first.model_id,
+            Job.batch_key == first.batch_key,
+            same_version,
+        )
+    )
+    picked = []
+    for job in session.scalars(query.limit(room).with_for_update(skip_locked=True)):
+        if _images(job) <= room:
+            picked.append(job)
+            room -= _images(job)
+    return picked
+
+
+def _images(job: Job) -> int:
+    return int(job.input.get("num_images", 1))
+
+
+def _start_attempts(
+    session: Session,
+    jobs: Sequence[Job],
+    worker_id: str,
+    effects: JobEffects,
+    lease_seconds: float,
+    now: datetime,
+) -> list[Claim]:
+    """Start an attempt of each claimed (locked) job: one flush, then what starting causes."""
+    for job in jobs:
+        job.status = JobStatus.running
+        job.attempt += 1
+        job.claim_token = secrets.token_hex(16)
+        job.lease_owner = worker_id
+        job.lease_expires_at = now + timedelta(seconds=lease_seconds)
+        job.started_at = now
+        job.queue_seconds = (now - job.created_at).total_seconds()
+        job.progress = None
+    session.flush()
+    effects.started(session, jobs)
+    return [
+        Claim(
+            job_id=job.id,
+            token=job.claim_token,
+            attempt=job.attempt,
+            user_id=job.user_id,
+            api_key_id=job.api_key_id,
+            model_id=job.model_id,
+            model_version=job.model_version,
+            input=dict(job.input),
+            created_at=job.created_at,
+            started_at=now,
+            timeout_seconds=job.timeout_seconds,
+        )
+        for job in jobs
+    ]

@@ -1,0 +1,101 @@
+"""What a job's transitions cause beyond its own row, decided in this one place.
+
+- An attempt starts: a `status` event and the `start` webhook.
+- A job ends — succeeded, failed or canceled; on a worker, through the API or by recovery —:
+  on success its usage event, its `output` event and its `output` and `logs` webhooks; in every
+  case its `status` and `done` events and its `completed` webhook.
+
+Everything is written in the caller's transaction, together with the transition itself, and
+keyed by job id (usage per job and kind, webhooks per job and event type), so a job that runs
+twice causes each once. Callers of the transitions (serving.jobs.transitions) never write any
+of it themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from goshen.db import access
+from goshen.db.models import Job, JobStatus, Model, UsageEvent
+from goshen.storage import ArtifactStore
+from serving.jobs.events import add_event
+from serving.jobs.views import webhook_payload
+from serving.webhooks import outbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a finished run produced, for the job row and its usage event."""
+
+    output: dict[str, Any]
+    run_seconds: float
+    device: str
+    peak_memory_bytes: int | None
+    images: int
+    compute_seconds: float
+    quantity: float
+    unit: str
+    cost_micros: int
+
+
+@dataclass(frozen=True)
+class JobEffects:
+    """Writes what transitions cause; webhook bodies link to `api_url` and sign `store` links."""
+
+    store: ArtifactStore
+    api_url: str
+
+    def started(self, session: Session, jobs: Sequence[Job]) -> None:
+        """Attempts of `jobs` (locked, flushed) began."""
+        for job in jobs:
+            add_event(session, job.id, "status", {"status": "running", "attempt": job.attempt})
+            self._webhook(session, job, "start")
+
+    def ended(self, session: Session, job: Job, completion: Completion | None = None) -> None:
+        """`job` (locked, flushed) reached a terminal status; `completion` when it succeeded."""
+        status = JobStatus(job.status)
+        if completion is not None:
+            self._meter(session, job, completion)
+            add_event(session, job.id, "output", completion.output)
+        extra = {"error": job.error} if job.error else {}
+        add_event(session, job.id, "status", {"status": status.value, **extra})
+        add_event(session, job.id, "done", {"status": status.value, **extra})
+        webhooks = ("output", "logs", "completed") if completion is not None else ("completed",)
+        for event in webhooks:
+            self._webhook(session, job, event)
+        log.info("job %s ended %s (attempt %d)", job.id, status.value, job.attempt)
+
+    def _meter(self, session: Session, job: Job, completion: Completion) -> None:
+        access.insert_once(
+            session,
+            UsageEvent,
+            {
+                "user_id": job.user_id,
+                "api_key_id": job.api_key_id,
+                "model_id": job.model_id,
+                "job_id": job.id,
+                "kind": "generation",
+                "quantity": completion.quantity,
+                "unit": completion.unit,
+                "cost_micros": completion.cost_micros,
+                "images": completion.images,
+                "seconds": completion.compute_seconds,
+            },
+            ("job_id", "kind"),
+        )
+
+    def _webhook(self, session: Session, job: Job, event: str) -> None:
+        """Queue the job's webhook event in the outbox, if it asked for one."""
+        if job.webhook is None or event not in outbox.wanted_events(job):
+            return
+        model = session.get(Model, job.model_id)
+        assert model is not None, "catalog entries with jobs are never deleted (RESTRICT)"
+        payload = webhook_payload(job, model.name, event, self.store, self.api_url)
+        outbox.enqueue_event(session, job, event, payload)

@@ -1,0 +1,188 @@
+"""Taking a generation request: check it whole, honour its Idempotency-Key, queue it.
+
+Nothing is queued (and no key consumed) until the model, its input, the webhook URL and the
+account's limits all check out. A key is scoped to its account and lives 24 hours: the same key
+and body return the job it made; the same key with another body is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from goshen import catalog, registry
+from goshen.accounts import Principal
+from goshen.config import Settings
+from goshen.db.models import Job, JobStatus, Model, ModelKind, User, utcnow
+from goshen.errors import ConflictError, InvalidInputError, RateLimitedError
+from goshen.runtimes.inputs import GenerationInput, batch_key, input_model
+from serving.jobs.transitions import enqueue
+from serving.schemas import JobCreate
+from serving.webhooks.url_guard import check_webhook_url
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+INTERACTIVE_PRIORITY = 1  # someone holds a connection open (Prefer: wait)
+ACTIVE_JOBS_RETRY_AFTER_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    model: Model
+    replayed: bool
+
+
+def submit(
+    session: Session,
+    principal: Principal,
+    body: JobCreate,
+    settings: Settings,
+    *,
+    idempotency_key: str | None,
+    interactive: bool,
+) -> Submission:
+    """Validate and queue a generation job, or return the one this Idempotency-Key made.
+
+    No transaction stays open across the slow parts (the webhook URL's DNS lookup, a registry
+    call): on SQLite every transaction holds the database's write lock.
+    """
+    user = principal.user
+    fingerprint = request_fingerprint(body)
+    if idempotency_key is not None:
+        # A replay answers with its job even if the model changed since: it made the job then.
+        replay = _replay(session, user.id, idempotency_key, fingerprint)
+        if replay is not None:
+            return replay
+    if body.webhook is not None:
+        check_webhook_url(body.webhook, allow_loopback=settings.webhook_allow_loopback)
+    model = catalog.get_visible(session, body.model, user.id)
+    if model.kind != ModelKind.diffusion:
+        raise InvalidInputError(
+            f"model {model.name} is not an image generator; call POST /v1/models/{model.name}"
+            "/predict instead",
+            field="model",
+        )
+    model_input = validate_input(model, body)
+    session.commit()
+    version = _live_version(session, model, settings)
+    # One account's submissions go one at a time from here, so its key lookups and its
+    # active-job count cannot race.
+    session.execute(select(User.id).where(User.id == user.id).with_for_update())
+    if idempotency_key is not None:
+        replay = _replay(session, user.id, idempotency_key, fingerprint)
+        if replay is not None:
+            return replay
+    _check_active_jobs(session, user, settings.max_active_jobs_per_user)
+    job = Job(
+        user_id=user.id,
+        api_key_id=principal.key.id,
+        model_id=model.id,
+        model_version=version,
+        input=model_input.model_dump(mode="json"),
+        batch_key=batch_key(model_input),
+        priority=INTERACTIVE_PRIORITY if interactive else 0,
+        max_attempts=settings.job_max_attempts,
+        timeout_seconds=settings.job_timeout_seconds,
+        webhook=body.webhook,
+        webhook_events=list(body.webhook_events_filter or []),
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint if idempotency_key else None,
+    )
+    try:
+        enqueue(session, job)
+        session.commit()
+    except IntegrityError:
+        # The same key, sent concurrently, made its job first.
+        session.rollback()
+        assert idempotency_key is not None, "only the idempotency key is unique per account"
+        replay = _replay(session, user.id, idempotency_key, fingerprint)
+        assert replay is not None
+        return replay
+    return Submission(job, model, replayed=False)
+
+
+def _replay(session: Session, user_id: str, key: str, fingerprint: str) -> Submission | None:
+    """The submission this key made, its transaction ended; None if there is none."""
+    earlier = _earlier_submission(session, user_id, key, fingerprint)
+    model = session.get(Model, earlier.model_id) if earlier is not None else None
+    session.commit()
+    if earlier is None:
+        return None
+    assert model is not None, "catalog entries with jobs are never deleted (RESTRICT)"
+    return Submission(earlier, model, replayed=True)
+
+
+def validate_input(model: Model, body: JobCreate) -> GenerationInput:
+    """The request's input checked against the model's schema, its seed filled in."""
+    try:
+        checked = input_model(model.runtime).model_validate(body.input)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", "input", *error["loc"])} for error in exc.errors()]
+        ) from None
+    return checked.with_seed()
+
+
+def request_fingerprint(body: JobCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _earlier_submission(session: Session, user_id: str, key: str, fingerprint: str) -> Job | None:
+    """The live job this key made, None when there is none (or it expired, which frees the key)."""
+    job = session.scalar(select(Job).where(Job.user_id == user_id, Job.idempotency_key == key))
+    if job is None:
+        return None
+    if utcnow() - job.created_at > IDEMPOTENCY_TTL:
+        session.execute(update(Job).where(Job.id == job.id).values(idempotency_key=None))
+        return None
+    if job.request_fingerprint != fingerprint:
+        raise InvalidInputError(
+            "this Idempotency-Key was used with a different request body in the last 24 hours; "
+            "send a new key for a new request",
+            field="Idempotency-Key",
+        )
+    return job
+
+
+def _live_version(session: Session, model: Model, settings: Settings) -> str:
+    """The version new jobs run: pinned, live, or (first time) the registry alias's, asked
+    outside any transaction."""
+    version = catalog.check_callable(model)
+    if version is not None:
+        return version
+    found = None
+    if model.alias is not None:
+        uri = settings.resolved_mlflow_tracking_uri
+        found = registry.version_for_alias(uri, model.registered_model, model.alias)
+    if found is None:
+        raise ConflictError(
+            f"model {model.name} has no live version yet: {model.registered_model}@{model.alias} "
+            "is not in the MLflow registry (the built-in models are made by "
+            "`goshen train digits`)"
+        )
+    catalog.set_live_version(session, model.registered_model, model.alias, found)
+    return found
+
+
+def _check_active_jobs(session: Session, user: User, limit: int) -> None:
+    """Refuse a submission past the account's cap on queued and running jobs."""
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.user_id == user.id, Job.status.in_([JobStatus.queued, JobStatus.running]))
+    )
+    if active >= limit:
+        raise RateLimitedError(
+            f"this account has {active} queued or running jobs, the most it may have "
+            "(GOSHEN_MAX_ACTIVE_JOBS_PER_USER); wait for some to finish or cancel them",
+            retry_after_seconds=ACTIVE_JOBS_RETRY_AFTER_SECONDS,
+        )

@@ -1,0 +1,265 @@
+"""The ONNX models one API process serves on /predict: loaded on deploy or first use, one
+batcher each, and what every catalog entry's status is in this process (for /readyz).
+
+A reconciler thread (`reconcile`, every RECONCILE_SECONDS) keeps the process in step with the
+catalog, whichever API replica changed it: it loads every public live entry (so /readyz answers
+ready once they serve), drops entries that were undeployed, rebuilds those whose live version or
+batching limits changed, and unloads private uploads nobody called for IDLE_PRIVATE_SECONDS
+(they load again on their next request).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from goshen import registry
+from goshen.catalog import serving_version
+from goshen.config import Settings
+from goshen.db import session_scope
+from goshen.db.models import Model, ModelKind, ModelStatus, Visibility
+from goshen.runtimes.onnx_models import OnnxModel
+from serving.http.metrics import ApiMetrics
+from serving.predict.batching import DynamicBatcher
+
+log = logging.getLogger(__name__)
+# A version that failed to load is tried again at most this often (requests answer 503 meanwhile).
+LOAD_RETRY_SECONDS = 10
+RECONCILE_SECONDS = 5.0
+IDLE_PRIVATE_SECONDS = 600.0
+
+
+class ModelLoadError(RuntimeError):
+    """A model version could not be loaded (or failed to moments ago); the message says why."""
+
+
+@dataclass
+class LoadedModel:
+    """A model version this process serves."""
+
+    model_id: str
+    name: str
+    version: str
+    onnx: OnnxModel
+    batcher: DynamicBatcher
+    limits: tuple[int, float]  # (max rows, max wait seconds) the batcher was built with
+    last_used: float = field(default_factory=time.monotonic)  # set by /predict
+
+
+@dataclass(frozen=True)
+class ModelHealth:
+    """One catalog entry as this process sees it."""
+
+    name: str
+    loaded_version: str | None
+    last_error: str | None
+
+
+class PredictModels:
+    """Loaded ONNX models by catalog id; a version change loads the new one and drops the old."""
+
+    def __init__(self, settings: Settings, metrics: ApiMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.cache_dir = settings.home_dir / "models"
+        self._loaded: dict[str, LoadedModel] = {}
+        self._errors: dict[str, tuple[str, str]] = {}  # model id -> (name, last error)
+        self._failures: dict[tuple[str, str], tuple[float, str]] = {}  # (id, version) -> when, why
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        # One thread per model call at a time is enough: each session uses the cores itself.
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="predict")
+
+    def loaded(self, model: Model, version: str) -> LoadedModel | None:
+        found = self._loaded.get(model.id)
+        return found if found is not None and found.version == version else None
+
+    def load(self, model: Model, version: str, *, retry: bool = False) -> LoadedModel:
+        """The entry's `version`, loaded once however many requests ask at the same time.
+
+        A version that failed to load is not tried again for LOAD_RETRY_SECONDS (ModelLoadError
+        at once), unless `retry` (a deploy). Blocking (download, session build): call it from a
+        thread.
+        """
+        with self._lock_for(model.id):
+            found = self.loaded(model, version)
+            if found is not None:
+                return found
+            failed = self._failures.get((model.id, version))
+            recent = failed is not None and time.monotonic() - failed[0] < LOAD_RETRY_SECONDS
+            if recent and not retry:
+                raise ModelLoadError(failed[1])
+            try:
+                onnx = OnnxModel.from_folder(self._download(model, version))
+                call_seconds = _run_example(onnx, self.settings.predict_max_rows)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                self._errors[model.id] = (model.name, error)
+                self._failures[(model.id, version)] = (time.monotonic(), error)
+                raise ModelLoadError(error) from exc
+            limits = self.limits(model)
+            batcher = DynamicBatcher(
+                onnx.run,
+                max_rows=limits[0],
+                max_wait=limits[1],
+                batchable=onnx.batchable,
+                executor=self._executor,
+                call_seconds=call_seconds,
+                on_batch=(
+                    self.metrics.predict_batch.labels(model.name).observe
+                    if self.metrics is not None
+                    else None
+                ),
+            )
+            loaded = LoadedModel(model.id, model.name, version, onnx, batcher, limits)
+            self._loaded[model.id] = loaded
+            self._errors.pop(model.id, None)
+            self._failures.pop((model.id, version), None)
+            log.info("serving %s v%s on %s", model.name, version, onnx.device.name)
+            return loaded
+
+    def limits(self, model: Model) -> tuple[int, float]:
+        """The entry's batching limits (max rows, max wait seconds), defaults from the settings."""
+        wait_ms = model.max_wait_ms
+        if wait_ms is None:
+            wait_ms = self.settings.predict_max_wait_ms
+        return (model.max_batch_size or self.settings.predict_max_batch_size, wait_ms / 1000)
+
+    def reconcile(self, reads: sessionmaker[Session], writes: sessionmaker[Session]) -> None:
+        """One pass of the reconciler (see the module's docstring); the catalog is read through
+        `reads` (no write lock on SQLite)."""
+        with reads() as session:
+            entries = session.scalars(select(Model).where(Model.kind == ModelKind.onnx)).all()
+            for entry in entries:
+                session.expunge(entry)
+        live = {e.id: e for e in entries if e.status == ModelStatus.ready and serving_version(e)}
+        now = time.monotonic()
+        for model_id, loaded in list(self._loaded.items()):
+            entry = live.get(model_id)
+            idle = now - loaded.last_used > IDLE_PRIVATE_SECONDS
+            if (
+                entry is None
+                or loaded.version != serving_version(entry)
+                or loaded.limits != self.limits(entry)
+                or (entry.visibility != Visibility.public and idle)
+            ):
+                self.unload(model_id)
+        for entry in live.values():
+            if entry.visibility == Visibility.public and entry.id not in self._loaded:
+                try:
+                    self._load_published(writes, entry)
+                except ModelLoadError as exc:
+                    log.warning(
+                        "could not load %s v%s: %s", entry.name, serving_version(entry), exc
+                    )
+
+    def _load_published(self, factory: sessionmaker[Session], model: Model) -> None:
+        """Load a public entry; one that publishes no input schema yet (a built-in one) gets
+        its graph's."""
+        loaded = self.load(model, serving_version(model))  # type: ignore[arg-type]
+        if not model.input_schema:
+            schema = loaded.onnx.public_schema()
+            with session_scope(factory) as session:
+                session.execute(
+                    update(Model)
+                    .where(Model.id == model.id)
+                    .values(input_schema=schema, examples=[schema["example"]])
+                )
+
+    def run_reconciler(
+        self, reads: sessionmaker[Session], writes: sessionmaker[Session], stop: threading.Event
+    ) -> None:
+        """Reconcile now and then every RECONCILE_SECONDS until `stop` is set (a thread)."""
+        while True:
+            try:
+                self.reconcile(reads, writes)
+            except Exception:
+                log.exception("reconciling the served models with the catalog failed")
+            if stop.wait(RECONCILE_SECONDS):
+                return
+
+    def unload(self, model_id: str) -> None:
+        self._loaded.pop(model_id, None)
+
+    def loaded_version(self, model_id: str) -> str | None:
+        found = self._loaded.get(model_id)
+        return found.version if found is not None else None
+
+    def health(self) -> list[ModelHealth]:
+        """Every entry this process loaded or failed to load."""
+        # Copies first (atomic under the GIL): loads in other threads change the originals.
+        loaded, errors = dict(self._loaded), dict(self._errors)
+        names = {entry.model_id: entry.name for entry in loaded.values()}
+        names.update({model_id: name for model_id, (name, _) in errors.items()})
+        return [
+            ModelHealth(
+                name,
+                loaded[model_id].version if model_id in loaded else None,
+                errors.get(model_id, (name, None))[1],
+            )
+            for model_id, name in sorted(names.items(), key=lambda item: item[1])
+        ]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._loaded.clear()
+
+    def _download(self, model: Model, version: str) -> Path:
+        destination = self.cache_dir / model.registered_model / version
+        downloaded = registry.download_version(model.registered_model, version, destination)
+        return registry.model_folder(downloaded)
+
+    def _lock_for(self, model_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(model_id, threading.Lock())
+
+
+def _run_example(onnx: OnnxModel, max_rows: int) -> float:
+    """Run the model's example input (a load that cannot answer it fails here, not on the first
+    request); the seconds of the second call, warm, tell the batcher where calls should run."""
+    feeds = onnx.check_inputs(onnx.public_schema()["example"]["inputs"], max_rows=max_rows)
+    onnx.run(feeds)
+    started = time.perf_counter()
+    onnx.run(feeds)
+    return time.perf_counter() - started
+
+
+def live_models_loaded(factory: sessionmaker[Session], models: PredictModels) -> dict[str, Any]:
+    """The readiness check: every public live ONNX entry is loaded here at its live version.
+    Private uploads load on their first request and are neither awaited nor listed (the check is
+    public)."""
+    with factory() as session:
+        live = session.execute(
+            select(Model.id, Model.name, Model.pinned_version, Model.live_version).where(
+                Model.kind == ModelKind.onnx,
+                Model.status == ModelStatus.ready,
+                Model.visibility == Visibility.public,
+            )
+        ).all()
+    health = {entry.name: entry for entry in models.health()}
+    report = []
+    for model_id, name, pinned, live_version in live:
+        wanted = pinned or live_version
+        seen = health.get(name)
+        loaded = models.loaded_version(model_id)
+        report.append(
+            {
+                "name": name,
+                "live_version": wanted,
+                "loaded_version": loaded,
+                "last_error": seen.last_error if seen else None,
+            }
+        )
+    missing = [
+        entry["name"] for entry in report if entry["loaded_version"] != entry["live_version"]
+    ]
+    error = f"not loaded yet: {', '.join(missing)}" if missing else None
+    return {"ok": not missing, "error": error, "models": report}

@@ -1,0 +1,231 @@
+"""`goshen worker`: claims jobs from the shared queue and runs them on this host's GPU (or CPU).
+
+Any number of workers on any number of hosts share one database. Each registers in the workers
+table and heartbeats there (host, device, memory, loaded models); claims batches of compatible
+jobs; returns stalled jobs of dead workers to the queue; and wakes at once on PostgreSQL
+notifications, polling otherwise. On SIGTERM it claims nothing new, lets the running batch finish
+within GOSHEN_WORKER_DRAIN_SECONDS, releases it otherwise, and marks itself stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from goshen.config import Settings
+from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
+from goshen.db.models import Worker, WorkerStatus, utcnow
+from goshen.db.notifications import JOBS_CHANNEL, Listener
+from goshen.runtimes.devices import detect_device
+from goshen.storage import make_store
+from serving.jobs import transitions
+from serving.jobs.claim import Claim, claim_batch, claim_compatible
+from serving.worker.context import WorkerContext, WorkerStopping
+from serving.worker.generator_cache import GeneratorCache, ModelSource, RegistrySource
+from serving.worker.runner import run_batch
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def register_worker(factory: sessionmaker[Session], worker_id: str) -> Worker:
+    device = detect_device()
+    with session_scope(factory) as session:
+        worker = Worker(
+            id=worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            device_name=device.name,
+            device_memory_bytes=device.memory_bytes,
+            loaded_models=[],
+            status=WorkerStatus.idle,
+        )
+        session.add(worker)
+    return worker
+
+
+def heartbeat(
+    factory: sessionmaker[Session],
+    worker_id: str,
+    status: WorkerStatus,
+    loaded_models: list[dict[str, str]] | None = None,
+) -> None:
+    values: dict[str, object] = {"heartbeat_at": utcnow(), "status": status}
+    if loaded_models is not None:
+        values["loaded_models"] = loaded_models
+    with session_scope(factory) as session:
+        session.execute(update(Worker).where(Worker.id == worker_id).values(**values))
+
+
+class _WorkerHeartbeat(threading.Thread):
+    """Reports the worker alive every GOSHEN_WORKER_HEARTBEAT_SECONDS, with what it is doing."""
+
+    def __init__(self, context: WorkerContext) -> None:
+        super().__init__(name="worker-heartbeat", daemon=True)
+        self.context = context
+        self.busy = False
+        self.finished = threading.Event()
+
+    def status(self) -> WorkerStatus:
+        if self.context.stop.is_set():
+            return WorkerStatus.draining
+        return WorkerStatus.busy if self.busy else WorkerStatus.idle
+
+    def run(self) -> None:
+        settings = self.context.settings
+        interval = min(settings.worker_heartbeat_seconds, settings.queue_recovery_seconds)
+        next_beat = next_recovery = 0.0
+        while not self.finished.wait(interval):
+            now = time.monotonic()
+            try:
+                if now >= next_beat:
+                    next_beat = now + settings.worker_heartbeat_seconds
+                    heartbeat(
+                        self.context.factory,
+                        self.context.worker_id,
+                        self.status(),
+                        self.context.generators.loaded(),
+                    )
+                # Here, not between batches: a worker busy with a long batch still returns
+                # the jobs of dead workers within the lease TTL and the recovery interval.
+                if now >= next_recovery:
+                    next_recovery = now + settings.queue_recovery_seconds
+                    recover(self.context)
+            except Exception:
+                log.exception("worker heartbeat or recovery failed; trying again")
+
+
+def run_worker(
+    settings: Settings, stop: threading.Event | None = None, source: ModelSource | None = None
+) -> int:
+    """Run jobs until told to stop; `source` replaces the MLflow registry (benchmarks, tests)."""
+    hurry = threading.Event()
+    stop = stop or _stop_on_signals(hurry)
+    engine = make_engine(settings.resolved_database_url)
+    generators = GeneratorCache(
+        source or RegistrySource(settings), settings.worker_model_cache_size
+    )
+    listener = Listener(settings.resolved_database_url, (JOBS_CHANNEL,))
+    try:
+        migrate.upgrade(engine)
+        factory = make_sessionmaker(engine)
+        worker = register_worker(factory, new_worker_id())
+        context = WorkerContext(
+            settings, factory, make_store(settings), worker.id, generators, stop, hurry
+        )
+        log.info("worker %s ready on %s", worker.id, worker.device_name)
+        beat = _WorkerHeartbeat(context)
+        beat.start()
+        try:
+            _work(context, listener, beat)
+        finally:
+            beat.finished.set()
+            beat.join()
+            try:
+                heartbeat(factory, worker.id, WorkerStatus.stopped, [])
+            except Exception:
+                log.exception("could not mark worker %s stopped", worker.id)
+        log.info("worker %s stopped", worker.id)
+    finally:
+        listener.close()
+        generators.close()
+        engine.dispose()
+    return 0
+
+
+def _work(context: WorkerContext, listener: Listener, beat: _WorkerHeartbeat) -> None:
+    settings = context.settings
+    while not context.stop.is_set():
+        try:
+            claims = claim(context)
+        except Exception:
+            # The database went away (a restart, a failover): wait, then try again.
+            log.exception(
+                "could not claim jobs; trying again in %.1f s", settings.queue_poll_seconds
+            )
+            time.sleep(settings.queue_poll_seconds)
+            continue
+        if not claims:
+            listener.wait(settings.queue_poll_seconds)
+            continue
+        beat.busy = True
+        try:
+            run_batch(context, claims)
+        except WorkerStopping:
+            return
+        except Exception:
+            # The database or the store went away mid-batch: the leases lapse and recovery
+            # requeues the jobs; this worker carries on once they answer again.
+            log.exception(
+                "batch of %d jobs could not finish; its jobs will be recovered", len(claims)
+            )
+            time.sleep(settings.queue_poll_seconds)
+        finally:
+            beat.busy = False
+
+
+def claim(context: WorkerContext) -> list[Claim]:
+    """Claim a batch, waiting up to GOSHEN_WORKER_BATCH_WAIT_SECONDS for compatible jobs."""
+    settings = context.settings
+    with session_scope(context.factory) as session:
+        claims = claim_batch(
+            session,
+            context.worker_id,
+            context.effects,
+            max_images=settings.worker_max_batch_size,
+            lease_seconds=settings.job_lease_seconds,
+        )
+    room = settings.worker_max_batch_size - sum(c.images for c in claims)
+    if claims and room > 0 and settings.worker_batch_wait_seconds > 0:
+        if context.stop.wait(settings.worker_batch_wait_seconds):
+            return claims  # stopping: run what is claimed, take no more
+        with session_scope(context.factory) as session:
+            more = claim_compatible(
+                session,
+                context.worker_id,
+                claims[0].job_id,
+                context.effects,
+                max_images=room,
+                lease_seconds=settings.job_lease_seconds,
+            )
+        claims += more
+    return claims
+
+
+def recover(context: WorkerContext) -> None:
+    """Return the jobs of workers that stopped renewing their leases to the queue (or end them:
+    no attempts left, or canceled)."""
+    with session_scope(context.factory) as session:
+        recovered = transitions.recover_stalled(
+            session, context.effects, retry_base_seconds=context.settings.job_retry_base_seconds
+        )
+    for job in recovered:
+        log.warning("recovered job %s from a stalled worker: now %s", job.id, job.status)
+
+
+def _stop_on_signals(hurry: threading.Event) -> threading.Event:
+    """SIGTERM or Ctrl-C: stop claiming and drain; a second one: release at the next step."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            log.info("signal %d again: releasing the running batch at its next step", signum)
+            hurry.set()
+            return
+        log.info("signal %d: finishing the running batch, claiming nothing new", signum)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    return stop

@@ -1,0 +1,250 @@
+"""Running one claimed batch on a worker: generate, store the images, end every job.
+
+While the batch runs, a BatchReporter (serving.worker.reporter) writes its progress and logs and
+ends the jobs that stop early. When the batch is done, one transaction writes what is left to
+report and ends every job: succeeded, canceled, timed out, retried, or, when its lease was taken
+over by another worker, left alone. What each end causes (events, usage, webhooks) is written by
+the transitions themselves (serving.jobs.effects).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from goshen import catalog
+from goshen.db import session_scope
+from goshen.db.models import Model, utcnow
+from goshen.runtimes.base import ImageGenerator, ModelFormatError
+from goshen.runtimes.devices import PeakMemory
+from goshen.runtimes.inputs import input_model
+from goshen.storage import ArtifactStore, artifact_key
+from serving.jobs import lease, transitions
+from serving.jobs.claim import Claim
+from serving.jobs.effects import Completion
+from serving.jobs.events import Entry
+from serving.worker.context import WorkerContext, WorkerStopping
+from serving.worker.reporter import STOPPED, BatchReporter, end_early, fail_attempt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """What every job of a finished batch shares."""
+
+    model: Model
+    device: str
+    peak_memory_bytes: int | None
+    seconds: float
+    claims: Sequence[Claim]
+
+    def share(self, claim: Claim) -> float:
+        """This job's part of the batch's compute time, by images."""
+        total = sum(c.images for c in self.claims)
+        return self.seconds * claim.images / total if total else self.seconds / len(self.claims)
+
+
+def run_batch(context: WorkerContext, claims: Sequence[Claim]) -> None:
+    """Run every job of a claimed batch to its end; raises WorkerStopping after releasing."""
+    model = context.catalog_entry(claims[0].model_id)
+    started = time.monotonic()
+    failure: BaseException | None = None
+    with BatchReporter(context, claims, model) as reporter:
+        try:
+            generator = _generator(context, model, claims)
+            inputs = [input_model(model.runtime).model_validate(c.input) for c in claims]
+            reporter.log(_start_line(generator, claims))
+            with PeakMemory(generator.device) as memory:
+                results = generator.generate(inputs, reporter.on_step)
+        except Exception as exc:  # noqa: BLE001 - every job of the batch ends with it below
+            failure = exc
+    if isinstance(failure, WorkerStopping):
+        _end_rest(
+            context,
+            reporter,
+            lambda session, claim: transitions.release(session, claim, STOPPED, context.effects),
+        )
+        raise failure
+    if failure is not None:
+        _batch_failed(context, reporter, failure)
+        return
+    finished = _Finished(
+        model, generator.device.name, memory.bytes, time.monotonic() - started, claims
+    )
+    outputs = _store_outputs(context.store, claims, results, reporter)
+    entries = reporter.take()
+    with session_scope(context.factory) as session:
+        for index in reporter.unfinished():
+            stopped = reporter.stopped.get(index)
+            _finish(context, session, finished, claims[index], outputs[index], stopped, entries)
+    _drop_other_attempts(context.store, claims, outputs)
+
+
+def _batch_failed(context: WorkerContext, reporter: BatchReporter, failure: BaseException) -> None:
+    """A batch that raised: a batch of several jobs goes back to run its jobs one by one (one of
+    them may be the cause, say a GPU out of memory), uncounted; a single job fails its attempt."""
+    log.error("batch of %d jobs failed", len(reporter.claims), exc_info=failure)
+    detail = _describe(failure)
+    if isinstance(failure, ModelFormatError):
+        error, retryable = "this model version cannot be served (see the worker log)", False
+    else:
+        error, retryable = f"the model failed on the worker ({type(failure).__name__})", True
+    if retryable and len(reporter.unfinished()) > 1:
+        reason = f"its batch failed ({type(failure).__name__}); each job runs alone next"
+        _end_rest(
+            context,
+            reporter,
+            lambda s, c: transitions.release(s, c, reason, context.effects, alone=True),
+        )
+        return
+    _end_rest(
+        context,
+        reporter,
+        lambda session, claim: fail_attempt(
+            context, session, claim, error, retryable=retryable, detail=detail
+        ),
+    )
+
+
+def _generator(context: WorkerContext, model: Model, claims: Sequence[Claim]) -> ImageGenerator:
+    version = claims[0].model_version or context.generators.source.resolve(model)
+    return context.generators.get(model, version)
+
+
+def _start_line(generator: ImageGenerator, claims: Sequence[Claim]) -> str:
+    images = sum(claim.images for claim in claims)
+    return (
+        f"generating on {generator.device.name}: {images} images in a batch of {len(claims)} jobs"
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _end_rest(
+    context: WorkerContext, reporter: BatchReporter, end: Callable[[Session, Claim], object]
+) -> None:
+    """Report what is left, then `end(session, claim)` every job not ended yet."""
+    entries = reporter.take()
+    with session_scope(context.factory) as session:
+        for index in reporter.unfinished():
+            lease.report(session, reporter.claims[index], entries)
+            end(session, reporter.claims[index])
+
+
+def _store_outputs(
+    store: ArtifactStore,
+    claims: Sequence[Claim],
+    results: Sequence[list[Image.Image] | None],
+    reporter: BatchReporter,
+) -> list[dict[str, Any] | Exception | None]:
+    """Each finished job's images in the store (before its row says so), or why that failed."""
+    outputs: list[dict[str, Any] | Exception | None] = []
+    for index, (claim, images) in enumerate(zip(claims, results, strict=True)):
+        if images is None or index in reporter.stopped:
+            outputs.append(None)
+            continue
+        try:
+            outputs.append(_store_images(store, claim, images))
+        except Exception as exc:
+            # One job failing to store (storage down, say) must not take its batch with it.
+            log.exception("job %s: could not store its images", claim.job_id)
+            outputs.append(exc)
+    return outputs
+
+
+def _store_images(store: ArtifactStore, claim: Claim, images: list[Image.Image]) -> dict[str, Any]:
+    """PNGs under outputs/{user}/{job}/{attempt}/: an attempt whose lease was taken over never
+    overwrites the images of the attempt that finished."""
+    stored = []
+    for number, image in enumerate(images):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        key = artifact_key(
+            "outputs", claim.user_id, claim.job_id, str(claim.attempt), f"{number}.png"
+        )
+        store.put(key, buffer.getvalue(), content_type="image/png")
+        stored.append(
+            {"key": key, "content_type": "image/png", "width": image.width, "height": image.height}
+        )
+    return {"images": stored}
+
+
+def _drop_other_attempts(
+    store: ArtifactStore, claims: Sequence[Claim], outputs: Sequence[Any]
+) -> None:
+    """Remove images earlier attempts of the finished jobs left (a worker killed mid-store)."""
+    for claim, output in zip(claims, outputs, strict=True):
+        if not isinstance(output, dict) or claim.attempt == 1:
+            continue
+        for earlier in range(1, claim.attempt):
+            folder = artifact_key("outputs", claim.user_id, claim.job_id, str(earlier))
+            try:
+                store.delete_prefix(folder)
+            except Exception:  # leftovers waste space; they break nothing
+                log.warning("could not remove %s", folder, exc_info=True)
+
+
+def _finish(
+    context: WorkerContext,
+    session: Session,
+    finished: _Finished,
+    claim: Claim,
+    output: dict[str, Any] | Exception | None,
+    stopped: str | None,
+    entries: list[Entry],
+) -> None:
+    """End one job of a finished batch, in the batch's final transaction, with the batch's
+    last report `entries`."""
+    if stopped == "lost":
+        log.warning("job %s: its lease was taken over; its result is dropped", claim.job_id)
+        return
+    if stopped is None and isinstance(output, dict):
+        _complete(context, session, finished, claim, output, entries)
+        return
+    lease.report(session, claim, entries)
+    if stopped is not None:
+        end_early(context, session, claim, stopped)
+    elif isinstance(output, Exception):
+        error = f"storing its images failed ({type(output).__name__})"
+        fail_attempt(context, session, claim, error, retryable=True, detail=_describe(output))
+    else:
+        error = f"{finished.model.name} returned no images"
+        fail_attempt(context, session, claim, error, retryable=True)
+
+
+def _complete(
+    context: WorkerContext,
+    session: Session,
+    finished: _Finished,
+    claim: Claim,
+    output: dict[str, Any],
+    entries: list[Entry],
+) -> None:
+    images = len(output["images"])
+    compute = finished.share(claim)
+    quantity, cost = catalog.price(finished.model, images=images, seconds=compute)
+    done = Completion(
+        output=output,
+        run_seconds=(utcnow() - claim.started_at).total_seconds(),
+        device=finished.device,
+        peak_memory_bytes=finished.peak_memory_bytes,
+        images=images,
+        compute_seconds=compute,
+        quantity=quantity,
+        unit=str(finished.model.pricing_unit),
+        cost_micros=cost,
+    )
+    line = f"generated {images} images in {compute:.2f} s"
+    job = transitions.complete(session, claim, done, context.effects, [*entries, ("log", line)])
+    if job is None:
+        log.warning("job %s: lease lost before completion; another worker owns it", claim.job_id)

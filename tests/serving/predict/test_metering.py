@@ -1,0 +1,38 @@
+"""Buffered usage events for /predict, on both backends."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from goshen.db.models import UsageEvent
+from serving.predict.metering import UsageRecorder
+
+
+def _event(account) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "user_id": account.user_id,
+        "api_key_id": account.key_id,
+        "model_id": None,
+        "job_id": None,
+        "kind": "prediction",
+        "quantity": 1.0,
+        "unit": "request",
+        "cost_micros": 250,
+        "images": None,
+        "seconds": 0.001,
+    }
+
+
+def test_events_are_written_once_even_when_a_flush_is_retried(sessions, developer) -> None:  # type: ignore[no-untyped-def]
+    """A flush whose commit landed but whose answer was lost retries the same rows: they are
+    not written twice, and the events queued after them still are."""
+    recorder = UsageRecorder(sessions)
+    for _ in range(3):
+        recorder.record(**_event(developer))
+    pending = list(recorder._pending)
+    assert recorder.flush() == 3
+    recorder._pending[:0] = pending  # as the flush's error path puts them back
+    recorder.record(**_event(developer))
+    assert recorder.flush() == 4
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(UsageEvent)) == 4
