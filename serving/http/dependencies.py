@@ -165,15 +165,6 @@ def _touch(request: Request, key_id: str) -> None:
         accounts.touch_key(session, key_id)
 
 
-def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
-    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
-        if not principal.has_scope(scope):
-            raise HTTPException(403, f"this API key lacks the '{scope}' scope")
-        return principal
-
-    return check
-
-
 def require_any_scope(*scopes: str) -> Callable[[Principal], Awaitable[Principal]]:
     async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if not any(principal.has_scope(scope) for scope in scopes):
@@ -182,6 +173,11 @@ def require_any_scope(*scopes: str) -> Callable[[Principal], Awaitable[Principal
         return principal
 
     return check
+
+
+def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency: the caller's key must carry `scope` (403 otherwise)."""
+    return require_any_scope(scope)
 
 
 async def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:

@@ -7,6 +7,9 @@ never read to its end, and a body that announces its size is refused before any 
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -108,6 +111,29 @@ async def receive_upload(
             "the multipart body ended before its closing boundary", field="file"
         )
     return MultipartUpload(destination if receiver.has_file else None, receiver.fields)
+
+
+@asynccontextmanager
+async def received_upload(
+    request: Request,
+    schema: type[Form],
+    what: str,
+    *,
+    filename: str,
+    max_file_bytes: int,
+    limit_name: str,
+) -> AsyncIterator[tuple[Form, Path]]:
+    """The validated text fields (as `schema`) and the file (part `file`, saved as `filename`)
+    of an upload, in a temporary folder removed when the block ends, whatever happens in it."""
+    with tempfile.TemporaryDirectory(prefix=f"goshen-{what}-") as workdir:
+        upload = await receive_upload(
+            request,
+            Path(workdir) / filename,
+            file_field="file",
+            max_file_bytes=max_file_bytes,
+            limit_name=limit_name,
+        )
+        yield upload.validated(schema, what)
 
 
 def _too_large(max_file_bytes: int, limit_name: str) -> PayloadTooLargeError:

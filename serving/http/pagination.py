@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 from fastapi import Query
 from pydantic import BaseModel
-from sqlalchemy import Select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 MAX_LIMIT = 100
@@ -16,6 +16,13 @@ DEFAULT_LIMIT = 20
 _CURSOR = re.compile(r"^[a-z]{2,4}_[0-9A-HJKMNP-TV-Z]{26}$")
 
 T = TypeVar("T", bound=BaseModel)
+
+
+class OwnedTable(Protocol):
+    """A table of rows that belong to one user each (datasets, training jobs, ...)."""
+
+    id: InstrumentedAttribute[str]
+    user_id: InstrumentedAttribute[str]
 
 
 class Page(BaseModel, Generic[T]):
@@ -53,3 +60,17 @@ def paginate(
     has_more = len(rows) > limit
     next_cursor = rows[limit - 1].id if has_more else None
     return Page[public](data=items, has_more=has_more, next_cursor=next_cursor)
+
+
+def page_of_owned(
+    session: Session,
+    table: OwnedTable,
+    public: type[T],
+    user_id: str,
+    *,
+    limit: int,
+    cursor: str | None,
+) -> Page[T]:
+    """The caller's own rows of `table`, newest first, as `public` bodies."""
+    query = select(table).where(table.user_id == user_id)
+    return paginate(session, query, table.id, public, limit=limit, cursor=cursor)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -17,10 +16,11 @@ from goshen.db.models import Dataset, DatasetKind, DatasetStatus, TrainingJob, T
 from goshen.errors import ConflictError
 from goshen.ids import new_id
 from goshen.storage import ArtifactStore, artifact_key
-from goshen.uploads import UploadLimits, store_dataset
+from goshen.uploads.limits import UploadLimits
+from goshen.uploads.store import store_dataset
 from serving.http.dependencies import SessionDep, SettingsDep, StoreDep, require_scope
-from serving.http.multipart import multipart_form, receive_upload
-from serving.http.pagination import Cursor, Limit, Page, paginate
+from serving.http.multipart import multipart_form, received_upload
+from serving.http.pagination import Cursor, Limit, Page, page_of_owned
 from serving.schemas import DatasetCreate, DatasetPublic
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -65,15 +65,14 @@ async def create_dataset(
 ) -> DatasetPublic:
     """Upload a dataset; it is checked against the upload limits before anything is kept."""
     limits = UploadLimits.from_settings(settings)
-    with tempfile.TemporaryDirectory(prefix="goshen-upload-") as workdir:
-        upload = await receive_upload(
-            request,
-            Path(workdir) / "upload",
-            file_field="file",
-            max_file_bytes=limits.max_upload_bytes,
-            limit_name="GOSHEN_MAX_UPLOAD_BYTES",
-        )
-        body, file = upload.validated(DatasetCreate, "dataset")
+    async with received_upload(
+        request,
+        DatasetCreate,
+        "dataset",
+        filename="upload",
+        max_file_bytes=limits.max_upload_bytes,
+        limit_name="GOSHEN_MAX_UPLOAD_BYTES",
+    ) as (body, file):
         return await run_in_threadpool(
             _store_and_record, session, store, principal.user.id, body, file, limits
         )
@@ -117,8 +116,9 @@ def _store_and_record(
 def list_datasets(
     principal: DatasetsPrincipal, session: SessionDep, limit: Limit = 20, cursor: Cursor = None
 ) -> Page[DatasetPublic]:
-    query = select(Dataset).where(Dataset.user_id == principal.user.id)
-    return paginate(session, query, Dataset.id, DatasetPublic, limit=limit, cursor=cursor)
+    return page_of_owned(
+        session, Dataset, DatasetPublic, principal.user.id, limit=limit, cursor=cursor
+    )
 
 
 @router.get("/{dataset_id}")

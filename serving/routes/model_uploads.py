@@ -9,7 +9,6 @@ public. A refusal says why, and leaves nothing registered.
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -27,7 +26,7 @@ from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import Model, ModelKind, ModelRuntime, ModelStatus, PricingUnit, Visibility
 from goshen.errors import ConflictError, RateLimitedError
-from goshen.model_uploads import ModelUploadLimits, validate_onnx_upload
+from goshen.model_uploads.validation import ModelUploadLimits, validate_onnx_upload
 from serving.catalog.views import public_model
 from serving.http.dependencies import (
     CatalogCacheDep,
@@ -35,7 +34,7 @@ from serving.http.dependencies import (
     SettingsDep,
     require_scope,
 )
-from serving.http.multipart import multipart_form, receive_upload
+from serving.http.multipart import multipart_form, received_upload
 from serving.schemas import CatalogName, ModelPublic, RequestBody
 
 # Each check may take GOSHEN_MODEL_VALIDATION_MEMORY_BYTES and a core for its timeout: at most
@@ -80,15 +79,14 @@ async def upload_model(
     catalog_cache: CatalogCacheDep,
 ) -> ModelPublic:
     """Upload an ONNX model; it is yours alone until an admin makes it public."""
-    with tempfile.TemporaryDirectory(prefix="goshen-model-") as workdir:
-        upload = await receive_upload(
-            request,
-            Path(workdir) / "model.onnx",
-            file_field="file",
-            max_file_bytes=settings.max_model_upload_bytes,
-            limit_name="GOSHEN_MAX_MODEL_UPLOAD_BYTES",
-        )
-        body, file = upload.validated(ModelUpload, "model")
+    async with received_upload(
+        request,
+        ModelUpload,
+        "model",
+        filename="model.onnx",
+        max_file_bytes=settings.max_model_upload_bytes,
+        limit_name="GOSHEN_MAX_MODEL_UPLOAD_BYTES",
+    ) as (body, file):
         model = await run_in_threadpool(
             _register, sessions, principal.user.id, body, file, settings
         )

@@ -9,14 +9,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen import training
 from goshen.accounts import Principal
 from goshen.db.models import TrainingJob
 from serving.http.dependencies import ReadSessionsDep, SessionDep, SettingsDep, require_scope
-from serving.http.pagination import Cursor, Limit, Page, paginate
+from serving.http.pagination import Cursor, Limit, Page, page_of_owned
 from serving.schemas import TrainingJobCreate, TrainingJobPublic
 
 router = APIRouter(prefix="/v1/training-jobs", tags=["training"])
@@ -50,8 +49,9 @@ def submit_training_job(
 def list_training_jobs(
     principal: TrainingPrincipal, session: SessionDep, limit: Limit = 20, cursor: Cursor = None
 ) -> Page[TrainingJobPublic]:
-    query = select(TrainingJob).where(TrainingJob.user_id == principal.user.id)
-    return paginate(session, query, TrainingJob.id, TrainingJobPublic, limit=limit, cursor=cursor)
+    return page_of_owned(
+        session, TrainingJob, TrainingJobPublic, principal.user.id, limit=limit, cursor=cursor
+    )
 
 
 @router.get("/{job_id}")

@@ -11,15 +11,13 @@ from pathlib import Path
 import dagster as dg
 
 from goshen import catalog, registry, training
+from goshen.catalog import DIGITS_CLASSIFIER, DIGITS_DIFFUSION
 from goshen.db.models import TrainingJob, TrainingStatus
 from goshen_pipelines.defs.training.assets import TrainedModel, training_job_partitions
 from goshen_pipelines.lib import export, publishing
 from goshen_pipelines.lib.classifier import TrainedTabularModel
 from goshen_pipelines.lib.diffusion import TrainedDiffusion
 from goshen_pipelines.resources import MLflowTracking, PlatformDatabase
-
-DIGITS_DIFFUSION = "digits-diffusion"
-DIGITS_CLASSIFIER = "digits-classifier"
 
 
 class GeneratorQualityConfig(dg.Config):

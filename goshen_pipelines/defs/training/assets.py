@@ -7,6 +7,7 @@ import dagster as dg
 import numpy as np
 
 from goshen import training
+from goshen.catalog import DIGITS_CLASSIFIER, DIGITS_DIFFUSION
 from goshen.db.models import TrainingJob
 from goshen.errors import NotFoundError
 from goshen.runtimes.diffusion import sample_images, to_png_grid
@@ -116,9 +117,7 @@ def digits_classifier(
     # The digits preset trains on lightly noised inputs, so it can judge generated digits fairly.
     lib_config = replace(DIGITS_CLASSIFIER_CONFIG, **config.model_dump())
     tags = _tags(context, "digits")
-    with runs.tracked_run(
-        DIGITS_EXPERIMENT, "digits-classifier", tags, asdict(lib_config)
-    ) as run_id:
+    with runs.tracked_run(DIGITS_EXPERIMENT, DIGITS_CLASSIFIER, tags, asdict(lib_config)) as run_id:
         trained = train_classifier(
             features, labels, lib_config, runs.epoch_logger(lib_config.epochs, _log(context))
         )
@@ -137,9 +136,7 @@ def digits_diffusion(
     images, labels, num_classes = image_arrays(data)
     lib_config = DiffusionConfig(**config.model_dump())
     tags = _tags(context, "digits")
-    with runs.tracked_run(
-        DIGITS_EXPERIMENT, "digits-diffusion", tags, asdict(lib_config)
-    ) as run_id:
+    with runs.tracked_run(DIGITS_EXPERIMENT, DIGITS_DIFFUSION, tags, asdict(lib_config)) as run_id:
         trained, metadata = _train_diffusion(images, labels, num_classes, lib_config, _log(context))
     return _output(TrainedModel(trained, run_id, tags), mlflow, metadata)
 
