@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from goshen.runtimes.onnx_models import predict_session
+from goshen.runtimes.onnx.session import predict_session
 from goshen_pipelines.lib.classifier import (
     DIGITS_CLASSIFIER_CONFIG,
     TabularNet,

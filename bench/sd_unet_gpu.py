@@ -9,9 +9,9 @@ One iteration is one step of classifier-free-guided sampling at 512x512 for each
 batch: one UNet forward on 2 x batch latents 4x64x64 with 77x768 text embeddings, the guidance
 mix and the scheduler step (SD 1.5's PNDM). Images/s is batch size over the time of one whole
 sampling loop (`--steps`, 30 by default as in Goshen's API), text encoder and VAE left out.
-The UNet has SD 1.5's architecture (its config is written out below) and random weights, in
-half precision: nothing is downloaded. Warm-up runs (and compilation) are excluded; CUDA events
-time whole sampling loops. FLOPs are counted once, by FlopCounterMode on a forward.
+The UNet has SD 1.5's architecture (its config is written out in sd_unet_model.py) and random
+weights, in half precision: nothing is downloaded. Warm-up runs (and compilation) are excluded;
+CUDA events time whole sampling loops. FLOPs are counted once, by FlopCounterMode on a forward.
 
 Variants: `eager` is plain diffusers (SDPA attention, its default) and the baseline; `goshen` is
 what goshen.runtimes.pipelines.speed_up does on CUDA (channels_last, fused QKV projections);
@@ -25,205 +25,30 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import json
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
-import torch._inductor.config as inductor_config
-from diffusers import DDIMScheduler, PNDMScheduler, UNet2DConditionModel
-from torch.utils.flop_counter import FlopCounterMode
-
-# stable-diffusion-v1-5/unet/config.json, less the keys that only record defaults.
-SD15_UNET_CONFIG: dict[str, Any] = {
-    "act_fn": "silu",
-    "attention_head_dim": 8,
-    "block_out_channels": (320, 640, 1280, 1280),
-    "center_input_sample": False,
-    "cross_attention_dim": 768,
-    "down_block_types": (
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ),
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-5,
-    "norm_num_groups": 32,
-    "out_channels": 4,
-    "sample_size": 64,
-    "up_block_types": (
-        "UpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-    ),
-}
-# The same block layout, small enough for a CPU in a test.
-SMOKE_UNET_CONFIG: dict[str, Any] = {
-    **SD15_UNET_CONFIG,
-    "block_out_channels": (32, 64),
-    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-    "layers_per_block": 1,
-    "cross_attention_dim": 32,
-    "sample_size": 16,
-}
-# SD 1.5's scheduler_config.json; DDIM with the same betas for comparison.
-SCHEDULER_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
-SCHEDULERS: dict[str, Callable[[], Any]] = {
-    "pndm": lambda: PNDMScheduler(
-        **SCHEDULER_BETAS, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1
-    ),
-    "ddim": lambda: DDIMScheduler(
-        **SCHEDULER_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1
-    ),
-}
-TEXT_TOKENS = 77
-GUIDANCE_SCALE = 7.5
-H100_DENSE_FP16_TFLOPS = 989.0  # H100 / H200 SXM tensor cores, dense (no sparsity)
-ISSUE_TFLOP_PER_FORWARD = 0.8
-TARGET_ITS, AIM_ITS = 66.0, 100.0  # at batch 1: the published torch.compile figure, and the aim
-# Inductor settings the diffusers guide to fast SD inference recommends; they lengthen compiles.
-TUNED_INDUCTOR = {
-    "conv_1x1_as_mm": True,
-    "coordinate_descent_tuning": True,
-    "coordinate_descent_check_all_directions": True,
-    "epilogue_fusion": False,
-}
-DEFAULT_INDUCTOR = {name: getattr(inductor_config, name) for name in TUNED_INDUCTOR}
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    description: str
-    channels_last: bool = False
-    fuse_qkv: bool = False
-    cudnn_benchmark: bool = False
-    compile_mode: str | None = None
-    tuned_inductor: bool = False
-
-    @property
-    def cuda_graphs(self) -> bool:
-        return self.compile_mode in ("reduce-overhead", "max-autotune")
-
-
-VARIANTS = (
-    Variant("eager", "plain diffusers, eager, SDPA attention (baseline)"),
-    Variant("channels_last", "eager, UNet in channels_last", channels_last=True),
-    Variant(
-        "goshen",
-        "eager, channels_last + fused QKV (DiffusersGenerator on CUDA)",
-        channels_last=True,
-        fuse_qkv=True,
-    ),
-    Variant(
-        "compile-reduce-overhead",
-        "goshen + cudnn.benchmark + torch.compile(mode='reduce-overhead'): CUDA graphs",
-        channels_last=True,
-        fuse_qkv=True,
-        cudnn_benchmark=True,
-        compile_mode="reduce-overhead",
-    ),
-    Variant(
-        "compile-max-autotune",
-        "goshen + cudnn.benchmark + torch.compile(mode='max-autotune') with the diffusers "
-        "guide's inductor settings: autotuned kernels, CUDA graphs",
-        channels_last=True,
-        fuse_qkv=True,
-        cudnn_benchmark=True,
-        compile_mode="max-autotune",
-        tuned_inductor=True,
-    ),
+from sd_unet_model import (
+    SCHEDULERS,
+    SD15_UNET_CONFIG,
+    SMOKE_UNET_CONFIG,
+    VARIANTS,
+    Setup,
+    Variant,
+    build_unet,
+    forward_flops,
+    inputs,
+    probe_output,
+    sample,
 )
+from sd_unet_report import header, markdown, summary, write
 
-
-@dataclass(frozen=True)
-class Setup:
-    """What every cell of a run shares."""
-
-    config: dict[str, Any]
-    device: torch.device
-    dtype: torch.dtype
-    steps: int
-    repeats: int
-    scheduler: str
-    peak_tflops: float
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        side = self.config["sample_size"]
-        return (self.config["in_channels"], side, side)
-
-
-def build_unet(variant: Variant, setup: Setup) -> torch.nn.Module:
-    """A UNet with the same random weights for every variant, prepared as the variant says."""
-    torch.manual_seed(0)
-    with torch.device(setup.device):  # initialise on the GPU: minutes faster than on the CPU
-        unet = UNet2DConditionModel(**setup.config)
-    if setup.dtype == torch.float16:
-        unet = unet.half()  # .to(dtype) warns about float32-only modules, which this UNet lacks
-    unet = unet.eval().requires_grad_(False)
-    if variant.channels_last:
-        unet = unet.to(memory_format=torch.channels_last)
-    if variant.fuse_qkv:
-        unet.fuse_qkv_projections()
-    torch.backends.cudnn.benchmark = variant.cudnn_benchmark
-    if variant.compile_mode is None:
-        return unet
-    set_inductor(TUNED_INDUCTOR if variant.tuned_inductor else DEFAULT_INDUCTOR)
-    # dynamic=False: one graph specialised per batch size, as a serving worker would keep.
-    return torch.compile(unet, mode=variant.compile_mode, fullgraph=True, dynamic=False)
-
-
-def set_inductor(settings: dict[str, bool]) -> None:
-    for name, value in settings.items():
-        setattr(inductor_config, name, value)
-
-
-def inputs(setup: Setup, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents for `batch` images and text embeddings for their 2 x batch guided rows."""
-    generator = torch.Generator("cpu").manual_seed(batch)
-    latents = torch.randn((batch, *setup.latent_shape), generator=generator)
-    width = setup.config["cross_attention_dim"]
-    embeddings = torch.randn((2 * batch, TEXT_TOKENS, width), generator=generator)
-    return (
-        latents.to(setup.device, setup.dtype),
-        embeddings.to(setup.device, setup.dtype),
-    )
-
-
-def sample(
-    unet: Any, variant: Variant, setup: Setup, latents: torch.Tensor, embeddings: torch.Tensor
-) -> int:
-    """One guided sampling loop, as StableDiffusionPipeline runs it; the UNet calls it made."""
-    scheduler = SCHEDULERS[setup.scheduler]()
-    scheduler.set_timesteps(setup.steps)
-    # The scheduler indexes its tables with CPU timesteps (no GPU sync); the UNet gets them on
-    # the device, so a compiled graph sees a tensor input, not a new constant each step.
-    on_device = scheduler.timesteps.to(setup.device)
-    for timestep, device_timestep in zip(scheduler.timesteps.tolist(), on_device, strict=True):
-        if variant.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()  # last step's UNet output is consumed
-        rows = scheduler.scale_model_input(torch.cat([latents] * 2), timestep)
-        noise = unet(rows, device_timestep, encoder_hidden_states=embeddings, return_dict=False)
-        unconditional, text = noise[0].chunk(2)
-        guided = unconditional + GUIDANCE_SCALE * (text - unconditional)
-        latents = scheduler.step(guided, timestep, latents, return_dict=False)[0]
-    return len(on_device)
+H100_DENSE_FP16_TFLOPS = 989.0  # H100 / H200 SXM tensor cores, dense (no sparsity)
 
 
 def timed(setup: Setup, run: Callable[[], int]) -> tuple[int, float]:
@@ -238,36 +63,6 @@ def timed(setup: Setup, run: Callable[[], int]) -> tuple[int, float]:
     end.record()
     end.synchronize()
     return calls, start.elapsed_time(end) / 1000
-
-
-def forward_flops(config: dict[str, Any]) -> tuple[int, int]:
-    """(FLOPs, parameters) of one UNet forward on the 2 latents of one guided image.
-
-    Counted on the meta device: FLOPs follow from shapes alone, so no weights or compute are
-    needed, and the figure is the same for every variant (fusing QKV changes no FLOP count).
-    """
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**config)
-        side = config["sample_size"]
-        latents = torch.empty((2, config["in_channels"], side, side))
-        embeddings = torch.empty((2, TEXT_TOKENS, config["cross_attention_dim"]))
-        timestep = torch.tensor(500)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        unet(latents, timestep, encoder_hidden_states=embeddings, return_dict=False)
-    return counter.get_total_flops(), sum(p.numel() for p in unet.parameters())
-
-
-def probe_output(unet: Any, variant: Variant, setup: Setup) -> torch.Tensor:
-    """One forward on fixed inputs, copied to the CPU: what variants are compared on."""
-    latents, embeddings = inputs(setup, 1)
-    timestep = torch.tensor(500, device=setup.device)
-    if variant.cuda_graphs:
-        torch.compiler.cudagraph_mark_step_begin()
-    # The loop's own call signature: a compiled UNet reuses its graph instead of recompiling.
-    output = unet(
-        torch.cat([latents] * 2), timestep, encoder_hidden_states=embeddings, return_dict=False
-    )
-    return output[0].float().cpu()
 
 
 def measure(
@@ -378,131 +173,6 @@ def run(args: argparse.Namespace, setup: Setup, variants: list[Variant]) -> dict
         report["summary"] = summary(report["results"], setup, flops)
         write(args.out, report)
     return report
-
-
-def header(setup: Setup, flops: int, parameters: int) -> dict[str, Any]:
-    iteration_tflop = flops / 1e12
-    return {
-        "device": device_name(setup.device),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "python": platform.python_version(),
-        "dtype": str(setup.dtype).removeprefix("torch."),
-        "unet_config": setup.config,
-        "unet_parameters": parameters,
-        "latent_shape": list(setup.latent_shape),
-        "text_tokens": TEXT_TOKENS,
-        "guidance_scale": GUIDANCE_SCALE,
-        "scheduler": setup.scheduler,
-        "steps": setup.steps,
-        "repeats": setup.repeats,
-        "variants": {v.name: v.description for v in VARIANTS},
-        "unet_forward_tflop_2_latents": round(iteration_tflop, 4),
-        "unet_forward_tflop_per_latent": round(iteration_tflop / 2, 4),
-        "issue_tflop_per_forward": ISSUE_TFLOP_PER_FORWARD,
-        "peak_tflops": setup.peak_tflops,
-        "compute_bound_its_batch_1": round(setup.peak_tflops / iteration_tflop, 1),
-        "results": [],
-        "skipped": [],
-        "summary": {},
-    }
-
-
-def summary(results: list[dict[str, Any]], setup: Setup, flops: int) -> dict[str, Any]:
-    """It/s at batch 1 and the best images/s, per variant; the target check."""
-    done = [r for r in results if "error" not in r]
-    at_one = {r["variant"]: r["its"] for r in done if r["batch_size"] == 1}
-    best: dict[str, dict[str, Any]] = {}
-    for r in done:
-        if r["images_per_s"] > best.get(r["variant"], {}).get("images_per_s", -1):
-            best[r["variant"]] = {"batch_size": r["batch_size"], "images_per_s": r["images_per_s"]}
-    fastest = max(at_one.values(), default=None)
-    limit = setup.peak_tflops * 1e12 / flops
-    return {
-        "its_batch_1": at_one,
-        "best_images_per_s": best,
-        "best_its_batch_1": fastest,
-        "share_of_compute_bound_its_batch_1": round(fastest / limit, 4) if fastest else None,
-        "speedup_vs_eager_batch_1": {
-            name: round(its / at_one["eager"], 2) for name, its in at_one.items()
-        }
-        if "eager" in at_one
-        else {},
-        "target_its_batch_1": TARGET_ITS,
-        "aim_its_batch_1": AIM_ITS,
-        "meets_target": fastest is not None and fastest >= TARGET_ITS,
-    }
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu: {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
-
-
-def write(path: Path | None, report: dict[str, Any]) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """The report as BENCHMARKS.md tables."""
-    lines = [
-        f"{report['device']}, torch {report['torch']}, diffusers {report['diffusers']}, "
-        f"{report['dtype']}, latents {'x'.join(map(str, report['latent_shape']))}, "
-        f"{report['scheduler']} {report['steps']} steps, guidance {report['guidance_scale']}",
-        "",
-        f"UNet forward (2 latents, one guided image): {report['unet_forward_tflop_2_latents']} "
-        f"TFLOP measured ({report['unet_forward_tflop_per_latent']} per latent; the issue's "
-        f"figure: {report['issue_tflop_per_forward']}). Compute-bound limit at "
-        f"{report['peak_tflops']:.0f} TFLOP/s: {report['compute_bound_its_batch_1']} it/s at "
-        "batch 1 (% of peak is the share of that limit at every batch size).",
-        "",
-        "| variant | batch | it/s | images/s | TFLOP/s | % of peak | warm-up s | peak GiB "
-        "| graphs | max rel. diff vs eager |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["results"]:
-        if "error" in r:
-            lines.append(f"| {r['variant']} | {r['batch_size']} | error: {r['error'][:80]} |")
-            continue
-        lines.append(
-            f"| {r['variant']} | {r['batch_size']} | {r['its']:.1f} | {r['images_per_s']:.2f} "
-            f"| {r['tflops']:.0f} | {100 * r['share_of_peak']:.1f} | {r['warm_up_seconds']} "
-            f"| {_number(r['peak_memory_gib'])} | {_graphs(r)} "
-            f"| {_number(r.get('max_rel_diff_vs_eager'))} |"
-        )
-    return "\n".join([*lines, "", *summary_lines(report)])
-
-
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    s = report["summary"]
-    lines = [
-        f"- it/s at batch 1: {s.get('its_batch_1')}; speed-up vs eager: "
-        f"{s.get('speedup_vs_eager_batch_1')}",
-        f"- best images/s ({report['steps']} steps): {s.get('best_images_per_s')}",
-        f"- best it/s at batch 1: {s.get('best_its_batch_1')} (target {TARGET_ITS:.0f}, aim "
-        f"{AIM_ITS:.0f}: {'met' if s.get('meets_target') else 'not met'}), "
-        f"{_percent(s.get('share_of_compute_bound_its_batch_1'))} of the compute-bound limit",
-    ]
-    if report["skipped"]:
-        skipped = ", ".join(f"{c['variant']}@{c['batch_size']}" for c in report["skipped"])
-        lines.append(f"- skipped for the time budget: {skipped}")
-    return lines
-
-
-def _graphs(result: dict[str, Any]) -> str:
-    timed = result["graphs_compiled_while_timed"]
-    return f"{result['graphs_compiled']}" + (f" (+{timed} while timed!)" if timed else "")
-
-
-def _number(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3g}"
-
-
-def _percent(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f} %"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

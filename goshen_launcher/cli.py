@@ -15,14 +15,14 @@ Command = Callable[[Settings, argparse.Namespace], int]
 
 
 def _up(settings: Settings, _args: argparse.Namespace) -> int:
-    from goshen_launcher.supervisor import run_platform
+    from goshen_launcher.up import run_platform
 
     return run_platform(settings)
 
 
 def _demo(settings: Settings, _args: argparse.Namespace) -> int:
     from goshen_launcher.demo import walkthrough
-    from goshen_launcher.supervisor import run_platform
+    from goshen_launcher.up import run_platform
 
     return run_platform(settings, on_ready=lambda: walkthrough(settings))
 

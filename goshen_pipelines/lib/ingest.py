@@ -24,7 +24,7 @@ from PIL import Image
 from goshen.db.models import DatasetKind
 from goshen.errors import InvalidInputError
 from goshen.storage import ArtifactStore
-from goshen.uploads import IMAGES, MANIFEST, MANIFEST_VERSION
+from goshen.uploads.manifest import IMAGES, MANIFEST, MANIFEST_VERSION
 from goshen_pipelines.lib.digits import DIGIT_SIZE, load_digit_images, resize_images
 
 CANONICAL = "canonical.parquet"
@@ -86,7 +86,7 @@ def digits_frame(image_size: int = DIGIT_SIZE) -> pl.DataFrame:
 def read_stored_dataset(
     store: ArtifactStore, prefix: str, *, image_size: int = DIGIT_SIZE, target: str | None = None
 ) -> CanonicalDataset:
-    """The canonical form of a dataset that `goshen.uploads.store_dataset` stored under `prefix`."""
+    """The canonical form of a dataset that goshen.uploads.store.store_dataset kept at `prefix`."""
     manifest = json.loads(store.get(f"{prefix}/{MANIFEST}"))
     if manifest.get("version") != MANIFEST_VERSION:
         raise ValueError(f"{prefix}/{MANIFEST} has version {manifest.get('version')!r}")

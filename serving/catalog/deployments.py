@@ -20,7 +20,7 @@ from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import Model, ModelKind, ModelRuntime, ModelStatus
 from goshen.errors import ConflictError, InvalidInputError, NotFoundError
-from goshen.runtimes.onnx_models import OnnxModel
+from goshen.runtimes.onnx.model import OnnxModel
 from serving.predict.models import PredictModels
 
 log = logging.getLogger(__name__)

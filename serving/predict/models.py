@@ -26,7 +26,7 @@ from goshen.catalog import serving_version
 from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import Model, ModelKind, ModelStatus, Visibility
-from goshen.runtimes.onnx_models import OnnxModel
+from goshen.runtimes.onnx.model import OnnxModel
 from serving.http.metrics import ApiMetrics
 from serving.predict.batching import DynamicBatcher
 

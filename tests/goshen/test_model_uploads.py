@@ -11,10 +11,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from goshen import model_uploads
 from goshen.errors import InvalidInputError, PayloadTooLargeError
-from goshen.model_uploads import ModelUploadLimits, ValidatedModel, validate_onnx_upload
-from goshen.runtimes.onnx_models import OnnxModel, TensorSpec
+from goshen.model_uploads import validation
+from goshen.model_uploads.validation import ModelUploadLimits, validate_onnx_upload
+from goshen.model_uploads.verdict import ValidatedModel
+from goshen.runtimes.onnx.model import OnnxModel
+from goshen.runtimes.onnx.signature import TensorSpec
 
 LIMITS = ModelUploadLimits(max_bytes=16 * 2**20, memory_bytes=2**30, timeout_seconds=60)
 OPSET = [helper.make_opsetid("", 17)]
@@ -296,7 +298,7 @@ def test_a_checker_that_crashes_is_a_refusal_saying_so(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        model_uploads, "_CHILD", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+        validation, "_CHILD", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
     )
     assert "crashed ONNX tooling (signal SIGSEGV)" in _refused(_save(_adder(), folder))
 

@@ -21,16 +21,11 @@ from PIL import Image
 
 from goshen.db.models import DatasetKind
 from goshen.errors import GoshenError, InvalidInputError, PayloadTooLargeError
-from goshen.storage import LocalArtifactStore
-from goshen.uploads import (
-    IMAGES,
-    MANIFEST,
-    TABLE,
-    UploadFormat,
-    UploadLimits,
-    detect_format,
-    store_dataset,
-)
+from goshen.storage.local import LocalArtifactStore
+from goshen.uploads.formats import UploadFormat, detect_format
+from goshen.uploads.limits import UploadLimits
+from goshen.uploads.manifest import IMAGES, MANIFEST, TABLE
+from goshen.uploads.store import store_dataset
 
 PREFIX = "datasets/usr_1/ds_1"
 LIMITS = UploadLimits(

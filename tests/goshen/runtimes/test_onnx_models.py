@@ -16,8 +16,10 @@ import yaml
 from onnx import TensorProto, helper
 
 from goshen.errors import InvalidInputError
-from goshen.runtimes import onnx_models
-from goshen.runtimes.onnx_models import OnnxModel, TensorSpec, UnservableModelError
+from goshen.runtimes.devices import cpu_device
+from goshen.runtimes.onnx import session
+from goshen.runtimes.onnx.model import OnnxModel
+from goshen.runtimes.onnx.signature import TensorSpec, UnservableModelError
 
 CLASSES = ["cat", "dog", "eel"]
 
@@ -339,8 +341,8 @@ def test_a_session_on_cuda_reports_a_cuda_device(monkeypatch: pytest.MonkeyPatch
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
     # What ONNX Runtime ran on decides, even where PyTorch is a CPU build.
-    monkeypatch.setattr(onnx_models, "detect_device", onnx_models.cpu_device)
-    assert onnx_models._device(CudaSession()).kind == "cuda"  # type: ignore[arg-type]
+    monkeypatch.setattr(session, "detect_device", cpu_device)
+    assert session.session_device(CudaSession()).kind == "cuda"  # type: ignore[arg-type]
 
 
 def test_outputs_whose_first_dim_is_not_the_batch_axis_are_not_merged(tmp_path: Path) -> None:

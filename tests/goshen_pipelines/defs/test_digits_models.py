@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from goshen import registry
 from goshen.config import Settings
-from goshen.runtimes.onnx_models import OnnxModel
+from goshen.runtimes.onnx.model import OnnxModel
 from goshen_pipelines.train import run_digits_job
 
 TINY = {

@@ -14,8 +14,9 @@ from PIL import Image
 from goshen.config import Settings
 from goshen.db.models import DatasetKind
 from goshen.errors import InvalidInputError
-from goshen.storage import LocalArtifactStore
-from goshen.uploads import UploadLimits, store_dataset
+from goshen.storage.local import LocalArtifactStore
+from goshen.uploads.limits import UploadLimits
+from goshen.uploads.store import store_dataset
 from goshen_pipelines.lib.ingest import (
     DIGITS_CLASSES,
     digits_frame,

@@ -1,0 +1,54 @@
+"""The platform database: every table of the data model in DESIGN.md.
+
+Money is stored as integer micro-credits (1 credit = 1_000_000) so sums are exact on every backend.
+Every model module is imported here, so `Base.metadata` holds every table (Alembic relies on it).
+"""
+
+from goshen.db.models.accounts import ApiKey, Role, User
+from goshen.db.models.base import NAMING_CONVENTION, Base, JSONType, UTCDateTime, utcnow
+from goshen.db.models.billing import CreditLedgerEntry, LedgerEntryKind, UsageEvent
+from goshen.db.models.catalog import (
+    Model,
+    ModelKind,
+    ModelRuntime,
+    ModelStatus,
+    PricingUnit,
+    Visibility,
+)
+from goshen.db.models.datasets import Dataset, DatasetKind, DatasetStatus
+from goshen.db.models.jobs import Job, JobEvent, JobStatus
+from goshen.db.models.training import TrainingJob, TrainingStatus
+from goshen.db.models.webhooks import DeliveryStatus, WebhookDelivery
+from goshen.db.models.workers import Worker, WorkerStatus
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "ApiKey",
+    "Base",
+    "CreditLedgerEntry",
+    "Dataset",
+    "DatasetKind",
+    "DatasetStatus",
+    "DeliveryStatus",
+    "JSONType",
+    "Job",
+    "JobEvent",
+    "JobStatus",
+    "LedgerEntryKind",
+    "Model",
+    "ModelKind",
+    "ModelRuntime",
+    "ModelStatus",
+    "PricingUnit",
+    "Role",
+    "TrainingJob",
+    "TrainingStatus",
+    "UTCDateTime",
+    "UsageEvent",
+    "User",
+    "Visibility",
+    "WebhookDelivery",
+    "Worker",
+    "WorkerStatus",
+    "utcnow",
+]

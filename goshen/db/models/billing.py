@@ -1,0 +1,64 @@
+"""Billing: metered usage and the credit ledger, in integer micro-credits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from goshen.db.models.base import Base, created_at_column, enum_type, id_column
+from goshen.db.models.catalog import PricingUnit
+
+
+class LedgerEntryKind(StrEnum):
+    grant = "grant"
+    hold = "hold"
+    capture = "capture"
+    release = "release"
+    adjustment = "adjustment"
+
+
+class UsageEvent(Base):
+    """Append-only metering: one row per (job, kind), or per synchronous request."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (
+        UniqueConstraint("job_id", "kind"),
+        Index("ix_usage_events_user_created", "user_id", "created_at"),
+    )
+
+    id: Mapped[str] = id_column("use")
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(40))
+    quantity: Mapped[float] = mapped_column(Float)
+    unit: Mapped[PricingUnit] = mapped_column(enum_type(PricingUnit))
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What was consumed, whatever the pricing unit: images made and compute seconds.
+    images: Mapped[int | None] = mapped_column(Integer)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = created_at_column()
+
+
+class CreditLedgerEntry(Base):
+    """Append-only credit ledger; a user's balance is the sum of their entries."""
+
+    __tablename__ = "credit_ledger"
+    __table_args__ = (
+        # Holds, captures and releases are keyed by job so a retried job moves credit once.
+        UniqueConstraint("job_id", "kind"),
+        Index("ix_credit_ledger_user_created", "user_id", "created_at"),
+    )
+
+    id: Mapped[str] = id_column("led")
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    kind: Mapped[LedgerEntryKind] = mapped_column(enum_type(LedgerEntryKind))
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    memo: Mapped[str] = mapped_column(String(500), default="")
+    created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = created_at_column()

@@ -1,0 +1,33 @@
+"""GPU workers: where each runs, what it has loaded, and its heartbeat."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from goshen.db.models.base import Base, created_at_column, enum_type, utcnow
+
+
+class WorkerStatus(StrEnum):
+    idle = "idle"
+    busy = "busy"
+    draining = "draining"
+    stopped = "stopped"
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    device_name: Mapped[str] = mapped_column(String(200))
+    device_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    loaded_models: Mapped[list[Any]] = mapped_column(default=list)
+    status: Mapped[WorkerStatus] = mapped_column(enum_type(WorkerStatus), default=WorkerStatus.idle)
+    started_at: Mapped[datetime] = created_at_column()
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
