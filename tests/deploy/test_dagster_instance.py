@@ -17,7 +17,7 @@ from dagster_postgres import PostgresRunStorage
 from sqlalchemy.engine import make_url
 
 if TYPE_CHECKING:
-    from tests.conftest import Postgres
+    from tests.fixtures.databases import Postgres
 
 PRODUCTION_INSTANCE = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"
 

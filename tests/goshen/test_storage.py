@@ -18,23 +18,22 @@ import httpx
 import pytest
 from botocore.client import BaseClient
 
-from goshen import storage
 from goshen.config import Settings
 from goshen.errors import InvalidInputError, NotFoundError, PermissionDeniedError
 from goshen.storage import (
-    CHUNK_SIZE,
     ArtifactStore,
-    LocalArtifactStore,
     ObjectInfo,
-    S3ArtifactStore,
     artifact_key,
-    make_s3_client,
     make_store,
+    s3,
     verify_signed_url,
 )
+from goshen.storage.local import LocalArtifactStore
+from goshen.storage.s3 import S3ArtifactStore, make_s3_client
+from goshen.storage.store import CHUNK_SIZE
 
 if TYPE_CHECKING:
-    from conftest import S3Server
+    from tests.fixtures.storage import S3Server
 
 SECRET_KEY = "storage-test-secret-" + "k" * 32
 PREFIX = "tenant"  # the local root's folder name and the S3 key prefix, so raw listings match
@@ -321,7 +320,7 @@ def test_delete_prefix_refuses_to_empty_the_store(store: ArtifactStore) -> None:
 def test_delete_prefix_deletes_in_batches(
     store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(storage, "_S3_DELETE_BATCH", 2)  # S3's real batch is 1000 keys
+    monkeypatch.setattr(s3, "_S3_DELETE_BATCH", 2)  # S3's real batch is 1000 keys
     for index in range(5):
         store.put(f"ds/{index}", b"")
     assert store.delete_prefix("ds") == 5

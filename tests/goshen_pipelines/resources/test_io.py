@@ -1,6 +1,6 @@
 """Asset outputs between steps: under GOSHEN_HOME locally, in the bucket when S3 is configured.
 
-The S3 case talks HTTP to moto's S3 server on loopback (see tests/conftest.py).
+The S3 case talks HTTP to moto's S3 server on loopback (see tests/fixtures/storage.py).
 """
 
 from __future__ import annotations
