@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 		$(BIN)/pip install --quiet $(TORCH) 2>&1 | $(QUIET_PIP); \
 	fi
 	$(BIN)/pip install --quiet -e '.[dev]' 2>&1 | $(QUIET_PIP)
-	$(BIN)/python -c "import goshen, serving, goshen_pipelines, dashboard, torch, dagster, mlflow"
+	$(BIN)/python -c "import goshen, serving, goshen_pipelines, dashboard, goshen_launcher, torch, dagster, mlflow"
 	touch $(STAMP)
 
 demo: setup

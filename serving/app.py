@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import mlflow
 from fastapi import FastAPI
@@ -17,7 +17,7 @@ from goshen.db.notifications import KEYS_CHANNEL, is_postgres
 from goshen.storage import make_store
 from serving.catalog.cache import CatalogCache
 from serving.http.body_limit import BodySizeLimit
-from serving.http.metrics import install_metrics
+from serving.http.metrics import ApiMetrics, install_metrics
 from serving.http.principal_cache import PrincipalCache
 from serving.http.problems import install_problem_handlers
 from serving.http.state import ApiState
@@ -45,70 +45,83 @@ API_DESCRIPTION = """Goshen's HTTP API. Authenticate with an API key in the `Aut
 `Authorization: Bearer gsk_...`. Errors are `application/problem+json` (RFC 9457)."""
 
 
+def build_state(settings: Settings, metrics: ApiMetrics) -> ApiState:
+    """Open the databases (migrated, built-in models in place) and build the long-lived parts."""
+    engine = make_engine(settings.resolved_database_url)
+    migrate.upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    read_engine = make_engine(settings.resolved_database_url, read_only=True)
+    read_sessions = make_sessionmaker(read_engine)
+    with session_scope(sessions) as session:
+        ensure_builtin_models(session)
+    mlflow.set_tracking_uri(settings.resolved_mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.resolved_mlflow_tracking_uri)
+    postgres = is_postgres(settings.resolved_database_url)
+    job_watcher = JobWatcher(
+        settings.resolved_database_url,
+        also={KEYS_CHANNEL: lambda user_id: principals.forget_user(user_id)},
+    )
+    principals = PrincipalCache(
+        listen_session=(lambda: job_watcher.listen_session) if postgres else None,
+        stamp=None if postgres else settings.home_dir / "keys-changed",
+    )
+    store = make_store(settings)
+    return ApiState(
+        settings=settings,
+        engine=engine,
+        read_engine=read_engine,
+        sessions=sessions,
+        read_sessions=read_sessions,
+        store=store,
+        metrics=metrics,
+        job_watcher=job_watcher,
+        job_effects=JobEffects(store, settings.api_url),
+        principals=principals,
+        catalog=CatalogCache(read_sessions),
+        predict_models=PredictModels(settings, metrics),
+        usage=UsageRecorder(sessions),
+    )
+
+
+@contextmanager
+def running(state: ApiState) -> Iterator[None]:
+    """Run the state's background threads while the block runs; then stop them and close."""
+    state.job_watcher.start()
+    # What startup built (imports, settings, tables) lives as long as the process: keep it
+    # out of the cyclic collector's passes, whose full sweeps of it stall every request.
+    gc.freeze()
+    state.usage.start()
+    # Live ONNX models load in the background, and follow the catalog from then on; /readyz
+    # answers 503 until the public ones have loaded.
+    reconciler_stop = threading.Event()
+    reconciler = threading.Thread(
+        target=state.predict_models.run_reconciler,
+        args=(state.read_sessions, state.sessions, reconciler_stop),
+        name="model-reconciler",
+        daemon=True,
+    )
+    reconciler.start()
+    try:
+        yield
+    finally:
+        reconciler_stop.set()
+        reconciler.join(timeout=10)
+        state.usage.stop()
+        state.predict_models.close()
+        state.job_watcher.stop()
+        state.read_engine.dispose()
+        state.engine.dispose()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.resolved_database_url)
-        migrate.upgrade(engine)
-        sessions = make_sessionmaker(engine)
-        read_engine = make_engine(settings.resolved_database_url, read_only=True)
-        read_sessions = make_sessionmaker(read_engine)
-        with session_scope(sessions) as session:
-            ensure_builtin_models(session)
-        mlflow.set_tracking_uri(settings.resolved_mlflow_tracking_uri)
-        mlflow.set_registry_uri(settings.resolved_mlflow_tracking_uri)
-        postgres = is_postgres(settings.resolved_database_url)
-        job_watcher = JobWatcher(
-            settings.resolved_database_url,
-            also={KEYS_CHANNEL: lambda user_id: principals.forget_user(user_id)},
-        )
-        principals = PrincipalCache(
-            listen_session=(lambda: job_watcher.listen_session) if postgres else None,
-            stamp=None if postgres else settings.home_dir / "keys-changed",
-        )
-        store = make_store(settings)
-        state = ApiState(
-            settings=settings,
-            engine=engine,
-            sessions=sessions,
-            read_sessions=read_sessions,
-            store=store,
-            metrics=metrics,
-            job_watcher=job_watcher,
-            job_effects=JobEffects(store, settings.api_url),
-            principals=principals,
-            catalog=CatalogCache(read_sessions),
-            predict_models=PredictModels(settings, metrics),
-            usage=UsageRecorder(sessions),
-        )
-        app.state.api = state
-        job_watcher.start()
-        # What startup built (imports, settings, tables) lives as long as the process: keep it
-        # out of the cyclic collector's passes, whose full sweeps of it stall every request.
-        gc.freeze()
-        state.usage.start()
-        # Live ONNX models load in the background, and follow the catalog from then on; /readyz
-        # answers 503 until the public ones have loaded.
-        reconciler_stop = threading.Event()
-        reconciler = threading.Thread(
-            target=state.predict_models.run_reconciler,
-            args=(read_sessions, sessions, reconciler_stop),
-            name="model-reconciler",
-            daemon=True,
-        )
-        reconciler.start()
-        try:
+        state = build_state(settings, metrics)
+        app.state.api = state  # read only by serving.http.dependencies.api_state
+        with running(state):
             yield
-        finally:
-            reconciler_stop.set()
-            reconciler.join(timeout=10)
-            state.usage.stop()
-            state.predict_models.close()
-            job_watcher.stop()
-            read_engine.dispose()
-            engine.dispose()
 
     app = FastAPI(
         title="Goshen",

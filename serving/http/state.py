@@ -24,8 +24,9 @@ class ApiState:
 
     settings: Settings
     engine: Engine
+    read_engine: Engine  # read-only: no write lock on SQLite, READ ONLY on PostgreSQL
     sessions: sessionmaker[Session]  # writes
-    read_sessions: sessionmaker[Session]  # the read-only engine: no write lock on SQLite
+    read_sessions: sessionmaker[Session]  # on the read-only engine
     store: ArtifactStore
     metrics: ApiMetrics
     job_watcher: JobWatcher
