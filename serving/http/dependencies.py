@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Annotated, cast
+from typing import Annotated, TypeVar, cast
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,19 +21,14 @@ from serving.http.principal_cache import PrincipalCache
 from serving.http.state import ApiState
 from serving.jobs.effects import JobEffects
 from serving.jobs.watch import JobWatcher
-from serving.predict.metering import UsageRecorder
-from serving.predict.models import PredictModels
 
+T = TypeVar("T")
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer gsk_...`")
 
 
 def api_state(request: Request) -> ApiState:
     """The process's long-lived parts; the one place that reads `app.state`."""
     return cast(ApiState, request.app.state.api)  # Starlette's State holds untyped attributes
-
-
-async def get_settings(request: Request) -> Settings:
-    return api_state(request).settings
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -48,62 +43,29 @@ def get_read_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-# Async, so that reading a long-lived part costs no hop to a worker thread.
+def _part(pick: Callable[[ApiState], T]) -> Callable[[Request], Awaitable[T]]:
+    """A dependency answering one long-lived part of the API's state. Async, so that reading it
+    costs no hop to a worker thread."""
+
+    async def get(request: Request) -> T:
+        return pick(api_state(request))
+
+    return get
 
 
-async def get_store(request: Request) -> ArtifactStore:
-    return api_state(request).store
-
-
-async def get_sessions(request: Request) -> sessionmaker[Session]:
-    return api_state(request).sessions
-
-
-async def get_read_sessions(request: Request) -> sessionmaker[Session]:
-    return api_state(request).read_sessions
-
-
-async def get_principals(request: Request) -> PrincipalCache:
-    return api_state(request).principals
-
-
-async def get_catalog_cache(request: Request) -> CatalogCache:
-    return api_state(request).catalog
-
-
-async def get_predict_models(request: Request) -> PredictModels:
-    return api_state(request).predict_models
-
-
-async def get_job_watcher(request: Request) -> JobWatcher:
-    return api_state(request).job_watcher
-
-
-async def get_job_effects(request: Request) -> JobEffects:
-    return api_state(request).job_effects
-
-
-async def get_usage_recorder(request: Request) -> UsageRecorder:
-    return api_state(request).usage
-
-
-async def get_api_state(request: Request) -> ApiState:
-    return api_state(request)
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 ReadSessionDep = Annotated[Session, Depends(get_read_session)]
-StoreDep = Annotated[ArtifactStore, Depends(get_store)]
-SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
-ReadSessionsDep = Annotated[sessionmaker[Session], Depends(get_read_sessions)]
-PrincipalsDep = Annotated[PrincipalCache, Depends(get_principals)]
-CatalogCacheDep = Annotated[CatalogCache, Depends(get_catalog_cache)]
-PredictModelsDep = Annotated[PredictModels, Depends(get_predict_models)]
-JobWatcherDep = Annotated[JobWatcher, Depends(get_job_watcher)]
-JobEffectsDep = Annotated[JobEffects, Depends(get_job_effects)]
-UsageRecorderDep = Annotated[UsageRecorder, Depends(get_usage_recorder)]
-ApiStateDep = Annotated[ApiState, Depends(get_api_state)]
+ApiStateDep = Annotated[ApiState, Depends(_part(lambda state: state))]
+SettingsDep = Annotated[Settings, Depends(_part(lambda state: state.settings))]
+StoreDep = Annotated[ArtifactStore, Depends(_part(lambda state: state.store))]
+SessionsDep = Annotated[sessionmaker[Session], Depends(_part(lambda state: state.sessions))]
+ReadSessionsDep = Annotated[
+    sessionmaker[Session], Depends(_part(lambda state: state.read_sessions))
+]
+PrincipalsDep = Annotated[PrincipalCache, Depends(_part(lambda state: state.principals))]
+CatalogCacheDep = Annotated[CatalogCache, Depends(_part(lambda state: state.catalog))]
+JobWatcherDep = Annotated[JobWatcher, Depends(_part(lambda state: state.job_watcher))]
+JobEffectsDep = Annotated[JobEffects, Depends(_part(lambda state: state.job_effects))]
 
 
 def _unauthorized(detail: str) -> HTTPException:
