@@ -18,8 +18,11 @@ from serving.app import create_app
 def goshen(
     *args: str, settings: Settings, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    # mlflow.set_experiment in an earlier test of this process leaves MLFLOW_EXPERIMENT_ID in
+    # os.environ, naming an experiment of another tracking server: not the CLI's to inherit.
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
     env = {
-        **os.environ,
+        **inherited,
         "GOSHEN_HOME": str(settings.home_dir),
         "GOSHEN_DATABASE_URL": settings.resolved_database_url,
         **(env or {}),
