@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
@@ -66,7 +67,7 @@ def _readiness(client: httpx.Client) -> list[ComponentStatus]:
     return [_component(name, check) for name, check in checks.items()]
 
 
-def _component(name: str, check: dict) -> ComponentStatus:
+def _component(name: str, check: dict[str, Any]) -> ComponentStatus:
     label = name.replace("_", " ").capitalize()
     return ComponentStatus(label, bool(check.get("ok")), check.get("error"))
 

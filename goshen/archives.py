@@ -16,7 +16,7 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -82,7 +82,9 @@ def archive_format(head: bytes) -> ArchiveFormat | None:
     return None
 
 
-def archive_files(path: Path, fmt: ArchiveFormat, limits: ArchiveLimits) -> Iterator[ArchiveFile]:
+def archive_files(
+    path: Path, fmt: ArchiveFormat, limits: ArchiveLimits
+) -> Generator[ArchiveFile, None, None]:
     """The regular files of an archive in archive order; the first problem refuses the archive.
 
     Read each stream before asking for the next entry: tar archives are read front to back once.
@@ -148,10 +150,18 @@ class _Budget:
             )
 
 
+class _RawReader(Protocol):
+    """An open file, a zip or tar member, or a gzip stream: what _EntryStream reads from."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> object: ...
+
+
 class _EntryStream:
     """A reader that reports a damaged archive as such and, given a budget, charges it each byte."""
 
-    def __init__(self, raw: BinaryIO, fmt: ArchiveFormat, budget: _Budget | None = None) -> None:
+    def __init__(self, raw: _RawReader, fmt: ArchiveFormat, budget: _Budget | None = None) -> None:
         self._raw = raw
         self._fmt = fmt
         self._budget = budget
@@ -251,10 +261,10 @@ def _tar_files(
     path: Path, fmt: ArchiveFormat, limits: ArchiveLimits, budget: _Budget
 ) -> Iterator[ArchiveFile]:
     with path.open("rb") as file:
-        raw: BinaryIO = gzip.GzipFile(fileobj=file) if fmt is ArchiveFormat.tar_gz else file
+        raw: _RawReader = gzip.GzipFile(fileobj=file) if fmt is ArchiveFormat.tar_gz else file
         # Counting the whole tar stream covers headers and the files tarfile skips over, too.
         stream = _EntryStream(raw, fmt, budget)
-        with tarfile.open(fileobj=stream, mode="r|") as archive:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=stream, mode="r|") as archive:  # type: ignore[call-overload]  # typeshed asks any fileobj for write, tell and seek; "r|" only reads
             seen: set[str] = set()
             for count, member in enumerate(archive, start=1):
                 if count > limits.max_entries:

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -147,7 +147,7 @@ def add_pipeline_entry(
     return model
 
 
-def visible_to(user_id: str):  # type: ignore[no-untyped-def]
+def visible_to(user_id: str) -> ColumnElement[bool]:
     """A filter for the catalog entries a user may call: public ones and their own."""
     return or_(Model.visibility == Visibility.public, Model.owner_id == user_id)
 

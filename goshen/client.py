@@ -67,35 +67,41 @@ class GoshenClient:
             raise GoshenAPIError(response.status_code, _problem(response))
         return response.json() if response.content else None
 
+    def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """`request` for the operations that answer a JSON object: all of this client's."""
+        return _json_object(self.request(method, path, **kwargs), f"{method} {path}")
+
     def paginate(self, path: str, **params: Any) -> Iterator[dict[str, Any]]:
         """Every item of a cursor-paginated list, fetching pages as needed."""
         cursor = None
         while True:
-            page = self.request("GET", path, params=params | ({"cursor": cursor} if cursor else {}))
+            page = self._object("GET", path, params=params | ({"cursor": cursor} if cursor else {}))
             yield from page["data"]
             cursor = page["next_cursor"]
             if not page["has_more"]:
                 return
 
     def health(self) -> dict[str, Any]:
-        return self.request("GET", "/healthz")
+        return self._object("GET", "/healthz")
 
     def readiness(self) -> dict[str, Any]:
         response = self._http.get("/readyz")
-        return response.json()
+        return _json_object(response.json(), "GET /readyz")
 
     def create_key(self, name: str, scopes: list[str] | None = None) -> dict[str, Any]:
         """A new key for the caller; the secret is in `["key"]`, returned this once only."""
-        return self.request("POST", "/v1/keys", json=_without_none(name=name, scopes=scopes))
+        return self._object("POST", "/v1/keys", json=_without_none(name=name, scopes=scopes))
 
     def list_keys(self) -> list[dict[str, Any]]:
         return list(self.paginate("/v1/keys"))
 
     def revoke_key(self, key_id: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/v1/keys/{key_id}")
+        return self._object("DELETE", f"/v1/keys/{key_id}")
 
-    def admin_create_user(self, email: str, name: str = "", role: str = "developer") -> dict:
-        return self.request(
+    def admin_create_user(
+        self, email: str, name: str = "", role: str = "developer"
+    ) -> dict[str, Any]:
+        return self._object(
             "POST", "/v1/admin/users", json={"email": email, "name": name, "role": role}
         )
 
@@ -105,7 +111,7 @@ class GoshenClient:
     def admin_create_key(
         self, user_id: str, name: str, scopes: list[str] | None = None
     ) -> dict[str, Any]:
-        return self.request(
+        return self._object(
             "POST",
             f"/v1/admin/users/{user_id}/keys",
             json=_without_none(name=name, scopes=scopes),
@@ -115,14 +121,14 @@ class GoshenClient:
         return list(self.paginate("/v1/admin/keys", **_without_none(user_id=user_id)))
 
     def admin_revoke_key(self, key_id: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/v1/admin/keys/{key_id}")
+        return self._object("DELETE", f"/v1/admin/keys/{key_id}")
 
     def list_models(self) -> list[dict[str, Any]]:
         return list(self.paginate("/v1/models"))
 
     def get_model(self, name: str) -> dict[str, Any]:
         """A catalog model: its input JSON Schema, examples, pricing and status."""
-        return self.request("GET", f"/v1/models/{name}")
+        return self._object("GET", f"/v1/models/{name}")
 
     def predict(self, model: str, inputs: dict[str, Any] | list[Any]) -> dict[str, Any]:
         """Run an ONNX model: `inputs` by input name (MLflow's tensor format), nested lists or
@@ -132,14 +138,14 @@ class GoshenClient:
             inputs = {name: _listed(value) for name, value in inputs.items()}
         else:
             inputs = _listed(inputs)
-        return self.request("POST", f"/v1/models/{model}/predict", json={"inputs": inputs})
+        return self._object("POST", f"/v1/models/{model}/predict", json={"inputs": inputs})
 
     def upload_model(
         self, path: str | os.PathLike[str], name: str, description: str = ""
     ) -> dict[str, Any]:
         """Upload an .onnx file as a model of your own (private until an admin publishes it)."""
         with open(path, "rb") as file:
-            return self.request(
+            return self._object(
                 "POST",
                 "/v1/models",
                 data={"name": name, "description": description},
@@ -150,25 +156,25 @@ class GoshenClient:
     def admin_register_model(self, **entry: Any) -> dict[str, Any]:
         """A catalog entry from the MLflow registry: name, registered_model, alias or version,
         description, pricing, visibility, max_batch_size, max_wait_ms."""
-        return self.request("POST", "/v1/admin/models", json=entry)
+        return self._object("POST", "/v1/admin/models", json=entry)
 
     def admin_update_model(self, name: str, **changes: Any) -> dict[str, Any]:
-        return self.request("PATCH", f"/v1/admin/models/{name}", json=changes)
+        return self._object("PATCH", f"/v1/admin/models/{name}", json=changes)
 
     def admin_deploy_model(
         self, name: str, *, version: str | None = None, alias: str | None = None
     ) -> dict[str, Any]:
         """Resolve, load and probe; the entry as the deploy left it (`ready` or `failed`)."""
         body = _without_none(version=version, alias=alias)
-        return self.request(
+        return self._object(
             "POST", f"/v1/admin/models/{name}/deploy", json=body or None, timeout=300
         )
 
     def admin_undeploy_model(self, name: str) -> dict[str, Any]:
-        return self.request("POST", f"/v1/admin/models/{name}/undeploy")
+        return self._object("POST", f"/v1/admin/models/{name}/undeploy")
 
     def admin_rollback_model(self, name: str) -> dict[str, Any]:
-        return self.request("POST", f"/v1/admin/models/{name}/rollback", timeout=300)
+        return self._object("POST", f"/v1/admin/models/{name}/rollback", timeout=300)
 
     def generate(
         self,
@@ -196,16 +202,18 @@ class GoshenClient:
         timeout = self._http.timeout.read
         if wait is not None and timeout is not None:
             timeout = max(timeout, wait + 10)
-        return self.request("POST", "/v1/generate", json=body, headers=headers, timeout=timeout)
+        return self._object("POST", "/v1/generate", json=body, headers=headers, timeout=timeout)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/jobs/{job_id}")
+        return self._object("GET", f"/v1/jobs/{job_id}")
 
-    def list_jobs(self, *, status: str | None = None, model: str | None = None) -> Iterator[dict]:
+    def list_jobs(
+        self, *, status: str | None = None, model: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         return self.paginate("/v1/jobs", **_without_none(status=status, model=model))
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return self.request("POST", f"/v1/jobs/{job_id}/cancel")
+        return self._object("POST", f"/v1/jobs/{job_id}/cancel")
 
     def job_events(self, job_id: str, last_event_id: int | None = None) -> Iterator[JobEvent]:
         """The job's server-sent events as they happen, until `done`."""
@@ -233,7 +241,8 @@ class GoshenClient:
 
     def webhook_secret(self) -> str:
         """The `whsec_...` secret this account's webhooks are signed with."""
-        return self.request("GET", "/v1/webhooks/default/secret")["key"]
+        secret: str = self._object("GET", "/v1/webhooks/default/secret")["key"]
+        return secret
 
 
 def _listed(value: Any) -> Any:
@@ -268,6 +277,12 @@ def _server_sent_events(lines: Iterator[str]) -> Iterator[JobEvent]:
 
 def _without_none(**fields: Any) -> dict[str, Any]:
     return {name: value for name, value in fields.items() if value is not None}
+
+
+def _json_object(body: Any, call: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise TypeError(f"{call} answered {body!r:.200}, not a JSON object; is this a Goshen API?")
+    return body
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:

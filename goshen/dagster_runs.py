@@ -90,7 +90,8 @@ def _graphql(url: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
     body = response.json()
     if body.get("errors"):
         raise DagsterRunError(f"Dagster's GraphQL API answered with errors: {body['errors']}")
-    return body["data"]
+    data: dict[str, Any] = body["data"]
+    return data
 
 
 def launch_job(url: str, location: str, job: str, run_config: dict[str, Any] | None = None) -> str:
@@ -105,7 +106,8 @@ def launch_job(url: str, location: str, job: str, run_config: dict[str, Any] | N
     }
     result = _graphql(url, LAUNCH_RUN, {"params": params})["launchRun"]
     if result["__typename"] == "LaunchRunSuccess":
-        return result["run"]["runId"]
+        run_id: str = result["run"]["runId"]
+        return run_id
     detail = result.get("message") or "; ".join(e["message"] for e in result.get("errors", []))
     raise DagsterRunError(f"Dagster did not launch {job}: {result['__typename']}: {detail}")
 
@@ -115,7 +117,8 @@ def run_status(url: str, run_id: str) -> str:
     result = _graphql(url, RUN_STATUS, {"runId": run_id})["runOrError"]
     if result["__typename"] != "Run":
         raise DagsterRunError(f"Dagster has no run {run_id}: {result.get('message')}")
-    return result["status"]
+    status: str = result["status"]
+    return status
 
 
 def run_messages(url: str, run_id: str, cursor: str | None) -> tuple[list[RunMessage], str | None]:

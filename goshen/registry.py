@@ -166,7 +166,8 @@ def download_model(name: str, alias: str = PRODUCTION, destination: Path | None 
 def load_onnx(name: str, alias: str = PRODUCTION) -> onnx.ModelProto:
     """The ONNX graph of `name@alias`, straight from the registry."""
     try:
-        return mlflow.onnx.load_model(f"models:/{name}@{alias}")
+        model: onnx.ModelProto = mlflow.onnx.load_model(f"models:/{name}@{alias}")
+        return model
     except MlflowException as exc:
         raise NotFoundError(f"no model {name}@{alias} in the MLflow registry: {exc}") from exc
 

@@ -133,6 +133,11 @@ def get_owned(session: Session, job_id: str, user_id: str) -> TrainingJob:
     return access.get_owned(session, TrainingJob, job_id, user_id, "training job")
 
 
+def get(session: Session, job_id: str) -> TrainingJob:
+    """The job with this id, whoever owns it (for the platform's own runs), else NotFoundError."""
+    return access.get_owned(session, TrainingJob, job_id, None, "training job")
+
+
 def cancel(job: TrainingJob) -> TrainingJob:
     """Queued jobs end at once; running ones are stopped by the sensor that watches this flag."""
     if job.status in TERMINAL:

@@ -226,8 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Alembic narrates every plugin and step at INFO; commands report the revision themselves.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # Each subcommand's function, set by build_parser.
+    run: Callable[[Settings, argparse.Namespace], int] = args.run
     try:
-        return args.run(settings, args)
+        return run(settings, args)
     except (GoshenError, SettingsError) as exc:
         print(f"goshen: {exc}", file=sys.stderr)
         return 2

@@ -85,7 +85,8 @@ def key_walkthrough(settings: Settings, say: Callable[[str], None] = print) -> s
         )
         issued = admin.admin_create_key(developer["id"], name="demo")
         say(f"admin issued {developer['email']} the key {issued['prefix']}…{issued['last4']}")
-    with GoshenClient(settings.api_url, issued["key"]) as dev:
+    developer_key: str = issued["key"]
+    with GoshenClient(settings.api_url, developer_key) as dev:
         temporary = dev.create_key("temporary", scopes=["keys"])
         say(f"developer made a key of their own: {temporary['prefix']}…{temporary['last4']}")
         say(
@@ -100,7 +101,7 @@ def key_walkthrough(settings: Settings, say: Callable[[str], None] = print) -> s
         else:
             raise RuntimeError("the API accepted a revoked key; this is a bug, please report it")
     say(f"admin key for the API and dashboard: {admin_key_path(settings)}")
-    return issued["key"]
+    return developer_key
 
 
 def ensure_digits_models(settings: Settings, say: Callable[[str], None] = print) -> None:

@@ -7,6 +7,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -209,7 +210,7 @@ def dagster_code_locations(url: str, timeout: float = 5.0) -> dict[str, CodeLoca
     return {entry["name"]: _code_location(entry) for entry in workspace["locationEntries"]}
 
 
-def _code_location(entry: dict) -> CodeLocation:
+def _code_location(entry: dict[str, Any]) -> CodeLocation:
     loaded = entry.get("locationOrLoadError") or {}
     error = loaded.get("message") if loaded.get("__typename") == "PythonError" else None
     return CodeLocation(name=entry["name"], load_status=entry["loadStatus"], error=error)

@@ -3,6 +3,7 @@
 import logging
 import sys
 import time
+from typing import Any
 
 import dagster as dg
 
@@ -27,7 +28,7 @@ class ProgressFormatter(logging.Formatter):
         return f"[{time.monotonic() - self.started:7.1f}s] {step:<30} {self.describe(record, meta)}"
 
     @staticmethod
-    def describe(record: logging.LogRecord, meta: dict) -> str:
+    def describe(record: logging.LogRecord, meta: dict[str, Any]) -> str:
         event = meta.get("dagster_event")
         if event is None:
             return meta.get("orig_message") or record.getMessage()
@@ -48,7 +49,10 @@ class ProgressFilter(logging.Filter):
         return event.event_type_value in {*_SHOWN_EVENTS, "ASSET_CHECK_EVALUATION"}
 
 
-@dg.logger(description="One line per step transition, check result and training epoch.")
+@dg.logger(
+    config_schema=None,
+    description="One line per step transition, check result and training epoch.",
+)
 def progress_logger(_init_context: dg.InitLoggerContext) -> logging.Logger:
     logger = logging.getLogger("goshen.progress")
     logger.setLevel(logging.DEBUG)

@@ -7,6 +7,7 @@ it is not already up.
 
 import logging
 import os
+from typing import Any
 
 import dagster as dg
 
@@ -21,7 +22,9 @@ PROMOTIONS = ("digits_classifier_production", "digits_diffusion_production")
 CHATTY_LOGGERS = ("lightning", "lightning.pytorch", "mlflow", "alembic")
 
 
-def run_digits_job(settings: Settings, run_config: dict | None = None) -> dg.ExecuteInProcessResult:
+def run_digits_job(
+    settings: Settings, run_config: dict[str, Any] | None = None
+) -> dg.ExecuteInProcessResult:
     """Run the digits job in this process on the platform's Dagster instance."""
     os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(settings))
     config = {"loggers": {"progress": {}}, **(run_config or {})}

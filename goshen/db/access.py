@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import InstrumentedAttribute, Mapped, Session
 
 from goshen.db.models import Base
 from goshen.errors import NotFoundError
 
-T = TypeVar("T", bound=Base)
+
+class Owned(Protocol):
+    """A table whose rows each belong to one user (datasets, jobs, keys, ...)."""
+
+    # ClassVar: mypy then accepts the mapped classes themselves, reading `Table.user_id` as a
+    # column and `row.user_id` as a str.
+    id: ClassVar[Mapped[str]]
+    user_id: ClassVar[Mapped[str]]
+
+
+T = TypeVar("T", bound=Owned)
 
 
 def get_owned(
@@ -19,7 +29,7 @@ def get_owned(
 ) -> T:
     """The object with this id; with `user_id`, only if that user owns it, else NotFoundError."""
     found = session.get(model, object_id)
-    if found is None or (user_id is not None and found.user_id != user_id):  # type: ignore[attr-defined]
+    if found is None or (user_id is not None and found.user_id != user_id):
         raise NotFoundError(f"no {noun} with id {object_id}")
     return found
 
@@ -30,7 +40,7 @@ def ids_since(
     status: str,
     cursor: str | None,
     limit: int,
-) -> Select[tuple[str]]:
+) -> Select[str]:
     """Ids in `status` created after `cursor` (ids sort by creation time), oldest first."""
     return (
         select(id_column)
@@ -50,7 +60,7 @@ def insert_once(
     """
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    primary_key = model.__table__.primary_key.columns.values()[0]  # type: ignore[attr-defined]
+    primary_key = inspect(model).primary_key[0]
     added = session.scalar(
         insert(model)
         .values(**values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -47,12 +48,12 @@ def downgrade(url_or_engine: str | Engine, revision: str) -> None:
     _run(url_or_engine, lambda config: command.downgrade(config, revision))
 
 
-def _run(url_or_engine: str | Engine, action) -> None:  # type: ignore[no-untyped-def]
+def _run(url_or_engine: str | Engine, action: Callable[[Config], None]) -> None:
     with _IN_PROCESS:
         _run_alone(url_or_engine, action)
 
 
-def _run_alone(url_or_engine: str | Engine, action) -> None:  # type: ignore[no-untyped-def]
+def _run_alone(url_or_engine: str | Engine, action: Callable[[Config], None]) -> None:
     engine = url_or_engine if isinstance(url_or_engine, Engine) else make_engine(url_or_engine)
     postgres = normalize_url(engine.url).get_backend_name() == "postgresql"
     try:

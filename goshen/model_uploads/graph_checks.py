@@ -103,10 +103,10 @@ def _tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
         if attribute.HasField("t"):
             yield where, attribute.t
         yield from ((where, tensor) for tensor in attribute.tensors)
-        sparse = [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
-        for tensor in [*sparse, *attribute.sparse_tensors]:
-            yield where, tensor.values
-            yield where, tensor.indices
+        own_sparse = [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
+        for sparse in [*own_sparse, *attribute.sparse_tensors]:
+            yield where, sparse.values
+            yield where, sparse.indices
 
 
 def check_external_data(model: onnx.ModelProto, folder: Path) -> set[Path]:

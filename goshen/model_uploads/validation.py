@@ -94,9 +94,10 @@ def _run_child(model_file: Path, limits: ModelUploadLimits) -> dict[str, Any]:
         stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - _STDERR_TAIL))
         errors = stderr.read().decode(errors="replace")
     try:
-        return json.loads(done.stdout)
+        verdict = json.loads(done.stdout)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return _died(done.returncode, errors)
+    return verdict if isinstance(verdict, dict) else _died(done.returncode, errors)
 
 
 def _died(returncode: int, errors: str) -> dict[str, Any]:

@@ -79,7 +79,10 @@ class TorchDenoiser:
     def __call__(
         self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
     ) -> torch.Tensor:
-        return self.unet(sample, timestep, class_labels=class_labels, return_dict=False)[0]
+        noise: torch.Tensor = self.unet(
+            sample, timestep, class_labels=class_labels, return_dict=False
+        )[0]
+        return noise
 
 
 class OnnxDenoiser:
@@ -120,7 +123,7 @@ class OnnxDenoiser:
     def __call__(
         self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
     ) -> torch.Tensor:
-        feeds = {
+        feeds: dict[str, np.ndarray] = {
             "sample": sample.numpy().astype(np.float32, copy=False),
             "timestep": timestep.numpy().astype(np.int64, copy=False),
             "class_labels": class_labels.numpy().astype(np.int64, copy=False),
@@ -132,7 +135,8 @@ class OnnxDenoiser:
         batch = len(feeds["sample"])
         slices = min(self.parallel_calls, batch)
         if self._pool is None or slices == 1:
-            return self.session.run(["noise"], feeds)[0]
+            noise: np.ndarray = self.session.run(["noise"], feeds)[0]
+            return noise
         # Row slices of C-contiguous arrays stay contiguous: ONNX Runtime reads them in place.
         edges = [batch * part // slices for part in range(slices + 1)]
         parts = [
@@ -298,7 +302,9 @@ def to_png_grid(images: np.ndarray, columns: int, scale: int = 4) -> bytes:
         row, column = divmod(index, columns)
         grid[row * height : (row + 1) * height, column * width : (column + 1) * width] = image
     picture = Image.fromarray(grid)
-    picture = picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    picture = picture.resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST
+    )
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -31,13 +31,15 @@ class ClassConditionalGenerator:
     """The platform's own digit generators: a class-conditional UNet and its scheduler."""
 
     def __init__(self, denoiser: OnnxDenoiser | TorchDenoiser, spec: DiffusionModelSpec) -> None:
-        self.denoiser = denoiser
+        self.denoiser: OnnxDenoiser | TorchDenoiser | None = denoiser
         self.spec = spec
         self.device = _device_of(denoiser)
 
     def generate(
         self, inputs: Sequence[GenerationInput], on_step: StepReport
     ) -> list[list[Image.Image] | None]:
+        if self.denoiser is None:
+            raise RuntimeError("this generator is closed; load the model again")
         requests = [_digits(request) for request in inputs]
         first = requests[0]
         if any(r.batch_fields() != first.batch_fields() for r in requests):
@@ -74,7 +76,7 @@ class ClassConditionalGenerator:
         return results
 
     def close(self) -> None:
-        self.denoiser = None  # type: ignore[assignment]
+        self.denoiser = None
 
 
 def _digits(request: GenerationInput) -> DigitsInput:
@@ -122,7 +124,9 @@ def load_class_conditional(
 
 def _torch_denoiser(weights: Path) -> TorchDenoiser:
     import torch
-    from diffusers import UNet2DModel
+
+    # diffusers' own module: its top-level names resolve to typeless placeholders for type checkers.
+    from diffusers.models.unets.unet_2d import UNet2DModel
 
     if not (weights / "config.json").is_file():
         raise ModelFormatError(

@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+
+# diffusers' own modules: its top-level names resolve to typeless placeholders for type checkers.
+from diffusers.pipelines.auto_pipeline import AutoPipelineForText2Image
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from PIL import Image
 
 from goshen.runtimes.base import ModelFormatError, StepReport
@@ -105,7 +108,7 @@ class DiffusersGenerator:
         assert self.pipeline is not None
         # CPU generators: a seed gives the same noise on every device and in every batch.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in rows.seeds]
-        output = self.pipeline(
+        output = self.pipeline(  # type: ignore[operator]  # DiffusionPipeline, the base, has no __call__; text-to-image pipelines do
             prompt=rows.prompts,
             negative_prompt=rows.negative_prompts,
             width=first.width,
@@ -136,7 +139,7 @@ def load_pipeline(folder: Path, dtype: torch.dtype) -> DiffusionPipeline:
     if "safety_checker" in index:
         # The platform does not run one; not loading it also keeps its weights off the GPU.
         options = {"safety_checker": None, "requires_safety_checker": False}
-    pipeline = AutoPipelineForText2Image.from_pretrained(
+    pipeline: DiffusionPipeline = AutoPipelineForText2Image.from_pretrained(
         os.fspath(folder),
         dtype=dtype,
         local_files_only=True,
@@ -156,9 +159,9 @@ def speed_up(pipeline: DiffusionPipeline) -> None:
     for name in CONVOLUTIONAL_COMPONENTS:
         component = getattr(pipeline, name, None)
         if isinstance(component, torch.nn.Module):
-            component.to(memory_format=torch.channels_last)
+            component.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # documented; torch's overloads omit it
     unet = getattr(pipeline, "unet", None)
-    if hasattr(unet, "fuse_qkv_projections"):
+    if unet is not None and hasattr(unet, "fuse_qkv_projections"):
         # One GEMM instead of three per attention block; UNets with added KV projections
         # (IP-Adapter) refuse to fuse and run as they are.
         with contextlib.suppress(ValueError):
@@ -172,7 +175,10 @@ def _pipeline_index(folder: Path) -> dict[str, Any]:
             f"{folder} has no {PIPELINE_INDEX}; a diffusers runtime serves folders saved by "
             "a pipeline's save_pretrained (register them with log_diffusers_pipeline)"
         )
-    return json.loads(index.read_text())
+    found = json.loads(index.read_text())
+    if not isinstance(found, dict):
+        raise ModelFormatError(f"{index} holds no JSON object; save the pipeline again")
+    return found
 
 
 def _text_to_image(request: GenerationInput) -> TextToImageInput:

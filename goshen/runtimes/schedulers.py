@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-SCHEDULERS: dict[str, type[SchedulerMixin]] = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+# diffusers' own modules: its top-level names resolve to typeless placeholders for type checkers.
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+
+Scheduler = DDPMScheduler | DDIMScheduler
+SCHEDULERS: dict[str, type[Scheduler]] = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 # Fused coefficient tables kept: a worker serves a few models at a few step counts.
 CACHED_SETTINGS = 32
 
@@ -29,7 +32,9 @@ CACHED_SETTINGS = 32
 class SamplingSteps(Protocol):
     """A sampler's timesteps, and its update of the sample from one timestep to the next."""
 
-    timesteps: Sequence[int]
+    # Fused steps hold ints; a diffusers scheduler's are a tensor of them.
+    @property
+    def timesteps(self) -> Sequence[int] | torch.Tensor: ...
 
     def step(
         self,
@@ -42,11 +47,13 @@ class SamplingSteps(Protocol):
         ...
 
 
-def make_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
+def make_scheduler(name: str, config: dict[str, Any]) -> Scheduler:
     """A fresh scheduler of the named kind ("ddpm" or "ddim") from a trained model's config."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
-    return SCHEDULERS[name].from_config(config)
+    scheduler = SCHEDULERS[name].from_config(config)
+    assert not isinstance(scheduler, tuple)  # only with return_unused_kwargs
+    return scheduler
 
 
 def sampling_steps(name: str, config: dict[str, Any], total: int) -> SamplingSteps:
@@ -66,7 +73,7 @@ def sampling_steps(name: str, config: dict[str, Any], total: int) -> SamplingSte
 class SchedulerSteps:
     """Steps run by a diffusers scheduler itself (settings the fused form does not cover)."""
 
-    def __init__(self, scheduler: SchedulerMixin) -> None:
+    def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         self.timesteps = scheduler.timesteps
 
@@ -78,7 +85,9 @@ class SchedulerSteps:
         generators: list[torch.Generator],
     ) -> torch.Tensor:
         timestep = self.timesteps[index]
-        return self.scheduler.step(noise, timestep, sample, generator=generators).prev_sample
+        output = self.scheduler.step(noise, timestep, sample, generator=generators)  # type: ignore[arg-type]  # diffusers types an int timestep and one generator, takes tensors and lists
+        assert not isinstance(output, tuple)  # return_dict defaults to True
+        return output.prev_sample
 
 
 @dataclass(frozen=True)
@@ -132,27 +141,27 @@ def _fused_steps(name: str, config_json: str, total: int) -> FusedSteps | None:
     scheduler = make_scheduler(name, json.loads(config_json))
     scheduler.set_timesteps(total)
     config = scheduler.config
-    if config.prediction_type != "epsilon" or config.thresholding:
+    if config["prediction_type"] != "epsilon" or config["thresholding"]:
         return None
-    if isinstance(scheduler, DDPMScheduler) and config.variance_type == "fixed_small":
+    if isinstance(scheduler, DDPMScheduler) and config["variance_type"] == "fixed_small":
         coefficients = [_ddpm_coefficients(scheduler, t) for t in scheduler.timesteps]
         other_is_noise = False
     elif isinstance(scheduler, DDIMScheduler):
-        coefficients = [_ddim_coefficients(scheduler, t) for t in scheduler.timesteps]
+        coefficients = [_ddim_coefficients(scheduler, t, total) for t in scheduler.timesteps]
         other_is_noise = True
     else:
         return None
     return FusedSteps(
         timesteps=tuple(scheduler.timesteps.tolist()),
         coefficients=tuple(coefficients),
-        clip_range=config.clip_sample_range if config.clip_sample else None,
+        clip_range=config["clip_sample_range"] if config["clip_sample"] else None,
         other_is_noise=other_is_noise,
     )
 
 
 def _ddpm_coefficients(scheduler: DDPMScheduler, t: torch.Tensor) -> StepCoefficients:
     """DDPMScheduler.step's scalars at timestep `t`, written as diffusers writes them."""
-    prev_t = scheduler.previous_timestep(t)
+    prev_t = scheduler.previous_timestep(t)  # type: ignore[arg-type]  # typed int, but diffusers passes its tensor timesteps too
     alpha_prod_t = scheduler.alphas_cumprod[t]
     alpha_prod_t_prev = scheduler.alphas_cumprod[prev_t] if prev_t >= 0 else scheduler.one
     beta_prod_t = 1 - alpha_prod_t
@@ -171,9 +180,10 @@ def _ddpm_coefficients(scheduler: DDPMScheduler, t: torch.Tensor) -> StepCoeffic
     )
 
 
-def _ddim_coefficients(scheduler: DDIMScheduler, t: torch.Tensor) -> StepCoefficients:
-    """DDIMScheduler.step's scalars at timestep `t` with eta 0 (deterministic, no noise term)."""
-    prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+def _ddim_coefficients(scheduler: DDIMScheduler, t: torch.Tensor, total: int) -> StepCoefficients:
+    """DDIMScheduler.step's scalars at timestep `t` of `total`-step sampling with eta 0
+    (deterministic, no noise term)."""
+    prev_t = t - scheduler.config["num_train_timesteps"] // total
     alpha_prod_t = scheduler.alphas_cumprod[t]
     alpha_prod_t_prev = (
         scheduler.alphas_cumprod[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod

@@ -45,13 +45,18 @@ class S3ArtifactStore(ArtifactStore):
     def _name(self, key: str) -> str:
         return self.prefix + check_key(key)
 
+    # boto3 ships no types: what it answers is annotated where it is read.
+
     def _head(self, key: str) -> dict[str, Any]:
         with _missing_as_not_found(key):
-            return self._client.head_object(Bucket=self.bucket, Key=self._name(key))
+            head: dict[str, Any] = self._client.head_object(Bucket=self.bucket, Key=self._name(key))
+            return head
 
     def _get(self, key: str) -> BinaryIO:
         with _missing_as_not_found(key):
-            return self._client.get_object(Bucket=self.bucket, Key=self._name(key))["Body"]
+            found = self._client.get_object(Bucket=self.bucket, Key=self._name(key))
+            body: BinaryIO = found["Body"]
+            return body
 
     def _objects(self, prefix: str) -> Iterator[dict[str, Any]]:
         folder = check_folder(prefix)
@@ -109,7 +114,8 @@ class S3ArtifactStore(ArtifactStore):
         return ObjectInfo(key=key, size=item["Size"], last_modified=_utc(item["LastModified"]))
 
     def size(self, key: str) -> int:
-        return self._head(key)["ContentLength"]
+        size: int = self._head(key)["ContentLength"]
+        return size
 
     def exists(self, key: str) -> bool:
         try:
@@ -119,11 +125,12 @@ class S3ArtifactStore(ArtifactStore):
         return True
 
     def signed_url(self, key: str, expires_in: int | None = None) -> str:
-        return self._client.generate_presigned_url(
+        url: str = self._client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self._name(key)},
             ExpiresIn=self._ttl(expires_in),
         )
+        return url
 
 
 @contextmanager

@@ -100,8 +100,8 @@ def store_images(
     if not entries:
         raise InvalidInputError("the archive holds no PNG, JPEG, BMP or GIF images", field="file")
     labels, label_source = image_labels([e["source"] for e in entries], labels_files)
-    for entry, label in zip(entries, labels, strict=True):
-        entry["label"] = label
+    for kept, label in zip(entries, labels, strict=True):
+        kept["label"] = label
     manifest = {
         "version": MANIFEST_VERSION,
         "kind": DatasetKind.images.value,

@@ -12,10 +12,11 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from goshen_pipelines.lib.trainer import fit
+from goshen_pipelines.lib.trainer import TensorLoader, fit
 
 Task = Literal["classification", "regression"]
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -48,6 +49,12 @@ DIGITS_CLASSIFIER_CONFIG = ClassifierConfig(epochs=50, input_noise=0.1)
 class TabularNet(nn.Module):
     """An MLP on raw features: feature (and regression target) standardization is built in."""
 
+    # Buffers, registered in __init__.
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
+    target_mean: torch.Tensor
+    target_std: torch.Tensor
+
     def __init__(
         self,
         hidden_sizes: tuple[int, ...],
@@ -74,7 +81,7 @@ class TabularNet(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Class logits [B, C] (classification) or predictions [B] in target units (regression)."""
-        out = self.mlp((features - self.feature_mean) / self.feature_std)
+        out: torch.Tensor = self.mlp((features - self.feature_mean) / self.feature_std)
         if self.regression:
             return out[:, 0] * self.target_std + self.target_mean
         return out
@@ -88,7 +95,8 @@ class ProbabilityHead(nn.Module):
         self.net = net
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(features), dim=1)
+        logits: torch.Tensor = self.net(features)
+        return torch.softmax(logits, dim=1)
 
 
 @dataclass
@@ -110,10 +118,11 @@ class TrainedTabularModel:
     @torch.inference_mode()
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Predicted class values (classification) or target values (regression)."""
-        out = self.net(torch.from_numpy(np.asarray(features, dtype=np.float32)))
+        out: torch.Tensor = self.net(torch.from_numpy(np.asarray(features, dtype=np.float32)))
         if self.task == "regression":
             return out.numpy()
-        return np.asarray(self.classes)[out.argmax(dim=1).numpy()]
+        predicted: np.ndarray = np.asarray(self.classes)[out.argmax(dim=1).numpy()]
+        return predicted
 
 
 class TabularModule(L.LightningModule):
@@ -178,7 +187,7 @@ class TabularModule(L.LightningModule):
             metrics["val_r2"] = 1 - mse / variance if variance > 0 else 0.0
         return metrics
 
-    def configure_optimizers(self) -> dict[str, object]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = torch.optim.AdamW(
             self.net.parameters(),
             lr=self.config.learning_rate,
@@ -261,7 +270,7 @@ def _build_net(
     return TabularNet(config.hidden_sizes, config.dropout, mean, std, 1, scale)
 
 
-def _loader(features: np.ndarray, targets: torch.Tensor, config: ClassifierConfig) -> DataLoader:
+def _loader(features: np.ndarray, targets: torch.Tensor, config: ClassifierConfig) -> TensorLoader:
     dataset = TensorDataset(torch.from_numpy(features), targets)
     generator = torch.Generator().manual_seed(config.seed)
     return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator)

@@ -11,12 +11,17 @@ from dataclasses import dataclass, field
 import lightning as L
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+
+# diffusers' own modules: its top-level names resolve to typeless placeholders for type checkers.
+from diffusers.models.unets.unet_2d import UNet2DModel
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, TensorDataset
 
 from goshen.runtimes.diffusion import DiffusionModelSpec, TorchDenoiser
 from goshen_pipelines.lib.digits import resize_images
-from goshen_pipelines.lib.trainer import fit
+from goshen_pipelines.lib.trainer import TensorLoader, fit
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -69,7 +74,7 @@ def build_unet(config: DiffusionConfig, num_class_embeds: int) -> UNet2DModel:
             f"image_size {config.image_size} must be divisible by {2 ** (levels - 1)} "
             f"for {levels} UNet levels; change image_size or block_out_channels"
         )
-    return UNet2DModel(
+    unet: UNet2DModel = UNet2DModel(
         sample_size=config.image_size,
         in_channels=1,
         out_channels=1,
@@ -80,6 +85,7 @@ def build_unet(config: DiffusionConfig, num_class_embeds: int) -> UNet2DModel:
         norm_num_groups=config.norm_num_groups,
         num_class_embeds=num_class_embeds,
     )
+    return unet
 
 
 def noise_scheduler_config(config: DiffusionConfig) -> dict[str, object]:
@@ -125,7 +131,9 @@ class DiffusionModule(L.LightningModule):
             dropped = torch.rand(len(labels), device=labels.device) < self.config.class_dropout
             labels = labels.masked_fill(dropped, self.null_class)
         noisy = self.noise_scheduler.add_noise(images, noise, timesteps)
-        predicted = self.unet(noisy, timesteps, class_labels=labels, return_dict=False)[0]
+        predicted: torch.Tensor = self.unet(
+            noisy, timesteps, class_labels=labels, return_dict=False
+        )[0]
         errors = (predicted - noise).pow(2).mean(dim=(1, 2, 3))
         loss = (errors * self._loss_weights(timesteps)).mean()
         self._losses.append(loss.detach())
@@ -135,7 +143,8 @@ class DiffusionModule(L.LightningModule):
         """Min-SNR weights for noise prediction: nearly clean timesteps stop dominating."""
         if not self.config.min_snr_gamma:
             return torch.ones_like(timesteps, dtype=torch.float32)
-        alphas = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+        alphas_cumprod: torch.Tensor = self.noise_scheduler.alphas_cumprod
+        alphas = alphas_cumprod.to(timesteps.device)[timesteps]
         snr = alphas / (1 - alphas)
         return snr.clamp(max=self.config.min_snr_gamma) / snr
 
@@ -156,16 +165,18 @@ class DiffusionModule(L.LightningModule):
         self._epoch_started = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
+        schedule = self.lr_schedulers()
+        assert isinstance(schedule, LRScheduler)  # configure_optimizers returns exactly one
         metrics = {
             "loss": torch.stack(self._losses).mean().item(),
-            "learning_rate": self.lr_schedulers().get_last_lr()[0],
+            "learning_rate": float(schedule.get_last_lr()[0]),
             "epoch_seconds": time.perf_counter() - self._epoch_started,
         }
         self.history.append(metrics)
         if self.on_epoch_end is not None:
             self.on_epoch_end(self.current_epoch + 1, metrics)
 
-    def configure_optimizers(self) -> dict[str, object]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = torch.optim.AdamW(self.unet.parameters(), lr=self.config.learning_rate)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -222,7 +233,7 @@ def _check_training_data(images: np.ndarray, labels: np.ndarray, num_classes: in
         raise ValueError("images must be scaled to [0, 1]; divide uint8 pixels by 255")
 
 
-def _loader(images: np.ndarray, labels: np.ndarray, config: DiffusionConfig) -> DataLoader:
+def _loader(images: np.ndarray, labels: np.ndarray, config: DiffusionConfig) -> TensorLoader:
     pixels = torch.from_numpy(resize_images(images, config.image_size))[:, None] * 2 - 1
     dataset = TensorDataset(pixels, torch.from_numpy(labels.astype(np.int64)))
     generator = torch.Generator().manual_seed(config.seed)

@@ -16,7 +16,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from diffusers import UNet2DModel
+
+# diffusers' own module: its top-level names resolve to typeless placeholders for type checkers.
+from diffusers.models.unets.unet_2d import UNet2DModel
 from torch import nn
 
 from goshen_pipelines.lib.classifier import TrainedTabularModel
@@ -36,7 +38,10 @@ class DenoiserForExport(nn.Module):
     def forward(
         self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor
     ) -> torch.Tensor:
-        return self.unet(sample, timestep, class_labels=class_labels, return_dict=False)[0]
+        noise: torch.Tensor = self.unet(
+            sample, timestep, class_labels=class_labels, return_dict=False
+        )[0]
+        return noise
 
 
 def export_onnx(
@@ -52,7 +57,7 @@ def export_onnx(
         warnings.simplefilter("ignore", DeprecationWarning)
         # diffusers' shape checks (channel asserts, a memory-layout branch on batch size) trace
         # as constants; none of them changes what the graph computes.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]  # public, yet not in torch.jit.__all__
         torch.onnx.export(
             module.eval(),
             arguments,
@@ -96,7 +101,7 @@ def feature_range(features: np.ndarray) -> list[float]:
 
 def export_denoiser(unet: UNet2DModel, path: str | os.PathLike[str], num_classes: int) -> Path:
     """Export a trained UNet2DModel as the denoiser graph described in this module's docstring."""
-    size = unet.config.sample_size
+    size = unet.config["sample_size"]
     return export_onnx(DenoiserForExport(unet), path, denoiser_inputs(size, num_classes), "noise")
 
 

@@ -14,7 +14,9 @@ from typing import Any
 import mlflow
 import numpy as np
 import onnx
-from diffusers import ModelMixin
+
+# diffusers' own module: its top-level names resolve to typeless placeholders for type checkers.
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from goshen import registry

@@ -10,11 +10,14 @@ from contextlib import contextmanager
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader
 
+# Batches of (inputs, targets) as a TensorDataset yields them.
+TensorLoader = DataLoader[tuple[torch.Tensor, ...]]
 
-def fit(module: L.LightningModule, loader: DataLoader, epochs: int) -> None:
+
+def fit(module: L.LightningModule, loader: TensorLoader, epochs: int) -> None:
     """Train on the best accelerator (GPU when present), writing nothing to the working dir."""
     with (
         tempfile.TemporaryDirectory(prefix="goshen-train-") as root,

@@ -9,7 +9,7 @@ from goshen.config import load_settings
 from goshen.storage import ArtifactStore, make_store
 
 
-class ArtifactStorage(dg.ConfigurableResource):
+class ArtifactStorage(dg.ConfigurableResource["ArtifactStorage"]):
     """The artifact store (local folder or S3 bucket) that holds datasets, checkpoints and exports.
 
     It is the store the API serves downloads from: GOSHEN_STORAGE_* and GOSHEN_S3_* settings, read

@@ -7,7 +7,7 @@ import dagster as dg
 from goshen.config import StorageBackend, load_settings
 
 
-class AssetStorage(dg.ConfigurableIOManagerFactory):
+class AssetStorage(dg.ConfigurableIOManagerFactory[dg.IOManager]):
     """Pickled outputs under GOSHEN_DAGSTER_HOME/storage, or dagster-aws's S3 IO manager.
 
     The backend follows GOSHEN_STORAGE_BACKEND, read when a run starts, so runs launched on
@@ -26,6 +26,7 @@ class AssetStorage(dg.ConfigurableIOManagerFactory):
                 aws_secret_access_key=settings.s3_secret_access_key,
             )
             prefix = f"{settings.s3_prefix.strip('/')}/dagster".lstrip("/")
+            assert settings.s3_bucket, "Settings refuses the s3 backend without GOSHEN_S3_BUCKET"
             return S3PickleIOManager(s3_resource=s3, s3_bucket=settings.s3_bucket, s3_prefix=prefix)
         base_dir = settings.resolved_dagster_home / "storage"
         return dg.FilesystemIOManager(base_dir=str(base_dir)).create_io_manager(context)

@@ -14,7 +14,7 @@ from goshen.config import load_settings
 from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
 
 
-class PlatformDatabase(dg.ConfigurableResource):
+class PlatformDatabase(dg.ConfigurableResource["PlatformDatabase"]):
     """The platform database (users, jobs, datasets, training jobs) that assets read and write.
 
     Left unset, `database_url` is read from GOSHEN_DATABASE_URL when a run starts (not when the code

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
-class MLflowTracking(dg.ConfigurableResource):
+class MLflowTracking(dg.ConfigurableResource["MLflowTracking"]):
     """Where training assets log runs and register models.
 
     Left unset, `tracking_uri` is read from GOSHEN_MLFLOW_TRACKING_URI when a run starts, falling

@@ -4,7 +4,6 @@ requests /predict merged into each model call."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Response
 from prometheus_client import (
@@ -14,6 +13,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class ApiMetrics:
@@ -50,18 +50,18 @@ class _Measure:
     """Pure ASGI middleware (no per-request task or body buffering, unlike BaseHTTPMiddleware):
     counts and times every HTTP request by method, route template and status."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], metrics: ApiMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
         self.app = app
         self.metrics = metrics
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         status = 500  # what the client gets if the app raises before answering
 
-        async def sending(message: dict) -> None:
+        async def sending(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Generic, Protocol, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
 from pydantic import BaseModel
 from sqlalchemy import Select, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from goshen.db.access import Owned
+
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 20
 _CURSOR = re.compile(r"^[a-z]{2,4}_[0-9A-HJKMNP-TV-Z]{26}$")
 
 T = TypeVar("T", bound=BaseModel)
-
-
-class OwnedTable(Protocol):
-    """A table of rows that belong to one user each (datasets, training jobs, ...)."""
-
-    id: InstrumentedAttribute[str]
-    user_id: InstrumentedAttribute[str]
 
 
 class Page(BaseModel, Generic[T]):
@@ -59,12 +54,12 @@ def paginate(
     items = render(page) if render else [public.model_validate(row) for row in page]
     has_more = len(rows) > limit
     next_cursor = rows[limit - 1].id if has_more else None
-    return Page[public](data=items, has_more=has_more, next_cursor=next_cursor)
+    return Page[public](data=items, has_more=has_more, next_cursor=next_cursor)  # type: ignore[valid-type]  # pydantic parametrizes at run time
 
 
 def page_of_owned(
     session: Session,
-    table: OwnedTable,
+    table: type[Owned],
     public: type[T],
     user_id: str,
     *,

@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVarTuple
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
@@ -42,11 +42,14 @@ class Claim:
         return int(self.input.get("num_images", 1))
 
 
-def _runnable(query: Select[Any], now: datetime) -> Select[Any]:
+Columns = TypeVarTuple("Columns")
+
+
+def _runnable(query: Select[*Columns], now: datetime) -> Select[*Columns]:
     return query.where(Job.status == JobStatus.queued, Job.run_after <= now)
 
 
-def _oldest_first(query: Select[Any]) -> Select[Any]:
+def _oldest_first(query: Select[*Columns]) -> Select[*Columns]:
     return query.order_by(Job.priority.desc(), Job.run_after, Job.id)
 
 
@@ -158,10 +161,11 @@ def _start_attempts(
     now: datetime,
 ) -> list[Claim]:
     """Start an attempt of each claimed (locked) job: one flush, then what starting causes."""
+    tokens = {job.id: secrets.token_hex(16) for job in jobs}
     for job in jobs:
         job.status = JobStatus.running
         job.attempt += 1
-        job.claim_token = secrets.token_hex(16)
+        job.claim_token = tokens[job.id]
         job.lease_owner = worker_id
         job.lease_expires_at = now + timedelta(seconds=lease_seconds)
         job.started_at = now
@@ -172,7 +176,7 @@ def _start_attempts(
     return [
         Claim(
             job_id=job.id,
-            token=job.claim_token,
+            token=tokens[job.id],
             attempt=job.attempt,
             user_id=job.user_id,
             api_key_id=job.api_key_id,

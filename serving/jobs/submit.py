@@ -159,27 +159,26 @@ def _live_version(session: Session, model: Model, settings: Settings) -> str:
     version = catalog.check_callable(model)
     if version is not None:
         return version
-    found = None
     if model.alias is not None:
         uri = settings.resolved_mlflow_tracking_uri
         found = registry.version_for_alias(uri, model.registered_model, model.alias)
-    if found is None:
-        raise ConflictError(
-            f"model {model.name} has no live version yet: {model.registered_model}@{model.alias} "
-            "is not in the MLflow registry (the built-in models are made by "
-            "`goshen train digits`)"
-        )
-    catalog.set_live_version(session, model.registered_model, model.alias, found)
-    return found
+        if found is not None:
+            catalog.set_live_version(session, model.registered_model, model.alias, found)
+            return found
+    raise ConflictError(
+        f"model {model.name} has no live version yet: {model.registered_model}@{model.alias} "
+        "is not in the MLflow registry (the built-in models are made by "
+        "`goshen train digits`)"
+    )
 
 
 def _check_active_jobs(session: Session, user: User, limit: int) -> None:
     """Refuse a submission past the account's cap on queued and running jobs."""
-    active = session.scalar(
+    active = session.execute(
         select(func.count())
         .select_from(Job)
         .where(Job.user_id == user.id, Job.status.in_([JobStatus.queued, JobStatus.running]))
-    )
+    ).scalar_one()
     if active >= limit:
         raise RateLimitedError(
             f"this account has {active} queued or running jobs, the most it may have "

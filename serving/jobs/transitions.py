@@ -80,7 +80,7 @@ def complete(
 
 def retry_delay(attempt: int, base_seconds: float, rng: random.Random | None = None) -> float:
     """Seconds before retry `attempt` (1 = the first): base·2^(attempt-1), times 1 to 1.5."""
-    return base_seconds * 2 ** (attempt - 1) * (rng or random).uniform(1.0, 1.5)
+    return base_seconds * 2.0 ** (attempt - 1) * (rng or random).uniform(1.0, 1.5)
 
 
 def fail(

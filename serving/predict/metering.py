@@ -20,6 +20,8 @@ from goshen.ids import new_id
 
 FLUSH_SECONDS = 0.2
 log = logging.getLogger(__name__)
+# The Table itself: a mapped class's __table__ is typed as any FROM clause.
+_USAGE_EVENTS = UsageEvent.metadata.tables[UsageEvent.__tablename__]
 
 
 class UsageRecorder:
@@ -54,9 +56,7 @@ class UsageRecorder:
                 with session_scope(self.factory) as session:
                     dialect = session.get_bind().dialect.name
                     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-                    statement = insert(UsageEvent.__table__).on_conflict_do_nothing(
-                        index_elements=["id"]
-                    )
+                    statement = insert(_USAGE_EVENTS).on_conflict_do_nothing(index_elements=["id"])
                     session.execute(statement, pending)
             except Exception:
                 with self._lock:  # keep them for the next flush rather than lose them

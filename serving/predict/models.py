@@ -94,8 +94,11 @@ class PredictModels:
             if found is not None:
                 return found
             failed = self._failures.get((model.id, version))
-            recent = failed is not None and time.monotonic() - failed[0] < LOAD_RETRY_SECONDS
-            if recent and not retry:
+            if (
+                failed is not None
+                and time.monotonic() - failed[0] < LOAD_RETRY_SECONDS
+                and not retry
+            ):
                 raise ModelLoadError(failed[1])
             try:
                 onnx = OnnxModel.from_folder(self._download(model, version))
@@ -143,28 +146,27 @@ class PredictModels:
         live = {e.id: e for e in entries if e.status == ModelStatus.ready and serving_version(e)}
         now = time.monotonic()
         for model_id, loaded in list(self._loaded.items()):
-            entry = live.get(model_id)
+            live_entry = live.get(model_id)
             idle = now - loaded.last_used > IDLE_PRIVATE_SECONDS
             if (
-                entry is None
-                or loaded.version != serving_version(entry)
-                or loaded.limits != self.limits(entry)
-                or (entry.visibility != Visibility.public and idle)
+                live_entry is None
+                or loaded.version != serving_version(live_entry)
+                or loaded.limits != self.limits(live_entry)
+                or (live_entry.visibility != Visibility.public and idle)
             ):
                 self.unload(model_id)
         for entry in live.values():
-            if entry.visibility == Visibility.public and entry.id not in self._loaded:
+            version = serving_version(entry)
+            if entry.visibility == Visibility.public and entry.id not in self._loaded and version:
                 try:
-                    self._load_published(writes, entry)
+                    self._load_published(writes, entry, version)
                 except ModelLoadError as exc:
-                    log.warning(
-                        "could not load %s v%s: %s", entry.name, serving_version(entry), exc
-                    )
+                    log.warning("could not load %s v%s: %s", entry.name, version, exc)
 
-    def _load_published(self, factory: sessionmaker[Session], model: Model) -> None:
+    def _load_published(self, factory: sessionmaker[Session], model: Model, version: str) -> None:
         """Load a public entry; one that publishes no input schema yet (a built-in one) gets
         its graph's."""
-        loaded = self.load(model, serving_version(model))  # type: ignore[arg-type]
+        loaded = self.load(model, version)
         if not model.input_schema:
             schema = loaded.onnx.public_schema()
             with session_scope(factory) as session:
@@ -246,10 +248,13 @@ def live_models_loaded(factory: sessionmaker[Session], models: PredictModels) ->
         ).all()
     health = {entry.name: entry for entry in models.health()}
     report = []
+    missing = []
     for model_id, name, pinned, live_version in live:
         wanted = pinned or live_version
         seen = health.get(name)
         loaded = models.loaded_version(model_id)
+        if loaded != wanted:
+            missing.append(name)
         report.append(
             {
                 "name": name,
@@ -258,8 +263,5 @@ def live_models_loaded(factory: sessionmaker[Session], models: PredictModels) ->
                 "last_error": seen.last_error if seen else None,
             }
         )
-    missing = [
-        entry["name"] for entry in report if entry["loaded_version"] != entry["live_version"]
-    ]
     error = f"not loaded yet: {', '.join(missing)}" if missing else None
     return {"ok": not missing, "error": error, "models": report}

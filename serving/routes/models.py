@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -26,7 +27,7 @@ def list_models(
     """Public models and your own, newest first."""
     query = select(Model).where(catalog.visible_to(principal.user.id))
 
-    def render(models):  # type: ignore[no-untyped-def]
+    def render(models: Sequence[Model]) -> list[ModelPublic]:
         return [public_model(model) for model in models]
 
     return paginate(

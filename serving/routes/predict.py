@@ -38,7 +38,8 @@ class _DirectRoute(APIRoute):
 
         async def handle(request: Request) -> Response:
             state = api_state(request)
-            return await endpoint(request=request, state=state, **request.path_params)
+            response: Response = await endpoint(request=request, state=state, **request.path_params)
+            return response
 
         return handle
 

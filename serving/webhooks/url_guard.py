@@ -160,7 +160,9 @@ def _addresses(host: str, port: int) -> list[IPAddress]:
         answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         raise _refused(f"its host {host} does not resolve ({exc}); check the name") from None
-    addresses = list(dict.fromkeys(_normalized(answer[4][0]) for answer in answers))
+    # IPv4 and IPv6 socket addresses start with the address, a str.
+    found = [answer[4][0] for answer in answers]
+    addresses = list(dict.fromkeys(_normalized(ip) for ip in found if isinstance(ip, str)))
     if not addresses:
         raise _refused(f"its host {host} resolves to no address")
     return addresses

@@ -7,6 +7,7 @@ import string
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from goshen import accounts, keys
 from goshen.db import session_scope
@@ -41,7 +42,7 @@ def test_malformed_keys_have_no_prefix(presented: str) -> None:
     assert keys.key_prefix(presented) is None
 
 
-def test_only_a_hash_prefix_and_last4_are_stored(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_only_a_hash_prefix_and_last4_are_stored(sessions: sessionmaker[Session]) -> None:
     with session_scope(sessions) as session:
         user = accounts.create_user(session, email="Dev@Example.com ", role=Role.developer)
         _, plaintext = accounts.issue_key(session, user, name="laptop")
@@ -54,7 +55,9 @@ def test_only_a_hash_prefix_and_last4_are_stored(sessions) -> None:  # type: ign
     assert plaintext.startswith(stored.prefix) and plaintext.endswith(stored.last4)
 
 
-def test_authenticate_checks_secret_revocation_and_disabled_users(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_authenticate_checks_secret_revocation_and_disabled_users(
+    sessions: sessionmaker[Session],
+) -> None:
     with session_scope(sessions) as session:
         user = accounts.create_user(session, email="a@example.com", role=Role.developer)
         key, plaintext = accounts.issue_key(session, user, name="k")
@@ -76,7 +79,7 @@ def test_authenticate_checks_secret_revocation_and_disabled_users(sessions) -> N
         assert accounts.authenticate(session, second) is None
 
 
-def test_scope_rules(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_scope_rules(sessions: sessionmaker[Session]) -> None:
     with session_scope(sessions) as session:
         dev = accounts.create_user(session, email="d@example.com", role=Role.developer)
         admin = accounts.create_user(session, email="a@example.com", role=Role.admin)
@@ -95,7 +98,7 @@ def test_scope_rules(sessions) -> None:  # type: ignore[no-untyped-def]
         assert inherited.scopes == ["keys"]
 
 
-def test_duplicate_email_is_a_conflict(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_duplicate_email_is_a_conflict(sessions: sessionmaker[Session]) -> None:
     with session_scope(sessions) as session:
         accounts.create_user(session, email="a@example.com", role=Role.developer)
     with pytest.raises(ConflictError, match="already exists"), session_scope(sessions) as session:

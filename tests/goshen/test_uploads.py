@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -24,7 +25,7 @@ from goshen.errors import GoshenError, InvalidInputError, PayloadTooLargeError
 from goshen.storage.local import LocalArtifactStore
 from goshen.uploads.formats import UploadFormat, detect_format
 from goshen.uploads.limits import UploadLimits
-from goshen.uploads.manifest import IMAGES, MANIFEST, TABLE
+from goshen.uploads.manifest import IMAGES, MANIFEST, TABLE, StoredDataset
 from goshen.uploads.store import store_dataset
 
 PREFIX = "datasets/usr_1/ds_1"
@@ -71,14 +72,14 @@ def store(tmp_path: Path) -> LocalArtifactStore:
 
 
 @pytest.fixture
-def upload(tmp_path: Path, store: LocalArtifactStore) -> Callable[..., object]:
+def upload(tmp_path: Path, store: LocalArtifactStore) -> Callable[..., StoredDataset]:
     """Store `data` as an upload; a refusal must leave the store empty."""
 
-    def run(data: bytes, limits: UploadLimits = LIMITS, **options: object) -> object:
+    def run(data: bytes, limits: UploadLimits = LIMITS, **options: Any) -> StoredDataset:
         path = tmp_path / "upload"
         path.write_bytes(data)
         try:
-            return store_dataset(path, store, PREFIX, limits, **options)  # type: ignore[arg-type]
+            return store_dataset(path, store, PREFIX, limits, **options)
         except GoshenError:
             assert store.list("datasets") == []
             raise
@@ -86,8 +87,9 @@ def upload(tmp_path: Path, store: LocalArtifactStore) -> Callable[..., object]:
     return run
 
 
-def manifest(store: LocalArtifactStore) -> dict:  # type: ignore[type-arg]
-    return json.loads(store.get(f"{PREFIX}/{MANIFEST}"))
+def manifest(store: LocalArtifactStore) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(store.get(f"{PREFIX}/{MANIFEST}"))
+    return found
 
 
 def packed_names(store: LocalArtifactStore) -> list[str]:
@@ -95,7 +97,9 @@ def packed_names(store: LocalArtifactStore) -> list[str]:
         return archive.getnames()
 
 
-def test_zip_with_labels_csv_is_kept_under_server_made_names(upload, store) -> None:  # type: ignore[no-untyped-def]
+def test_zip_with_labels_csv_is_kept_under_server_made_names(
+    upload: Callable[..., StoredDataset], store: LocalArtifactStore
+) -> None:
     labels = b"file,label\ncat one.png,cat\n./dogs/d.jpg,dog\nb.gif,cat\n"
     data = zip_of(
         {
@@ -125,7 +129,9 @@ def test_zip_with_labels_csv_is_kept_under_server_made_names(upload, store) -> N
 
 
 @pytest.mark.parametrize("mode", ["w", "w:gz"])
-def test_tar_labels_come_from_class_folders_inside_a_wrapping_folder(upload, store, mode) -> None:  # type: ignore[no-untyped-def]
+def test_tar_labels_come_from_class_folders_inside_a_wrapping_folder(
+    upload: Callable[..., StoredDataset], store: LocalArtifactStore, mode: str
+) -> None:
     files = {
         "digits/3/a.png": png(),
         "digits/3/b.bmp": png(fmt="BMP"),
@@ -140,7 +146,9 @@ def test_tar_labels_come_from_class_folders_inside_a_wrapping_folder(upload, sto
     assert [e["source"] for e in manifest(store)["entries"]] == list(files)[:3]
 
 
-def test_images_at_the_top_without_labels_are_unlabeled(upload) -> None:  # type: ignore[no-untyped-def]
+def test_images_at_the_top_without_labels_are_unlabeled(
+    upload: Callable[..., StoredDataset],
+) -> None:
     stored = upload(zip_of({"a.png": png(), "b.png": png((16, 4))}))
     assert stored.stats["label_source"] is None and stored.stats["class_counts"] == {}
     assert stored.stats["width"] == {"min": 8, "max": 16}
@@ -158,14 +166,14 @@ def test_images_at_the_top_without_labels_are_unlabeled(upload) -> None:  # type
 )
 @pytest.mark.parametrize("container", ["zip", "tar"])
 def test_entry_names_that_could_leave_a_folder_are_refused(
-    upload, name, problem, container
-) -> None:  # type: ignore[no-untyped-def]
+    upload: Callable[..., StoredDataset], name: str, problem: str, container: str
+) -> None:
     data = zip_of({name: png()}) if container == "zip" else tar_of({name: png()})
     with pytest.raises(InvalidInputError, match=problem):
         upload(data)
 
 
-def test_a_nul_byte_in_a_zip_name_is_refused(upload) -> None:  # type: ignore[no-untyped-def]
+def test_a_nul_byte_in_a_zip_name_is_refused(upload: Callable[..., StoredDataset]) -> None:
     # zipfile cannot write a NUL, so patch one into the name in both headers.
     data = zip_of({"evil_x.png.txt": png()}).replace(b"evil_x.png.txt", b"evil_x.png\x00txt")
     with pytest.raises(InvalidInputError, match="NUL"):
@@ -176,7 +184,9 @@ def test_a_nul_byte_in_a_zip_name_is_refused(upload) -> None:  # type: ignore[no
     ("kind", "problem"),
     [(tarfile.SYMTYPE, "link"), (tarfile.LNKTYPE, "link"), (tarfile.CHRTYPE, "device")],
 )
-def test_tar_links_and_devices_are_refused(upload, kind, problem) -> None:  # type: ignore[no-untyped-def]
+def test_tar_links_and_devices_are_refused(
+    upload: Callable[..., StoredDataset], kind: bytes, problem: str
+) -> None:
     member = tarfile.TarInfo("b.png")
     member.type = kind
     member.linkname = "/etc/passwd"
@@ -184,7 +194,7 @@ def test_tar_links_and_devices_are_refused(upload, kind, problem) -> None:  # ty
         upload(tar_of({"a.png": png()}, extra=[member]))
 
 
-def test_zip_symlinks_are_refused(upload) -> None:  # type: ignore[no-untyped-def]
+def test_zip_symlinks_are_refused(upload: Callable[..., StoredDataset]) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("a.png", png())
@@ -196,7 +206,9 @@ def test_zip_symlinks_are_refused(upload) -> None:  # type: ignore[no-untyped-de
         upload(buffer.getvalue())
 
 
-def test_a_zip_bomb_is_stopped_by_counting_bytes_not_trusting_headers(upload) -> None:  # type: ignore[no-untyped-def]
+def test_a_zip_bomb_is_stopped_by_counting_bytes_not_trusting_headers(
+    upload: Callable[..., StoredDataset],
+) -> None:
     limits = replace(LIMITS, max_compression_ratio=10_000)
     bomb = zip_of({"a.png": png() + bytes(40 * 1024 * 1024)})
     # Headers that claim 100 bytes: the entry is cut short, and its CRC gives the lie away.
@@ -211,7 +223,9 @@ def test_a_zip_bomb_is_stopped_by_counting_bytes_not_trusting_headers(upload) ->
 
 
 @pytest.mark.parametrize("mode", ["zip", "w:gz"])
-def test_an_archive_expanding_past_the_ratio_is_refused(upload, mode) -> None:  # type: ignore[no-untyped-def]
+def test_an_archive_expanding_past_the_ratio_is_refused(
+    upload: Callable[..., StoredDataset], mode: str
+) -> None:
     files = {"a.png": png() + bytes(8 * 1024 * 1024)}
     data = zip_of(files) if mode == "zip" else tar_of(files, mode)
     with pytest.raises(PayloadTooLargeError, match=r"100 times .* GOSHEN_MAX_COMPRESSION_RATIO"):
@@ -219,7 +233,7 @@ def test_an_archive_expanding_past_the_ratio_is_refused(upload, mode) -> None:  
 
 
 @pytest.mark.parametrize("container", ["zip", "tar"])
-def test_too_many_entries_are_refused(upload, container) -> None:  # type: ignore[no-untyped-def]
+def test_too_many_entries_are_refused(upload: Callable[..., StoredDataset], container: str) -> None:
     files = {f"{i}.png": png() for i in range(LIMITS.max_archive_entries + 1)}
     data = zip_of(files) if container == "zip" else tar_of(files)
     with pytest.raises(
@@ -229,14 +243,16 @@ def test_too_many_entries_are_refused(upload, container) -> None:  # type: ignor
         upload(data)
 
 
-def test_content_is_checked_by_magic_bytes_not_by_name(upload) -> None:  # type: ignore[no-untyped-def]
+def test_content_is_checked_by_magic_bytes_not_by_name(
+    upload: Callable[..., StoredDataset],
+) -> None:
     with pytest.raises(InvalidInputError, match=r"'x.png' is not a PNG, JPEG, BMP or GIF image"):
         upload(zip_of({"a.png": png(), "x.png": b"just some text"}))
     with pytest.raises(InvalidInputError, match=re.escape("not a .zip, .tar or .tar.gz archive")):
         upload(png())
 
 
-def test_a_damaged_image_is_refused(upload) -> None:  # type: ignore[no-untyped-def]
+def test_a_damaged_image_is_refused(upload: Callable[..., StoredDataset]) -> None:
     with pytest.raises(InvalidInputError, match=r"'a.png' is a damaged PNG"):
         upload(zip_of({"a.png": png((32, 32))[:60]}))
 
@@ -253,7 +269,9 @@ def png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + body
 
 
-def test_images_over_the_pixel_limit_are_refused_before_decoding(upload) -> None:  # type: ignore[no-untyped-def]
+def test_images_over_the_pixel_limit_are_refused_before_decoding(
+    upload: Callable[..., StoredDataset],
+) -> None:
     # Had these been decoded, the tiny data would have made them "damaged", not too large.
     with pytest.raises(PayloadTooLargeError, match="100x100 = 10000 pixels, over the limit"):
         upload(zip_of({"claims.png": png_claiming(100, 100)}))
@@ -263,7 +281,7 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(upload) -> None
         upload(zip_of({"wide.png": png((65, 64))}))
 
 
-def test_an_upload_over_the_size_limit_is_refused(upload) -> None:  # type: ignore[no-untyped-def]
+def test_an_upload_over_the_size_limit_is_refused(upload: Callable[..., StoredDataset]) -> None:
     limits = replace(LIMITS, max_upload_bytes=100)
     with pytest.raises(PayloadTooLargeError, match="GOSHEN_MAX_UPLOAD_BYTES=100"):
         upload(zip_of({"a.png": png()}), limits)
@@ -281,13 +299,17 @@ def test_an_upload_over_the_size_limit_is_refused(upload) -> None:  # type: igno
         ({".hidden.png": b""}, "holds no PNG"),
     ],
 )
-def test_labels_that_do_not_fit_the_images_are_refused(upload, files, problem) -> None:  # type: ignore[no-untyped-def]
+def test_labels_that_do_not_fit_the_images_are_refused(
+    upload: Callable[..., StoredDataset], files: dict[str, bytes], problem: str
+) -> None:
     files = {name: data or png() for name, data in files.items()}
     with pytest.raises(InvalidInputError, match=problem):
         upload(zip_of(files))
 
 
-def test_a_csv_table_is_parsed_typed_and_described(upload, store) -> None:  # type: ignore[no-untyped-def]
+def test_a_csv_table_is_parsed_typed_and_described(
+    upload: Callable[..., StoredDataset], store: LocalArtifactStore
+) -> None:
     csv = b"x,y,label\n1,2.5,a\n2,,b\n3,4.5,a\n"
     stored = upload(csv, target="label")
     assert stored.kind is DatasetKind.tabular and stored.format is UploadFormat.csv
@@ -299,7 +321,9 @@ def test_a_csv_table_is_parsed_typed_and_described(upload, store) -> None:  # ty
     assert table["y"].to_list() == [2.5, None, 4.5]
 
 
-def test_a_parquet_table_is_detected_by_its_magic_bytes(upload) -> None:  # type: ignore[no-untyped-def]
+def test_a_parquet_table_is_detected_by_its_magic_bytes(
+    upload: Callable[..., StoredDataset],
+) -> None:
     buffer = io.BytesIO()
     pl.DataFrame({"a": [1.0, float("nan")], "b": [True, False]}).write_parquet(buffer)
     stored = upload(buffer.getvalue())
@@ -318,7 +342,9 @@ def test_a_parquet_table_is_detected_by_its_magic_bytes(upload) -> None:  # type
     ],
 )
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_tables_over_the_row_and_column_limits_are_refused(upload, table, problem, fmt) -> None:  # type: ignore[no-untyped-def]
+def test_tables_over_the_row_and_column_limits_are_refused(
+    upload: Callable[..., StoredDataset], table: str, problem: str, fmt: str
+) -> None:
     frame = (
         pl.DataFrame({"a": range(1001)})
         if table == "rows"
@@ -343,7 +369,9 @@ def test_tables_over_the_row_and_column_limits_are_refused(upload, table, proble
         (b"a,b\n1,2\n", {"target": "c"}, "target column 'c'"),
     ],
 )
-def test_bad_tables_are_refused(upload, data, options, problem) -> None:  # type: ignore[no-untyped-def]
+def test_bad_tables_are_refused(
+    upload: Callable[..., StoredDataset], data: bytes, options: dict[str, Any], problem: str
+) -> None:
     with pytest.raises(InvalidInputError, match=problem):
         upload(data, **options)
 

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from goshen.config import Settings
 from goshen.db import make_engine, migrate
 from serving.app import create_app
+from tests.fixtures.accounts import Account
 
 
 def goshen(
@@ -78,8 +79,8 @@ def test_db_commands(empty_database_url: str, tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_a_pipeline_folder_becomes_a_callable_model(  # type: ignore[no-untyped-def]
-    serving_settings: Settings, tiny_sd_pipeline: Path, developer, tmp_path: Path
+def test_a_pipeline_folder_becomes_a_callable_model(
+    serving_settings: Settings, tiny_sd_pipeline: Path, developer: Account, tmp_path: Path
 ) -> None:
     env = {"GOSHEN_MLFLOW_TRACKING_URI": serving_settings.resolved_mlflow_tracking_uri}
     name = f"tiny-sd-{secrets.token_hex(3)}"

@@ -3,12 +3,19 @@ grid, a worker and a tiny random-weights model in a real MLflow registry)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 import pytest
 from PIL import Image
 
 from goshen.client import GoshenAPIError, GoshenClient
 from goshen.config import Settings
+from goshen.db.models import Model
 from goshen_launcher import demo
+from tests.fixtures.accounts import Account
+from tests.fixtures.models import RegisteredModel
 
 
 def test_walkthrough_runs_twice_and_keeps_one_admin(live_api: Settings) -> None:
@@ -38,8 +45,14 @@ def test_client_raises_problems(live_api: Settings) -> None:
     assert raised.value.problem["status"] == 401
 
 
-def test_the_developer_generates_a_grid_of_digits_and_has_them_read_back(  # type: ignore[no-untyped-def]
-    serving_settings, run_api, start_worker, digits_model, developer, admin, register_classifier
+def test_the_developer_generates_a_grid_of_digits_and_has_them_read_back(
+    serving_settings: Settings,
+    run_api: Callable[[Settings], AbstractContextManager[Settings]],
+    start_worker: Callable[..., threading.Event],
+    digits_model: Model,
+    developer: Account,
+    admin: Account,
+    register_classifier: Callable[..., RegisteredModel],
 ) -> None:
     """The models have random weights: the walkthrough's calls are what is checked, not how
     well the generated digits read (tests/goshen/test_up.py checks that on trained ones)."""
@@ -70,8 +83,8 @@ def test_the_developer_generates_a_grid_of_digits_and_has_them_read_back(  # typ
     assert said[-1].startswith("demo-judge read ") and f"of {10 * demo.GRID_ROWS} " in said[-1]
 
 
-def test_models_already_in_the_registry_are_not_trained_again(  # type: ignore[no-untyped-def]
-    serving_settings, register_digits
+def test_models_already_in_the_registry_are_not_trained_again(
+    serving_settings: Settings, register_digits: Callable[[str], RegisteredModel]
 ) -> None:
     live = register_digits("digits-diffusion")
     said: list[str] = []

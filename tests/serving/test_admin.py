@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from goshen.db.models import Role
+from tests.fixtures.accounts import Account
 
 
 def _admin_operations(client: TestClient) -> list[tuple[str, str]]:
@@ -20,7 +23,9 @@ def _admin_operations(client: TestClient) -> list[tuple[str, str]]:
     return operations
 
 
-def test_every_admin_route_refuses_non_admins(client: TestClient, developer, make_account) -> None:  # type: ignore[no-untyped-def]
+def test_every_admin_route_refuses_non_admins(
+    client: TestClient, developer: Account, make_account: Callable[..., Account]
+) -> None:
     admin_without_scope = make_account(Role.admin, scopes=["keys"])
     operations = _admin_operations(client)
     assert len(operations) >= 7
@@ -32,7 +37,7 @@ def test_every_admin_route_refuses_non_admins(client: TestClient, developer, mak
         assert client.request(method, path, json={}).status_code == 401
 
 
-def test_admin_creates_a_developer_and_revokes_its_key(client: TestClient, admin) -> None:  # type: ignore[no-untyped-def]
+def test_admin_creates_a_developer_and_revokes_its_key(client: TestClient, admin: Account) -> None:
     user = client.post(
         "/v1/admin/users", json={"email": "Dev@Example.com", "name": "Dev"}, headers=admin.headers
     )
@@ -62,7 +67,9 @@ def test_admin_creates_a_developer_and_revokes_its_key(client: TestClient, admin
     assert client.get("/v1/keys", headers=developer_headers).status_code == 401
 
 
-def test_disabling_a_user_stops_its_keys_at_once(client: TestClient, admin, developer) -> None:  # type: ignore[no-untyped-def]
+def test_disabling_a_user_stops_its_keys_at_once(
+    client: TestClient, admin: Account, developer: Account
+) -> None:
     path = f"/v1/admin/users/{developer.user_id}"
     assert client.patch(path, json={"disabled": True}, headers=admin.headers).json()["disabled_at"]
     assert client.get("/v1/keys", headers=developer.headers).status_code == 401
@@ -70,7 +77,7 @@ def test_disabling_a_user_stops_its_keys_at_once(client: TestClient, admin, deve
     assert client.get("/v1/keys", headers=developer.headers).status_code == 200
 
 
-def test_admin_cannot_lock_themselves_out(client: TestClient, admin) -> None:  # type: ignore[no-untyped-def]
+def test_admin_cannot_lock_themselves_out(client: TestClient, admin: Account) -> None:
     path = f"/v1/admin/users/{admin.user_id}"
     assert client.patch(path, json={"disabled": True}, headers=admin.headers).status_code == 409
     assert client.patch(path, json={"role": "developer"}, headers=admin.headers).status_code == 409
@@ -84,13 +91,15 @@ def test_admin_cannot_lock_themselves_out(client: TestClient, admin) -> None:  #
         ({"email": "not-an-email"}, "email"),
     ],
 )
-def test_create_user_validation(client: TestClient, admin, body, field) -> None:  # type: ignore[no-untyped-def]
+def test_create_user_validation(
+    client: TestClient, admin: Account, body: dict[str, Any], field: str
+) -> None:
     response = client.post("/v1/admin/users", json=body, headers=admin.headers)
     assert response.status_code == 422
     assert field in [e["field"] for e in response.json()["errors"]]
 
 
-def test_unknown_user_is_404(client: TestClient, admin) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_user_is_404(client: TestClient, admin: Account) -> None:
     assert client.get("/v1/admin/users/usr_missing", headers=admin.headers).status_code == 404
     response = client.post(
         "/v1/admin/users/usr_missing/keys", json={"name": "k"}, headers=admin.headers

@@ -9,7 +9,7 @@ import io
 import secrets
 import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -19,11 +19,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import Dataset, TrainingJob, TrainingStatus
 from serving.app import create_app
+from tests.fixtures.accounts import Account
 
 PROBLEM = "application/problem+json"
 LIMITS = {
@@ -85,13 +87,13 @@ def upload(client: TestClient, account: Any, data: bytes, filename: str = "data"
     )
 
 
-def nothing_kept(client: TestClient, sessions) -> bool:  # type: ignore[no-untyped-def]
+def nothing_kept(client: TestClient, sessions: sessionmaker[Session]) -> bool:
     with session_scope(sessions) as session:
         rows = session.scalar(select(func.count()).select_from(Dataset))
     return rows == 0 and client.app.state.api.store.list("datasets") == []  # type: ignore[attr-defined]
 
 
-def test_image_archive_lifecycle(client: TestClient, developer) -> None:  # type: ignore[no-untyped-def]
+def test_image_archive_lifecycle(client: TestClient, developer: Account) -> None:
     labels = b"file,label\na.png,cat\nb.png,dog\nc.jpg,cat\n"
     images = {"a.png": png(), "b.png": png(), "c.jpg": png(fmt="JPEG")}
     archive = zip_of({**images, "labels.csv": labels})
@@ -139,7 +141,7 @@ def test_formats_and_kind_are_told_by_content(
     assert created.json()["kind"] == kind and created.json()["file_count"] == file_count
 
 
-def test_a_table_with_a_target_is_described(client: TestClient, developer) -> None:  # type: ignore[no-untyped-def]
+def test_a_table_with_a_target_is_described(client: TestClient, developer: Account) -> None:
     data = b"x,y,label\n1,0.5,a\n2,,b\n3,2.5,a\n"
     created = upload(client, developer, data, kind="tabular", target="label")
     assert created.status_code == 201, created.text
@@ -212,7 +214,7 @@ def test_bad_form_fields_are_422_naming_the_field(
     assert nothing_kept(client, sessions)
 
 
-def test_a_body_that_is_not_multipart_is_415(client: TestClient, developer) -> None:  # type: ignore[no-untyped-def]
+def test_a_body_that_is_not_multipart_is_415(client: TestClient, developer: Account) -> None:
     response = client.post("/v1/datasets", json={"name": "x"}, headers=developer.headers)
     assert response.status_code == 415 and response.headers["content-type"] == PROBLEM
 
@@ -279,7 +281,7 @@ def test_an_oversized_body_is_refused_before_it_is_read_to_the_end(
     assert nothing_kept(client, sessions)
 
 
-def test_lists_are_paginated_newest_first(client: TestClient, developer) -> None:  # type: ignore[no-untyped-def]
+def test_lists_are_paginated_newest_first(client: TestClient, developer: Account) -> None:
     ids = [upload(client, developer, b"a\n1\n").json()["id"] for _ in range(3)]
     first = client.get("/v1/datasets?limit=2", headers=developer.headers).json()
     assert [d["id"] for d in first["data"]] == ids[:0:-1] and first["has_more"]
@@ -288,7 +290,9 @@ def test_lists_are_paginated_newest_first(client: TestClient, developer) -> None
     assert [d["id"] for d in second["data"]] == ids[:1] and not second["has_more"]
 
 
-def test_another_users_dataset_is_not_found(client: TestClient, developer, make_account) -> None:  # type: ignore[no-untyped-def]
+def test_another_users_dataset_is_not_found(
+    client: TestClient, developer: Account, make_account: Callable[..., Account]
+) -> None:
     other = make_account()
     dataset_id = upload(client, other, b"a\n1\n").json()["id"]
     for method in ("GET", "DELETE"):
@@ -298,7 +302,9 @@ def test_another_users_dataset_is_not_found(client: TestClient, developer, make_
     assert client.get(f"/v1/datasets/{dataset_id}", headers=other.headers).status_code == 200
 
 
-def test_a_key_without_the_datasets_scope_gets_403(client: TestClient, make_account) -> None:  # type: ignore[no-untyped-def]
+def test_a_key_without_the_datasets_scope_gets_403(
+    client: TestClient, make_account: Callable[..., Account]
+) -> None:
     limited = make_account(scopes=["generate"])
     responses = [
         upload(client, limited, b"a\n1\n"),

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import Job, JobStatus, Model, ModelStatus, Role, utcnow
 from serving.app import create_app
+from tests.fixtures.accounts import Account
 
 
 @pytest.fixture
@@ -30,12 +33,14 @@ def _generate(api: TestClient, account, to: Model | str, *, headers=None, **body
     return api.post("/v1/generate", json=payload, headers=account.headers | (headers or {}))
 
 
-def _count_jobs(sessions) -> int:  # type: ignore[no-untyped-def]
+def _count_jobs(sessions: sessionmaker[Session]) -> int:
     with sessions() as session:
         return session.scalar(select(func.count()).select_from(Job))
 
 
-def test_a_submission_answers_201_with_the_job_and_its_links(api, developer, catalog_model) -> None:  # type: ignore[no-untyped-def]
+def test_a_submission_answers_201_with_the_job_and_its_links(
+    api: TestClient, developer: Account, catalog_model: Model
+) -> None:
     response = _generate(api, developer, catalog_model, input={"digit": 7, "num_images": 3})
     assert response.status_code == 201, response.text
     job = response.json()
@@ -61,8 +66,13 @@ def test_a_submission_answers_201_with_the_job_and_its_links(api, developer, cat
         ({"digit": 1, "prompt": "a cat"}, "input.prompt"),
     ],
 )
-def test_out_of_bounds_input_is_a_422_naming_the_field_and_queues_nothing(  # type: ignore[no-untyped-def]
-    api, developer, catalog_model, sessions, model_input, field
+def test_out_of_bounds_input_is_a_422_naming_the_field_and_queues_nothing(
+    api: TestClient,
+    developer: Account,
+    catalog_model: Model,
+    sessions: sessionmaker[Session],
+    model_input: dict[str, Any],
+    field: str,
 ) -> None:
     response = _generate(api, developer, catalog_model, input=model_input)
     assert response.status_code == 422
@@ -72,15 +82,21 @@ def test_out_of_bounds_input_is_a_422_naming_the_field_and_queues_nothing(  # ty
 
 
 @pytest.mark.parametrize("field", ["status", "priority", "owner", "cost_micros", "user_id"])
-def test_server_owned_fields_are_refused(api, developer, catalog_model, field) -> None:  # type: ignore[no-untyped-def]
+def test_server_owned_fields_are_refused(
+    api: TestClient, developer: Account, catalog_model: Model, field: str
+) -> None:
     response = _generate(api, developer, catalog_model, **{field: "x"})
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == field
 
 
 def test_unknown_and_private_models_answer_404(
-    api, developer, make_account, sessions, catalog_model
-) -> None:  # type: ignore[no-untyped-def]
+    api: TestClient,
+    developer: Account,
+    make_account: Callable[..., Account],
+    sessions: sessionmaker[Session],
+    catalog_model: Model,
+) -> None:
     assert _generate(api, developer, "no-such-model").status_code == 404
     other = make_account()
     with session_scope(sessions) as session:
@@ -94,14 +110,18 @@ def test_unknown_and_private_models_answer_404(
     assert api.get(f"/v1/models/{catalog_model.name}", headers=developer.headers).status_code == 404
 
 
-def test_a_model_without_a_live_version_answers_409(api, developer, make_model) -> None:  # type: ignore[no-untyped-def]
+def test_a_model_without_a_live_version_answers_409(
+    api: TestClient, developer: Account, make_model: Callable[..., Model]
+) -> None:
     model = make_model(version=None)
     response = _generate(api, developer, model)
     assert response.status_code == 409
     assert "no live version" in response.json()["detail"]
 
 
-def test_a_disabled_model_takes_no_jobs(api, developer, catalog_model, sessions) -> None:  # type: ignore[no-untyped-def]
+def test_a_disabled_model_takes_no_jobs(
+    api: TestClient, developer: Account, catalog_model: Model, sessions: sessionmaker[Session]
+) -> None:
     with session_scope(sessions) as session:
         session.execute(
             update(Model).where(Model.id == catalog_model.id).values(status=ModelStatus.disabled)
@@ -109,13 +129,15 @@ def test_a_disabled_model_takes_no_jobs(api, developer, catalog_model, sessions)
     assert _generate(api, developer, catalog_model).status_code == 409
 
 
-def test_a_key_without_the_generate_scope_gets_403(api, make_account, catalog_model) -> None:  # type: ignore[no-untyped-def]
+def test_a_key_without_the_generate_scope_gets_403(
+    api: TestClient, make_account: Callable[..., Account], catalog_model: Model
+) -> None:
     reader = make_account(scopes=["jobs"])
     assert _generate(api, reader, catalog_model).status_code == 403
 
 
-def test_the_same_idempotency_key_and_body_return_the_same_job(  # type: ignore[no-untyped-def]
-    api, developer, catalog_model, sessions
+def test_the_same_idempotency_key_and_body_return_the_same_job(
+    api: TestClient, developer: Account, catalog_model: Model, sessions: sessionmaker[Session]
 ) -> None:
     key = {"Idempotency-Key": "order-1234"}
     first = _generate(api, developer, catalog_model, headers=key)
@@ -130,8 +152,12 @@ def test_the_same_idempotency_key_and_body_return_the_same_job(  # type: ignore[
     assert _count_jobs(sessions) == 1
 
 
-def test_idempotency_keys_are_per_account_and_expire_after_a_day(  # type: ignore[no-untyped-def]
-    api, developer, make_account, catalog_model, sessions
+def test_idempotency_keys_are_per_account_and_expire_after_a_day(
+    api: TestClient,
+    developer: Account,
+    make_account: Callable[..., Account],
+    catalog_model: Model,
+    sessions: sessionmaker[Session],
 ) -> None:
     key = {"Idempotency-Key": "shared-name"}
     mine = _generate(api, developer, catalog_model, headers=key).json()
@@ -147,8 +173,8 @@ def test_idempotency_keys_are_per_account_and_expire_after_a_day(  # type: ignor
     assert fresh["id"] != mine["id"]
 
 
-def test_a_request_rejected_by_validation_does_not_consume_its_key(  # type: ignore[no-untyped-def]
-    api, developer, catalog_model
+def test_a_request_rejected_by_validation_does_not_consume_its_key(
+    api: TestClient, developer: Account, catalog_model: Model
 ) -> None:
     key = {"Idempotency-Key": "retry-me"}
     bad = _generate(api, developer, catalog_model, headers=key, input={"digit": 99})
@@ -158,8 +184,11 @@ def test_a_request_rejected_by_validation_does_not_consume_its_key(  # type: ign
     )
 
 
-def test_concurrent_requests_with_one_key_make_one_job(  # type: ignore[no-untyped-def]
-    serving_settings, developer, catalog_model, sessions
+def test_concurrent_requests_with_one_key_make_one_job(
+    serving_settings: Settings,
+    developer: Account,
+    catalog_model: Model,
+    sessions: sessionmaker[Session],
 ) -> None:
     with TestClient(create_app(serving_settings)) as api:
         barrier = threading.Barrier(8)
@@ -181,21 +210,28 @@ def test_concurrent_requests_with_one_key_make_one_job(  # type: ignore[no-untyp
 
 
 @pytest.mark.parametrize("prefer", ["wait=61", "wait=0", "wait=soon", "waiting"])
-def test_a_prefer_wait_out_of_bounds_is_refused(api, developer, catalog_model, prefer) -> None:  # type: ignore[no-untyped-def]
+def test_a_prefer_wait_out_of_bounds_is_refused(
+    api: TestClient, developer: Account, catalog_model: Model, prefer: str
+) -> None:
     response = _generate(api, developer, catalog_model, headers={"Prefer": prefer})
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "Prefer"
 
 
-def test_prefer_wait_answers_when_the_time_is_up(api, developer, catalog_model) -> None:  # type: ignore[no-untyped-def]
+def test_prefer_wait_answers_when_the_time_is_up(
+    api: TestClient, developer: Account, catalog_model: Model
+) -> None:
     response = _generate(api, developer, catalog_model, headers={"Prefer": "respond-async, wait=1"})
     assert response.status_code == 201
     assert response.json()["status"] == "queued"  # no worker runs in this test
     assert response.headers["Preference-Applied"] == "wait=1"
 
 
-def test_a_webhook_to_a_private_address_is_refused_at_creation(  # type: ignore[no-untyped-def]
-    client, developer, sessions, make_model
+def test_a_webhook_to_a_private_address_is_refused_at_creation(
+    client: TestClient,
+    developer: Account,
+    sessions: sessionmaker[Session],
+    make_model: Callable[..., Model],
 ) -> None:
     model = make_model()
     for url in ("http://10.0.0.5/hook", "http://127.0.0.1:9/hook", "http://[::1]/hook"):
@@ -205,8 +241,8 @@ def test_a_webhook_to_a_private_address_is_refused_at_creation(  # type: ignore[
     assert _count_jobs(sessions) == 0
 
 
-def test_the_active_job_cap_answers_429_with_retry_after(  # type: ignore[no-untyped-def]
-    serving_settings, developer, catalog_model
+def test_the_active_job_cap_answers_429_with_retry_after(
+    serving_settings: Settings, developer: Account, catalog_model: Model
 ) -> None:
     capped = Settings(
         **{**serving_settings.model_dump(), "_env_file": None, "max_active_jobs_per_user": 2}
@@ -222,8 +258,8 @@ def test_the_active_job_cap_answers_429_with_retry_after(  # type: ignore[no-unt
 
 
 def test_the_model_page_publishes_its_input_schema_with_examples(
-    api, developer, catalog_model
-) -> None:  # type: ignore[no-untyped-def]
+    api: TestClient, developer: Account, catalog_model: Model
+) -> None:
     page = api.get(f"/v1/models/{catalog_model.name}", headers=developer.headers).json()
     schema = page["input_schema"]
     assert schema["properties"]["digit"]["maximum"] == 9
@@ -236,8 +272,8 @@ def test_the_model_page_publishes_its_input_schema_with_examples(
     assert "digits-diffusion" in [model["name"] for model in listed]  # the built-in entry
 
 
-def test_listing_filters_by_status_and_model_and_paginates(  # type: ignore[no-untyped-def]
-    api, developer, catalog_model, make_model
+def test_listing_filters_by_status_and_model_and_paginates(
+    api: TestClient, developer: Account, catalog_model: Model, make_model: Callable[..., Model]
 ) -> None:
     other = make_model()
     ids = [_generate(api, developer, catalog_model).json()["id"] for _ in range(3)]
@@ -256,7 +292,9 @@ def test_listing_filters_by_status_and_model_and_paginates(  # type: ignore[no-u
     assert [job["id"] for job in queued] == [ids[0]]
 
 
-def test_cancelling_an_ended_job_answers_409(api, developer, catalog_model) -> None:  # type: ignore[no-untyped-def]
+def test_cancelling_an_ended_job_answers_409(
+    api: TestClient, developer: Account, catalog_model: Model
+) -> None:
     job = _generate(api, developer, catalog_model).json()
     assert api.post(f"/v1/jobs/{job['id']}/cancel", headers=developer.headers).status_code == 200
     again = api.post(f"/v1/jobs/{job['id']}/cancel", headers=developer.headers)
@@ -264,8 +302,8 @@ def test_cancelling_an_ended_job_answers_409(api, developer, catalog_model) -> N
 
 
 def test_another_users_job_is_404_on_every_job_route(
-    api, developer, make_account, catalog_model
-) -> None:  # type: ignore[no-untyped-def]
+    api: TestClient, developer: Account, make_account: Callable[..., Account], catalog_model: Model
+) -> None:
     job = _generate(api, developer, catalog_model).json()
     for intruder in (make_account(), make_account(Role.admin)):
         headers = intruder.headers
@@ -278,7 +316,9 @@ def test_another_users_job_is_404_on_every_job_route(
     )
 
 
-def test_the_event_stream_of_a_canceled_job_ends_with_done(api, developer, catalog_model) -> None:  # type: ignore[no-untyped-def]
+def test_the_event_stream_of_a_canceled_job_ends_with_done(
+    api: TestClient, developer: Account, catalog_model: Model
+) -> None:
     job = _generate(api, developer, catalog_model).json()
     api.post(f"/v1/jobs/{job['id']}/cancel", headers=developer.headers)
     with api.stream("GET", f"/v1/jobs/{job['id']}/events", headers=developer.headers) as stream:
@@ -295,8 +335,8 @@ def test_the_event_stream_of_a_canceled_job_ends_with_done(api, developer, catal
     assert resumed.count("event:") == 2
 
 
-def test_a_body_over_the_request_limit_answers_413_and_queues_nothing(  # type: ignore[no-untyped-def]
-    api, developer, catalog_model, sessions
+def test_a_body_over_the_request_limit_answers_413_and_queues_nothing(
+    api: TestClient, developer: Account, catalog_model: Model, sessions: sessionmaker[Session]
 ) -> None:
     huge = {"model": catalog_model.name, "input": {"digit": 1, "padding": "x" * 2_000_000}}
     response = api.post("/v1/generate", json=huge, headers=developer.headers)
@@ -318,7 +358,9 @@ def test_a_body_over_the_request_limit_answers_413_and_queues_nothing(  # type: 
     assert _count_jobs(sessions) == 0
 
 
-def test_a_replay_that_waits_holds_no_lock(serving_settings, developer, catalog_model) -> None:  # type: ignore[no-untyped-def]
+def test_a_replay_that_waits_holds_no_lock(
+    serving_settings: Settings, developer: Account, catalog_model: Model
+) -> None:
     """A retried request with `Prefer: wait` must not stall other submissions (on SQLite every
     open transaction holds the write lock)."""
     with TestClient(create_app(serving_settings)) as api:
@@ -339,7 +381,9 @@ def test_a_replay_that_waits_holds_no_lock(serving_settings, developer, catalog_
     assert elapsed < 3, f"a submission waited {elapsed:.1f} s behind a waiting replay"
 
 
-def test_a_stream_resumed_after_done_ends_at_once(api, developer, catalog_model) -> None:  # type: ignore[no-untyped-def]
+def test_a_stream_resumed_after_done_ends_at_once(
+    api: TestClient, developer: Account, catalog_model: Model
+) -> None:
     job = _generate(api, developer, catalog_model).json()
     api.post(f"/v1/jobs/{job['id']}/cancel", headers=developer.headers)
     with api.stream("GET", f"/v1/jobs/{job['id']}/events", headers=developer.headers) as stream:

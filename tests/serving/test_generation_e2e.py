@@ -7,7 +7,8 @@ from __future__ import annotations
 import io
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -16,9 +17,10 @@ import pytest
 from PIL import Image
 
 from goshen.config import Settings
-from goshen.db.models import Role
+from goshen.db.models import Model, Role
 from serving.webhooks import signing
 from serving.webhooks.delivery import run_dispatcher
+from tests.fixtures.accounts import Account
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
 
@@ -75,7 +77,11 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def platform(serving_settings: Settings, run_api, start_worker) -> Iterator[Settings]:  # type: ignore[no-untyped-def]
+def platform(
+    serving_settings: Settings,
+    run_api: Callable[[Settings], AbstractContextManager[Settings]],
+    start_worker: Callable[..., threading.Event],
+) -> Iterator[Settings]:
     """API, one worker (each step slowed a little, so tests can act mid-job) and the dispatcher."""
     stop = threading.Event()
     with run_api(serving_settings) as served:
@@ -100,8 +106,11 @@ def _events(client: httpx.Client, job: dict[str, Any]) -> list[tuple[str, dict[s
     return events
 
 
-def test_a_developer_generates_digits_end_to_end(  # type: ignore[no-untyped-def]
-    platform: Settings, make_account, digits_model, receiver: Receiver
+def test_a_developer_generates_digits_end_to_end(
+    platform: Settings,
+    make_account: Callable[..., Account],
+    digits_model: Model,
+    receiver: Receiver,
 ) -> None:
     admin = make_account(Role.admin)
     with httpx.Client(base_url=platform.api_url, headers=admin.headers) as as_admin:
@@ -171,8 +180,8 @@ def test_a_developer_generates_digits_end_to_end(  # type: ignore[no-untyped-def
     developer.close()
 
 
-def test_cancel_works_on_running_and_on_queued_jobs(  # type: ignore[no-untyped-def]
-    platform: Settings, developer, digits_model
+def test_cancel_works_on_running_and_on_queued_jobs(
+    platform: Settings, developer: Account, digits_model: Model
 ) -> None:
     client = httpx.Client(base_url=platform.api_url, headers=developer.headers, timeout=60)
     long = client.post(

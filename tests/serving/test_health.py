@@ -9,6 +9,7 @@ from sqlalchemy import create_engine
 
 from goshen.config import Settings
 from serving.app import create_app
+from tests.fixtures.accounts import Account
 
 
 def test_health_and_readiness(client: TestClient) -> None:
@@ -38,7 +39,7 @@ def test_readiness_fails_when_the_database_is_gone(settings: Settings) -> None:
     assert "nobody" not in check["error"]  # connection details stay in the server log
 
 
-def test_metrics_count_requests_by_route_template(client: TestClient, developer) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_count_requests_by_route_template(client: TestClient, developer: Account) -> None:
     client.get(f"/v1/keys/{developer.key_id}", headers=developer.headers)
     client.get("/v1/keys/key_missing", headers=developer.headers)
     text = client.get("/metrics").text

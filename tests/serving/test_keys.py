@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from fastapi.testclient import TestClient
+
+from goshen.config import Settings
+from tests.fixtures.accounts import Account
 
 PROBLEM = "application/problem+json"
 
 
-def test_developer_key_lifecycle(client: TestClient, admin, developer) -> None:  # type: ignore[no-untyped-def]
+def test_developer_key_lifecycle(client: TestClient, admin: Account, developer: Account) -> None:
     created = client.post("/v1/keys", json={"name": "ci"}, headers=developer.headers)
     assert created.status_code == 201, created.text
     body = created.json()
@@ -33,7 +37,9 @@ def test_developer_key_lifecycle(client: TestClient, admin, developer) -> None: 
     assert client.get("/v1/keys", headers=developer.headers).status_code == 200
 
 
-def test_another_users_key_is_not_found(client: TestClient, developer, make_account) -> None:  # type: ignore[no-untyped-def]
+def test_another_users_key_is_not_found(
+    client: TestClient, developer: Account, make_account: Callable[..., Account]
+) -> None:
     other = make_account()
     for method in ("GET", "DELETE"):
         response = client.request(method, f"/v1/keys/{other.key_id}", headers=developer.headers)
@@ -42,7 +48,7 @@ def test_another_users_key_is_not_found(client: TestClient, developer, make_acco
     assert client.get("/v1/keys", headers=other.headers).status_code == 200
 
 
-def test_missing_and_unknown_keys_get_401(client: TestClient, developer) -> None:  # type: ignore[no-untyped-def]
+def test_missing_and_unknown_keys_get_401(client: TestClient, developer: Account) -> None:
     assert client.get("/v1/keys").status_code == 401
     forged = developer.key[:-4] + "zzzz"
     assert client.get("/v1/keys", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
@@ -52,14 +58,18 @@ def test_missing_and_unknown_keys_get_401(client: TestClient, developer) -> None
     assert client.get("/v1/keys", headers=basic).status_code == 401
 
 
-def test_key_without_the_keys_scope_gets_403(client: TestClient, make_account) -> None:  # type: ignore[no-untyped-def]
+def test_key_without_the_keys_scope_gets_403(
+    client: TestClient, make_account: Callable[..., Account]
+) -> None:
     limited = make_account(scopes=["generate"])
     response = client.get("/v1/keys", headers=limited.headers)
     assert response.status_code == 403
     assert "'keys' scope" in response.json()["detail"]
 
 
-def test_a_key_cannot_grant_more_than_it_holds(client: TestClient, make_account) -> None:  # type: ignore[no-untyped-def]
+def test_a_key_cannot_grant_more_than_it_holds(
+    client: TestClient, make_account: Callable[..., Account]
+) -> None:
     limited = make_account(scopes=["keys"])
     response = client.post(
         "/v1/keys", json={"name": "x", "scopes": ["keys", "generate"]}, headers=limited.headers
@@ -68,7 +78,9 @@ def test_a_key_cannot_grant_more_than_it_holds(client: TestClient, make_account)
     assert response.json()["errors"][0]["field"] == "scopes"
 
 
-def test_bad_bodies_are_422_problems_naming_the_field(client: TestClient, developer) -> None:  # type: ignore[no-untyped-def]
+def test_bad_bodies_are_422_problems_naming_the_field(
+    client: TestClient, developer: Account
+) -> None:
     cases = [
         ({"name": "x", "owner": "usr_1"}, "owner"),
         ({"name": ""}, "name"),
@@ -84,7 +96,7 @@ def test_bad_bodies_are_422_problems_naming_the_field(client: TestClient, develo
         assert field in [error["field"] for error in problem["errors"]], problem
 
 
-def test_cursor_pagination(client: TestClient, developer) -> None:  # type: ignore[no-untyped-def]
+def test_cursor_pagination(client: TestClient, developer: Account) -> None:
     for index in range(4):
         client.post("/v1/keys", json={"name": f"k{index}"}, headers=developer.headers)
     seen, cursor = [], None
@@ -102,8 +114,8 @@ def test_cursor_pagination(client: TestClient, developer) -> None:  # type: igno
     assert bad_cursor.status_code == 422
 
 
-def test_a_revocation_reaches_every_api_process(  # type: ignore[no-untyped-def]
-    client: TestClient, settings, admin, developer
+def test_a_revocation_reaches_every_api_process(
+    client: TestClient, settings: Settings, admin: Account, developer: Account
 ) -> None:
     """Two API apps on one database: a key cached by one is refused there as soon as the other
     revokes it (SQLite: the stamp file; PostgreSQL: NOTIFY), long before the cache's TTL."""

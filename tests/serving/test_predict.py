@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from goshen import registry
 from goshen.client import GoshenAPIError, GoshenClient
 from goshen.config import Settings
 from goshen.db.models import Model, Role, UsageEvent
 from serving.app import create_app
+from tests.fixtures.accounts import Account
+from tests.fixtures.models import RegisteredModel
 
 ROWS = np.random.default_rng(1).random((5, 64), dtype=np.float32)
 
@@ -29,12 +35,14 @@ def api(serving_settings: Settings) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def admin(make_account):  # type: ignore[no-untyped-def]
+def admin(make_account: Callable[..., Account]) -> Account:
     return make_account(Role.admin)
 
 
 @pytest.fixture
-def classifier(api, admin, register_classifier) -> dict:  # type: ignore[no-untyped-def]
+def classifier(
+    api: TestClient, admin: Account, register_classifier: Callable[..., RegisteredModel]
+) -> dict:
     """A deployed public catalog entry for a fresh registered classifier."""
     name = f"clf-{secrets.token_hex(3)}"
     register_classifier(name)
@@ -58,7 +66,7 @@ def _predict(api, account, name: str, inputs):  # type: ignore[no-untyped-def]
     return api.post(f"/v1/models/{name}/predict", json={"inputs": inputs}, headers=account.headers)
 
 
-def _direct(api, name: str, rows: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _direct(api: TestClient, name: str, rows: np.ndarray) -> np.ndarray:
     """The same version in a plain ONNX Runtime session, for comparison."""
     folder = registry.model_folder(
         registry.download_version(name, "1", api.app.state.api.settings.home_dir / "direct" / name)
@@ -67,8 +75,8 @@ def _direct(api, name: str, rows: np.ndarray) -> np.ndarray:  # type: ignore[no-
     return session.run(None, {"features": rows})[0]
 
 
-def test_predict_answers_outputs_labels_and_probabilities(  # type: ignore[no-untyped-def]
-    api, developer, classifier, sessions
+def test_predict_answers_outputs_labels_and_probabilities(
+    api: TestClient, developer: Account, classifier: dict[str, Any], sessions: sessionmaker[Session]
 ) -> None:
     response = _predict(api, developer, classifier["name"], {"features": ROWS.tolist()})
     assert response.status_code == 200, response.text
@@ -87,7 +95,9 @@ def test_predict_answers_outputs_labels_and_probabilities(  # type: ignore[no-un
     ] * 2
 
 
-def test_the_model_page_publishes_each_input(api, developer, classifier) -> None:  # type: ignore[no-untyped-def]
+def test_the_model_page_publishes_each_input(
+    api: TestClient, developer: Account, classifier: dict[str, Any]
+) -> None:
     page = api.get(f"/v1/models/{classifier['name']}", headers=developer.headers).json()
     (features,) = page["input_schema"]["inputs"]
     assert (features["name"], features["dtype"]) == ("features", "float32")
@@ -107,16 +117,16 @@ def test_the_model_page_publishes_each_input(api, developer, classifier) -> None
         ({"features": [[0.5] * 64, [0.5] * 63]}, "inputs.features"),  # ragged
     ],
 )
-def test_bad_inputs_are_a_422_naming_the_input(  # type: ignore[no-untyped-def]
-    api, developer, classifier, inputs, field
+def test_bad_inputs_are_a_422_naming_the_input(
+    api: TestClient, developer: Account, classifier: dict[str, Any], inputs: Any, field: str
 ) -> None:
     response = _predict(api, developer, classifier["name"], inputs)
     assert response.status_code == 422, response.text
     assert field in [error["field"] for error in response.json()["errors"]]
 
 
-def test_concurrent_requests_are_batched_and_get_their_own_rows(  # type: ignore[no-untyped-def]
-    api, admin, developer, classifier
+def test_concurrent_requests_are_batched_and_get_their_own_rows(
+    api: TestClient, admin: Account, developer: Account, classifier: dict[str, Any]
 ) -> None:
     name = classifier["name"]
     # A longer wait makes the merge certain on a busy machine; the code path is the same.
@@ -153,8 +163,12 @@ def test_concurrent_requests_are_batched_and_get_their_own_rows(  # type: ignore
         )
 
 
-def test_undeploy_deploy_and_rollback_through_the_admin_api(  # type: ignore[no-untyped-def]
-    api, admin, developer, classifier, register_classifier
+def test_undeploy_deploy_and_rollback_through_the_admin_api(
+    api: TestClient,
+    admin: Account,
+    developer: Account,
+    classifier: dict[str, Any],
+    register_classifier: Callable[..., RegisteredModel],
 ) -> None:
     name = classifier["name"]
     undeployed = api.post(f"/v1/admin/models/{name}/undeploy", headers=admin.headers).json()
@@ -188,8 +202,12 @@ def test_undeploy_deploy_and_rollback_through_the_admin_api(  # type: ignore[no-
     )
 
 
-def test_the_sdk_predicts_and_runs_the_catalog(  # type: ignore[no-untyped-def]
-    serving_settings, run_api, admin, developer, classifier
+def test_the_sdk_predicts_and_runs_the_catalog(
+    serving_settings: Settings,
+    run_api: Callable[[Settings], AbstractContextManager[Settings]],
+    admin: Account,
+    developer: Account,
+    classifier: dict[str, Any],
 ) -> None:
     name = classifier["name"]
     with (
@@ -212,8 +230,8 @@ def _sdk_calls(as_admin: GoshenClient, as_developer: GoshenClient, name: str) ->
     assert as_developer.predict(name, ROWS[:1])["labels"] == answer["labels"][:1]
 
 
-def test_a_deploy_of_a_missing_version_fails_with_its_error(  # type: ignore[no-untyped-def]
-    api, admin, developer, classifier
+def test_a_deploy_of_a_missing_version_fails_with_its_error(
+    api: TestClient, admin: Account, developer: Account, classifier: dict[str, Any]
 ) -> None:
     name = classifier["name"]
     failed = api.post(
@@ -226,21 +244,28 @@ def test_a_deploy_of_a_missing_version_fails_with_its_error(  # type: ignore[no-
     assert api.post(f"/v1/admin/models/{name}/rollback", headers=admin.headers).status_code == 200
 
 
-def test_a_rollback_without_a_previous_version_answers_409(api, admin, classifier) -> None:  # type: ignore[no-untyped-def]
+def test_a_rollback_without_a_previous_version_answers_409(
+    api: TestClient, admin: Account, classifier: dict[str, Any]
+) -> None:
     response = api.post(f"/v1/admin/models/{classifier['name']}/rollback", headers=admin.headers)
     assert response.status_code == 409
 
 
-def test_image_models_point_to_generate_and_unknown_models_are_404(  # type: ignore[no-untyped-def]
-    api, developer, digits_model
+def test_image_models_point_to_generate_and_unknown_models_are_404(
+    api: TestClient, developer: Account, digits_model: Model
 ) -> None:
     wrong = _predict(api, developer, digits_model.name, {"features": []})
     assert wrong.status_code == 422 and "/v1/generate" in wrong.json()["detail"]
     assert _predict(api, developer, "no-such-model", {}).status_code == 404
 
 
-def test_uploads_are_private_until_an_admin_publishes_them(  # type: ignore[no-untyped-def]
-    api, admin, developer, make_account, tiny_onnx_file, sessions
+def test_uploads_are_private_until_an_admin_publishes_them(
+    api: TestClient,
+    admin: Account,
+    developer: Account,
+    make_account: Callable[..., Account],
+    tiny_onnx_file: Path,
+    sessions: sessionmaker[Session],
 ) -> None:
     name = f"up-{secrets.token_hex(3)}"
     with tiny_onnx_file.open("rb") as file:
@@ -266,8 +291,13 @@ def test_uploads_are_private_until_an_admin_publishes_them(  # type: ignore[no-u
 
 
 @pytest.mark.parametrize("defect", ["external-data-outside", "custom-domain"])
-def test_a_refused_upload_leaves_nothing_registered(  # type: ignore[no-untyped-def]
-    api, developer, bad_onnx_files, sessions, mlflow_server, defect
+def test_a_refused_upload_leaves_nothing_registered(
+    api: TestClient,
+    developer: Account,
+    bad_onnx_files: dict[str, Path],
+    sessions: sessionmaker[Session],
+    mlflow_server: str,
+    defect: str,
 ) -> None:
     name = f"bad-{secrets.token_hex(3)}"
     with bad_onnx_files[defect].open("rb") as file:
@@ -294,8 +324,11 @@ def test_a_refused_upload_leaves_nothing_registered(  # type: ignore[no-untyped-
     )
 
 
-def test_readiness_is_503_while_a_live_model_cannot_be_loaded(  # type: ignore[no-untyped-def]
-    serving_settings, sessions, make_model, make_account
+def test_readiness_is_503_while_a_live_model_cannot_be_loaded(
+    serving_settings: Settings,
+    sessions: sessionmaker[Session],
+    make_model: Callable[..., Model],
+    make_account: Callable[..., Account],
 ) -> None:
     from goshen.db import session_scope
     from goshen.db.models import ModelKind, ModelRuntime
@@ -321,8 +354,8 @@ def test_readiness_is_503_while_a_live_model_cannot_be_loaded(  # type: ignore[n
     )
 
 
-def test_another_replica_follows_the_catalog(  # type: ignore[no-untyped-def]
-    api, admin, classifier, serving_settings
+def test_another_replica_follows_the_catalog(
+    api: TestClient, admin: Account, classifier: dict[str, Any], serving_settings: Settings
 ) -> None:
     """A second API process on the same catalog: its reconciler loads the public entry, drops
     it when undeployed elsewhere, and rebuilds the batcher when its limits change."""
@@ -344,7 +377,9 @@ def test_another_replica_follows_the_catalog(  # type: ignore[no-untyped-def]
         assert models.loaded_version(model_id) is None
 
 
-def test_a_patch_cannot_blank_required_fields(api, admin, classifier) -> None:  # type: ignore[no-untyped-def]
+def test_a_patch_cannot_blank_required_fields(
+    api: TestClient, admin: Account, classifier: dict[str, Any]
+) -> None:
     path = f"/v1/admin/models/{classifier['name']}"
     for field in ("description", "pricing", "visibility"):
         response = api.patch(path, json={field: None}, headers=admin.headers)

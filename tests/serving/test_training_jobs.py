@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
 from goshen import training
 from goshen.db import session_scope
 from goshen.db.models import Dataset, DatasetKind, TrainingJob, TrainingStatus, User
+from tests.fixtures.accounts import Account
 
 
 @pytest.fixture
-def make_dataset(sessions):  # type: ignore[no-untyped-def]
+def make_dataset(sessions: sessionmaker[Session]) -> Callable[..., str]:
     def make(user_id: str, kind: DatasetKind = DatasetKind.images) -> str:
         with session_scope(sessions) as session:
             dataset = Dataset(
@@ -34,7 +39,9 @@ def _submit(client: TestClient, account, dataset_id: str, **overrides):  # type:
     return client.post("/v1/training-jobs", json=body, headers=account.headers)
 
 
-def test_submit_list_get_and_cancel(client: TestClient, developer, make_dataset) -> None:  # type: ignore[no-untyped-def]
+def test_submit_list_get_and_cancel(
+    client: TestClient, developer: Account, make_dataset: Callable[..., str]
+) -> None:
     dataset_id = make_dataset(developer.user_id)
     created = _submit(client, developer, dataset_id, config={"epochs": 5})
     assert created.status_code == 201, created.text
@@ -65,14 +72,20 @@ def test_submit_list_get_and_cancel(client: TestClient, developer, make_dataset)
     ],
 )
 def test_bad_requests_name_the_field(
-    client: TestClient, developer, make_dataset, overrides, field
-) -> None:  # type: ignore[no-untyped-def]
+    client: TestClient,
+    developer: Account,
+    make_dataset: Callable[..., str],
+    overrides: Any,
+    field: str,
+) -> None:
     response = _submit(client, developer, make_dataset(developer.user_id), **overrides)
     assert response.status_code == 422, response.text
     assert field in [error["field"] for error in response.json()["errors"]]
 
 
-def test_tabular_jobs_need_an_existing_target(client: TestClient, developer, make_dataset) -> None:  # type: ignore[no-untyped-def]
+def test_tabular_jobs_need_an_existing_target(
+    client: TestClient, developer: Account, make_dataset: Callable[..., str]
+) -> None:
     table = make_dataset(developer.user_id, DatasetKind.tabular)
     missing = _submit(client, developer, table, task="classification")
     assert missing.status_code == 422 and "config.target" in missing.text
@@ -82,7 +95,12 @@ def test_tabular_jobs_need_an_existing_target(client: TestClient, developer, mak
     assert good.status_code == 201
 
 
-def test_other_tenants_get_404(client: TestClient, developer, make_account, make_dataset) -> None:  # type: ignore[no-untyped-def]
+def test_other_tenants_get_404(
+    client: TestClient,
+    developer: Account,
+    make_account: Callable[..., Account],
+    make_dataset: Callable[..., str],
+) -> None:
     other = make_account()
     assert _submit(client, other, make_dataset(developer.user_id)).status_code == 404
     job_id = _submit(client, developer, make_dataset(developer.user_id)).json()["id"]
@@ -96,8 +114,11 @@ def test_other_tenants_get_404(client: TestClient, developer, make_account, make
 
 
 def test_logs_stream_as_server_sent_events(
-    client: TestClient, developer, make_dataset, sessions
-) -> None:  # type: ignore[no-untyped-def]
+    client: TestClient,
+    developer: Account,
+    make_dataset: Callable[..., str],
+    sessions: sessionmaker[Session],
+) -> None:
     job_id = _submit(client, developer, make_dataset(developer.user_id)).json()["id"]
     with session_scope(sessions) as session:
         training.mark_running(session, job_id, "run-1")
@@ -122,7 +143,9 @@ def test_logs_stream_as_server_sent_events(
     assert "epoch 1/2" not in resumed.text and "epoch 2/2" in resumed.text
 
 
-def test_finish_keeps_the_first_outcome(developer, make_dataset, sessions) -> None:  # type: ignore[no-untyped-def]
+def test_finish_keeps_the_first_outcome(
+    developer: Account, make_dataset: Callable[..., str], sessions: sessionmaker[Session]
+) -> None:
     dataset_id = make_dataset(developer.user_id)
     with session_scope(sessions) as session:
         job = training.submit(

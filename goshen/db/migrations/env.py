@@ -1,6 +1,6 @@
 """Alembic environment: runs on the connection that goshen.db.migrate hands in."""
 
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
@@ -12,7 +12,7 @@ if connection is None:
     raise RuntimeError("run migrations through `goshen db upgrade`, which supplies the connection")
 
 
-def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
+def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Write UTCDateTime as a plain DateTime so migrations never import the live models."""
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"

@@ -156,10 +156,14 @@ class OnnxModel:
             for axis, dim in enumerate(spec.shape or ()):
                 # The batch axis agrees whatever each input calls it, even unnamed.
                 rows = axis == 0 and self._has_rows
-                if not rows and (not isinstance(dim, str) or dim == ANY_SIZE):
+                if rows:
+                    key = ""
+                elif isinstance(dim, str) and dim != ANY_SIZE:
+                    key = dim
+                else:
                     continue
                 size = feeds[spec.name].shape[axis]
-                first_size, first_name = seen.setdefault("" if rows else dim, (size, spec.name))
+                first_size, first_name = seen.setdefault(key, (size, spec.name))
                 if size == first_size:
                     continue
                 what = "rows" if rows else f"along dimension {dim!r}"

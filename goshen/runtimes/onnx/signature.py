@@ -10,7 +10,8 @@ import onnx
 # An unnamed dynamic dimension (neither a size nor a name in the graph).
 ANY_SIZE = "?"
 # Element types the predict API can carry in JSON, by ONNX type.
-DTYPES = {
+# By the element type code a tensor's type carries (TensorProto.DataType's values).
+DTYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.DOUBLE: "float64",
     onnx.TensorProto.FLOAT16: "float16",
@@ -42,7 +43,7 @@ class TensorSpec:
     @property
     def batched(self) -> bool:
         """Whether the first dimension is symbolic: any number of rows."""
-        return bool(self.shape) and isinstance(self.shape[0], str)
+        return bool(self.shape and isinstance(self.shape[0], str))
 
     def public(self) -> dict[str, Any]:
         """The form GET /v1/models/{name} publishes; the batch dim and unnamed dims are null."""
@@ -122,4 +123,4 @@ def batchable(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> bool:
     tensors = [*inputs, *outputs]
     if not inputs or not all(spec.batched for spec in tensors):
         return False
-    return len({spec.shape[0] for spec in tensors}) == 1  # type: ignore[index]
+    return len({spec.shape[0] for spec in tensors if spec.shape}) == 1

@@ -1,5 +1,7 @@
 """Datasets: the built-in digits and every uploaded dataset, as canonical Parquet with stats."""
 
+from typing import Any
+
 import dagster as dg
 
 from goshen.db.access import ids_since
@@ -42,7 +44,7 @@ def _check_results(result: ingest.IngestResult) -> list[dg.AssetCheckResult]:
     ]
 
 
-def _metadata(result: ingest.IngestResult) -> dict[str, object]:
+def _metadata(result: ingest.IngestResult) -> dict[str, Any]:
     return {
         "rows": result.rows,
         "size_bytes": result.size_bytes,
@@ -59,7 +61,7 @@ def _metadata(result: ingest.IngestResult) -> dict[str, object]:
 @dg.asset(
     group_name="datasets", kinds={"polars", "parquet"}, check_specs=_check_specs("digits_dataset")
 )
-def digits_dataset(artifact_store: ArtifactStorage) -> dg.MaterializeResult:
+def digits_dataset(artifact_store: ArtifactStorage) -> dg.MaterializeResult:  # type: ignore[type-arg]  # dagster takes only the bare class on assets with checks
     """scikit-learn's bundled handwritten digits (1,797 8x8 images), ready to train on offline."""
     result = ingest.ingest_digits(artifact_store.store, DIGITS_KEY)
     return dg.MaterializeResult(metadata=_metadata(result), check_results=_check_results(result))
@@ -75,7 +77,7 @@ def uploaded_dataset(
     context: dg.AssetExecutionContext,
     artifact_store: ArtifactStorage,
     platform_db: PlatformDatabase,
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult:  # type: ignore[type-arg]  # dagster takes only the bare class on assets with checks
     """An uploaded dataset, validated and written as canonical Parquet; its row becomes ready."""
     with platform_db.session() as session:
         result = ingest_uploaded(session, artifact_store.store, context.partition_key)

@@ -5,14 +5,16 @@ the run before promotion, and promotion also refuses a version whose tags say it
 """
 
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from goshen import catalog, registry, training
 from goshen.catalog import DIGITS_CLASSIFIER, DIGITS_DIFFUSION
-from goshen.db.models import TrainingJob, TrainingStatus
+from goshen.db.models import TrainingStatus
 from goshen_pipelines.defs.training.assets import TrainedModel, training_job_partitions
 from goshen_pipelines.lib import export, publishing
 from goshen_pipelines.lib.classifier import TrainedTabularModel
@@ -63,7 +65,9 @@ def _publish(
     path: Path,
 ) -> publishing.Published:
     model = trained.model
-    metadata = {"kind": "diffusion" if isinstance(model, TrainedDiffusion) else "onnx"}
+    metadata: dict[str, Any] = {
+        "kind": "diffusion" if isinstance(model, TrainedDiffusion) else "onnx"
+    }
     extra_files = None
     if isinstance(model, TrainedDiffusion):
         metadata["diffusion"] = model.spec.to_dict()
@@ -88,7 +92,7 @@ def _publish(
     )
 
 
-def _result(candidate: Candidate, extra: dict[str, object] | None = None) -> dg.Output[Candidate]:
+def _result(candidate: Candidate, extra: dict[str, Any] | None = None) -> dg.Output[Candidate]:
     version = candidate.published.version
     return dg.Output(
         candidate,
@@ -117,7 +121,9 @@ def _export_tabular(trained: TrainedModel, name: str) -> tuple[Candidate, dg.Ass
     kinds={"onnx", "mlflow"},
     check_specs=_parity_spec("digits_classifier_onnx"),
 )
-def digits_classifier_onnx(digits_classifier: TrainedModel, mlflow: MLflowTracking):  # type: ignore[no-untyped-def]
+def digits_classifier_onnx(
+    digits_classifier: TrainedModel, mlflow: MLflowTracking
+) -> Iterator[dg.Output[Candidate] | dg.AssetCheckResult]:
     """The digits classifier exported to ONNX and registered as a new version."""
     candidate, check = _export_tabular(digits_classifier, DIGITS_CLASSIFIER)
     yield _result(candidate)
@@ -129,12 +135,12 @@ def digits_classifier_onnx(digits_classifier: TrainedModel, mlflow: MLflowTracki
     kinds={"onnx", "mlflow"},
     check_specs=_parity_spec("digits_diffusion_onnx"),
 )
-def digits_diffusion_onnx(  # type: ignore[no-untyped-def]
+def digits_diffusion_onnx(
     config: GeneratorQualityConfig,
     digits_diffusion: TrainedModel,
     digits_classifier: TrainedModel,
     mlflow: MLflowTracking,
-):
+) -> Iterator[dg.Output[Candidate] | dg.AssetCheckResult]:
     """The digits UNet exported to ONNX, judged by the classifier, registered as a new version."""
     model, judge = digits_diffusion.model, digits_classifier.model
     assert isinstance(model, TrainedDiffusion) and isinstance(judge, TrainedTabularModel)
@@ -155,15 +161,16 @@ def digits_diffusion_onnx(  # type: ignore[no-untyped-def]
     partitions_def=training_job_partitions,
     check_specs=_parity_spec("training_run_onnx"),
 )
-def training_run_onnx(  # type: ignore[no-untyped-def]
+def training_run_onnx(
     context: dg.AssetExecutionContext,
     training_run: TrainedModel,
     platform_db: PlatformDatabase,
     mlflow: MLflowTracking,
-):
+) -> Iterator[dg.Output[Candidate] | dg.AssetCheckResult]:
     """A training job's model exported to ONNX and registered under the job's model name."""
     with platform_db.session() as session:
-        name = session.get(TrainingJob, context.partition_key).registered_model
+        name = training.get(session, context.partition_key).registered_model
+    assert name is not None, "submit names every job's registered model"
     if isinstance(training_run.model, TrainedTabularModel):
         candidate, check = _export_tabular(training_run, name)
     else:
@@ -178,7 +185,7 @@ def training_run_onnx(  # type: ignore[no-untyped-def]
 
 def _promote(
     candidate: Candidate, mlflow: MLflowTracking, platform_db: PlatformDatabase
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult[Any]:
     version = candidate.published.version
     decision = registry.promote(
         mlflow.client(), version.name, version.version, higher_is_better=candidate.higher_is_better
@@ -204,7 +211,7 @@ def _promote(
 @dg.asset(group_name="registry", kinds={"mlflow"})
 def digits_classifier_production(
     digits_classifier_onnx: Candidate, mlflow: MLflowTracking, platform_db: PlatformDatabase
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult[Any]:
     """`digits-classifier@production`, moved only to versions that are not worse."""
     return _promote(digits_classifier_onnx, mlflow, platform_db)
 
@@ -212,7 +219,7 @@ def digits_classifier_production(
 @dg.asset(group_name="registry", kinds={"mlflow"})
 def digits_diffusion_production(
     digits_diffusion_onnx: Candidate, mlflow: MLflowTracking, platform_db: PlatformDatabase
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult[Any]:
     """`digits-diffusion@production`, moved only to versions whose samples read as well."""
     return _promote(digits_diffusion_onnx, mlflow, platform_db)
 
@@ -223,7 +230,7 @@ def training_run_production(
     training_run_onnx: Candidate,
     platform_db: PlatformDatabase,
     mlflow: MLflowTracking,
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult[Any]:
     """The job's model promoted when it earns it; the job ends succeeded with its version."""
     result = _promote(training_run_onnx, mlflow, platform_db)
     version = training_run_onnx.published.version

@@ -8,7 +8,7 @@ import numpy as np
 
 from goshen import training
 from goshen.catalog import DIGITS_CLASSIFIER, DIGITS_DIFFUSION
-from goshen.db.models import TrainingJob
+from goshen.db.models import TrainingJob, TrainingStatus
 from goshen.errors import NotFoundError
 from goshen.runtimes.diffusion import sample_images, to_png_grid
 from goshen_pipelines.lib import ingest, runs
@@ -154,10 +154,10 @@ def _job_reporter(
         context.log.info(line)
         with platform_db.session() as session:
             training.append_log(session, job_id, line, progress)
-            canceled = session.get(TrainingJob, job_id).cancel_requested
+            canceled = training.get(session, job_id).cancel_requested
         if canceled:
             with platform_db.session() as session:
-                training.finish(session, job_id, training.TrainingStatus.canceled)
+                training.finish(session, job_id, TrainingStatus.canceled)
             raise TrainingCanceled(f"training job {job_id} was canceled")
 
     return report
@@ -181,6 +181,8 @@ def training_run(
         if job is None:
             raise NotFoundError(f"no training job with id {job_id}")
         training.mark_running(session, job_id, context.run.run_id)
+        if job.dataset_id is None:
+            raise NotFoundError(f"training job {job_id}'s dataset was deleted")
         data = load_canonical(session, artifact_store.store, job.dataset_id)
         task, config = training.Task(job.task), training.TrainingConfig(**job.config)
         experiment, dataset_id = f"training/{job.user_id}", job.dataset_id
@@ -188,7 +190,7 @@ def training_run(
     tags = {**_tags(context, dataset_id), "training_job_id": job_id}
     with runs.tracked_run(experiment, job_id, tags, config.model_dump()) as run_id:
         with platform_db.session() as session:
-            session.get(TrainingJob, job_id).mlflow_run_id = run_id
+            training.get(session, job_id).mlflow_run_id = run_id
         trained, features, metadata = _train_job(task, config, data, report)
     return _output(TrainedModel(trained, run_id, tags, features), mlflow, metadata)
 
@@ -199,21 +201,27 @@ def _train_job(
     data: ingest.CanonicalDataset,
     report: runs.Report,
 ) -> tuple[TrainedDiffusion | TrainedTabularModel, np.ndarray | None, dict[str, Any]]:
-    shared = {
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "learning_rate": config.learning_rate,
-        "seed": config.seed,
-    }
     if task is training.Task.diffusion:
         images, labels, num_classes = image_arrays(data)
-        lib_config = DiffusionConfig(**shared, image_size=config.image_size)
-        trained, metadata = _train_diffusion(images, labels, num_classes, lib_config, report)
+        diffusion_config = DiffusionConfig(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            seed=config.seed,
+            image_size=config.image_size,
+        )
+        trained, metadata = _train_diffusion(images, labels, num_classes, diffusion_config, report)
         return trained, None, metadata
     assert config.target is not None, "the API requires a target for tabular tasks"
     features, targets = table_arrays(data, config.target)
-    lib_config = ClassifierConfig(task=task.value, **shared)
+    classifier_config = ClassifierConfig(
+        task="classification" if task is training.Task.classification else "regression",
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+    )
     model = train_classifier(
-        features, targets, lib_config, runs.epoch_logger(config.epochs, report)
+        features, targets, classifier_config, runs.epoch_logger(config.epochs, report)
     )
     return model, features, dict(model.metrics)

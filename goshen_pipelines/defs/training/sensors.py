@@ -62,7 +62,9 @@ def training_cancel_sensor(
                 )
             )
         )
-    stopped = [run_id for run_id in runs if _cancel(context.instance, run_id)]
+    stopped = [
+        run_id for run_id in runs if run_id is not None and _cancel(context.instance, run_id)
+    ]
     return dg.SkipReason(f"asked {len(stopped)} run(s) to stop: {stopped}")
 
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.db import make_engine, make_sessionmaker, session_scope
 from goshen.db.models import ApiKey, User, Worker
 
 
-def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'nested' / 'goshen.db'}")
     with engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -25,21 +27,21 @@ def test_bare_postgresql_urls_use_psycopg3() -> None:
     assert engine.dialect.driver == "psycopg"
 
 
-def test_foreign_keys_are_enforced(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_foreign_keys_are_enforced(sessions: sessionmaker[Session]) -> None:
     with pytest.raises(IntegrityError), session_scope(sessions) as session:
         session.add(
             ApiKey(user_id="usr_missing", name="x", prefix="p", secret_hash="h", last4="1234")
         )
 
 
-def test_emails_are_unique(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_emails_are_unique(sessions: sessionmaker[Session]) -> None:
     with session_scope(sessions) as session:
         session.add(User(email="a@example.com", role="developer"))
     with pytest.raises(IntegrityError), session_scope(sessions) as session:
         session.add(User(email="a@example.com", role="developer"))
 
 
-def test_timestamps_come_back_as_aware_utc(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_timestamps_come_back_as_aware_utc(sessions: sessionmaker[Session]) -> None:
     moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
     with session_scope(sessions) as session:
         session.add(Worker(id="w1", host="h", pid=1, device_name="cpu", heartbeat_at=moment))
@@ -51,7 +53,7 @@ def test_timestamps_come_back_as_aware_utc(sessions) -> None:  # type: ignore[no
         assert stored.started_at.tzinfo == UTC
 
 
-def test_naive_timestamps_are_refused(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_naive_timestamps_are_refused(sessions: sessionmaker[Session]) -> None:
     with pytest.raises(Exception, match="naive datetime"), session_scope(sessions) as session:
         session.add(
             Worker(id="w2", host="h", pid=1, device_name="cpu", heartbeat_at=datetime(2026, 1, 1))

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dagster as dg
+from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import Dataset, DatasetKind, DatasetStatus
 from goshen_pipelines.defs.datasets.assets import uploaded_dataset_sensor
 from goshen_pipelines.resources import PlatformDatabase
+from tests.fixtures.accounts import Account
 
 
-def _add(sessions, user_id: str, status: DatasetStatus) -> str:  # type: ignore[no-untyped-def]
+def _add(sessions: sessionmaker[Session], user_id: str, status: DatasetStatus) -> str:
     with session_scope(sessions) as session:
         dataset = Dataset(
             user_id=user_id, name="d", kind=DatasetKind.images, storage_prefix="p", status=status
@@ -29,7 +31,9 @@ def _tick(settings: Settings, cursor: str | None) -> dg.SensorResult:
         return uploaded_dataset_sensor(context)
 
 
-def test_new_uploads_are_requested_once(settings: Settings, sessions, developer) -> None:  # type: ignore[no-untyped-def]
+def test_new_uploads_are_requested_once(
+    settings: Settings, sessions: sessionmaker[Session], developer: Account
+) -> None:
     first = _add(sessions, developer.user_id, DatasetStatus.uploaded)
     _add(sessions, developer.user_id, DatasetStatus.ready)  # already ingested: not requested
     second = _add(sessions, developer.user_id, DatasetStatus.uploaded)

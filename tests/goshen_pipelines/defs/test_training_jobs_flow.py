@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
 
 from goshen import registry
 from goshen.config import Settings
@@ -27,6 +28,7 @@ from goshen_pipelines.defs.jobs import training_run_job
 from goshen_pipelines.defs.training.sensors import run_key, training_job_sensor
 from goshen_pipelines.lib.digits import load_digit_images
 from goshen_pipelines.resources import ArtifactStorage, MLflowTracking, PlatformDatabase
+from tests.fixtures.accounts import Account
 
 TINY = {"epochs": 1, "batch_size": 32, "image_size": 8}
 # The API and database layers run on both backends in tests/serving; this flow trains a model,
@@ -60,7 +62,7 @@ def resources(settings: Settings, mlflow_server: str, monkeypatch: pytest.Monkey
     mlflow.set_registry_uri("")
 
 
-def _submit(client: TestClient, developer, model_name: str) -> str:  # type: ignore[no-untyped-def]
+def _submit(client: TestClient, developer: Account, model_name: str) -> str:
     files = {"file": ("digits.zip", _digits_archive(), "application/zip")}
     upload = client.post(
         "/v1/datasets", files=files, data={"name": "zeros and ones"}, headers=developer.headers
@@ -107,8 +109,8 @@ class Daemon:
 
 
 def test_api_job_trains_through_the_sensor_and_loads_as_production(
-    client: TestClient, developer, resources: dict
-) -> None:  # type: ignore[no-untyped-def]
+    client: TestClient, developer: Account, resources: dict
+) -> None:
     job_id = _submit(client, developer, "zeros-and-ones")
     daemon = Daemon(resources)
     assert [request.run_key for request in daemon.tick()] == [run_key(job_id)]
@@ -133,8 +135,8 @@ def test_api_job_trains_through_the_sensor_and_loads_as_production(
 
 
 def test_a_cancel_during_training_ends_the_job_canceled(
-    client: TestClient, developer, resources: dict, sessions
-) -> None:  # type: ignore[no-untyped-def]
+    client: TestClient, developer: Account, resources: dict, sessions: sessionmaker[Session]
+) -> None:
     job_id = _submit(client, developer, "stopped-early")
     # The cancel lands after the run claimed the job, as it would mid-training.
     with session_scope(sessions) as session:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def store(tmp_path: Path) -> LocalArtifactStore:
 
 
 @pytest.fixture
-def stored(tmp_path: Path, store: LocalArtifactStore):  # type: ignore[no-untyped-def]
+def stored(tmp_path: Path, store: LocalArtifactStore) -> Callable[[bytes], None]:
     """Store an upload under PREFIX, as the API does."""
 
     def run(data: bytes) -> None:
@@ -81,7 +82,7 @@ def test_digits_frame_is_the_canonical_frame_of_the_bundled_digits() -> None:
     assert larger["height"].unique().to_list() == [16]
 
 
-def test_ingest_digits_writes_parquet_with_classes_and_balance(store) -> None:  # type: ignore[no-untyped-def]
+def test_ingest_digits_writes_parquet_with_classes_and_balance(store: LocalArtifactStore) -> None:
     result = ingest_digits(store, "datasets/builtin/digits/canonical.parquet")
     assert result.rows == 1797 and result.kind is DatasetKind.images
     assert result.classes == DIGITS_CLASSES
@@ -94,7 +95,9 @@ def test_ingest_digits_writes_parquet_with_classes_and_balance(store) -> None:  
     assert canonical.frame.equals(digits_frame())
 
 
-def test_an_image_archive_becomes_grayscale_pixels_with_class_indices(store, stored) -> None:  # type: ignore[no-untyped-def]
+def test_an_image_archive_becomes_grayscale_pixels_with_class_indices(
+    store: LocalArtifactStore, stored: Callable[[bytes], None]
+) -> None:
     sixteen_bit = Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16))
     files = {
         "set/10/white.png": image_bytes(Image.new("L", (8, 8), 255)),
@@ -120,14 +123,18 @@ def test_an_image_archive_becomes_grayscale_pixels_with_class_indices(store, sto
     np.testing.assert_allclose(pixels[3], 0.5, atol=1e-3)  # 16-bit scaled, not clipped to white
 
 
-def test_an_unlabeled_archive_has_null_labels_and_no_classes(store, stored) -> None:  # type: ignore[no-untyped-def]
+def test_an_unlabeled_archive_has_null_labels_and_no_classes(
+    store: LocalArtifactStore, stored: Callable[[bytes], None]
+) -> None:
     stored(zip_of({"a.png": image_bytes(Image.new("L", (8, 8), 10))}))
     result = ingest_dataset(store, PREFIX, DESTINATION, image_size=8)
     assert result.classes == [] and result.class_counts == {} and result.label_balance is None
     assert read_canonical(store, DESTINATION).frame["label"].to_list() == [None]
 
 
-def test_a_table_keeps_its_typed_columns_and_describes_its_target(store, stored) -> None:  # type: ignore[no-untyped-def]
+def test_a_table_keeps_its_typed_columns_and_describes_its_target(
+    store: LocalArtifactStore, stored: Callable[[bytes], None]
+) -> None:
     stored(b"x,y,label\n1,0.5,b\n2,1.5,a\n3,2.5,b\n4,,b\n")
     result = ingest_dataset(store, PREFIX, DESTINATION, target="label")
     assert result.kind is DatasetKind.tabular and result.rows == 4

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from goshen_pipelines.resources.io import AssetStorage
+from tests.fixtures.storage import S3Server
 
 
 @dg.asset
@@ -43,8 +44,8 @@ def test_outputs_go_under_goshen_home_by_default(
 
 
 def test_outputs_go_to_the_bucket_when_s3_is_configured(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_server
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_server: S3Server
+) -> None:
     settings = {
         "HOME": str(tmp_path),
         "STORAGE_BACKEND": "s3",

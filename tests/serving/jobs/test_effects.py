@@ -14,10 +14,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.db import session_scope
-from goshen.db.models import Job, JobEvent, JobStatus, UsageEvent, WebhookDelivery, utcnow
+from goshen.db.models import Job, JobEvent, JobStatus, Model, UsageEvent, WebhookDelivery, utcnow
 from serving.jobs import transitions
 from serving.jobs.claim import Claim, claim_batch
 from serving.jobs.effects import Completion, JobEffects
+from tests.fixtures.accounts import Account
 
 LEASE = 30.0
 WEBHOOK = "https://hooks.example.com/goshen"
@@ -66,7 +67,12 @@ ENDINGS: dict[str, tuple[Ending, JobStatus]] = {
 
 
 @pytest.fixture
-def running_job(sessions: sessionmaker[Session], developer, catalog_model, job_effects):  # type: ignore[no-untyped-def]
+def running_job(
+    sessions: sessionmaker[Session],
+    developer: Account,
+    catalog_model: Model,
+    job_effects: JobEffects,
+) -> Claim:
     """A claimed job with a webhook, on its last attempt, and its claim."""
     with session_scope(sessions) as session:
         job = Job(
@@ -98,8 +104,12 @@ def _effects_of(sessions: sessionmaker[Session], job_id: str) -> tuple[list[str]
 
 
 @pytest.mark.parametrize("ending", list(ENDINGS))
-def test_every_end_causes_its_events_webhooks_and_log_line(  # type: ignore[no-untyped-def]
-    ending, sessions, running_job, job_effects, caplog
+def test_every_end_causes_its_events_webhooks_and_log_line(
+    ending: str,
+    sessions: sessionmaker[Session],
+    running_job: Claim,
+    job_effects: JobEffects,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     end, status = ENDINGS[ending]
     with (
@@ -122,8 +132,12 @@ def test_every_end_causes_its_events_webhooks_and_log_line(  # type: ignore[no-u
     ]
 
 
-def test_a_queued_job_canceled_through_the_api_causes_the_same(  # type: ignore[no-untyped-def]
-    sessions, developer, catalog_model, job_effects, caplog
+def test_a_queued_job_canceled_through_the_api_causes_the_same(
+    sessions: sessionmaker[Session],
+    developer: Account,
+    catalog_model: Model,
+    job_effects: JobEffects,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with session_scope(sessions) as session:
         job = Job(user_id=developer.user_id, model_id=catalog_model.id, input={}, webhook=WEBHOOK)
@@ -138,8 +152,8 @@ def test_a_queued_job_canceled_through_the_api_causes_the_same(  # type: ignore[
     assert f"job {job.id} ended canceled (attempt 0)" in caplog.messages
 
 
-def test_an_end_written_twice_causes_each_effect_once(  # type: ignore[no-untyped-def]
-    sessions, running_job, job_effects
+def test_an_end_written_twice_causes_each_effect_once(
+    sessions: sessionmaker[Session], running_job: Claim, job_effects: JobEffects
 ) -> None:
     """At-least-once: a job whose end is written again (a second worker) adds no second usage
     event or webhook; the stale claim's completion changes nothing at all."""

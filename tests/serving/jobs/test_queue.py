@@ -5,23 +5,29 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.db import session_scope
-from goshen.db.models import Job, JobEvent, JobStatus, UsageEvent, utcnow
+from goshen.db.models import Job, JobEvent, JobStatus, Model, UsageEvent, utcnow
 from goshen.errors import ConflictError
 from serving.jobs import lease, transitions
 from serving.jobs.claim import Claim, claim_batch
-from serving.jobs.effects import Completion
+from serving.jobs.effects import Completion, JobEffects
+from tests.fixtures.accounts import Account
 
 LEASE = 30.0
 
 
 @pytest.fixture
-def new_job(sessions, developer, catalog_model):  # type: ignore[no-untyped-def]
+def new_job(
+    sessions: sessionmaker[Session], developer: Account, catalog_model: Model
+) -> Callable[..., str]:
     """Factory: a queued job of the tiny digits model, committed."""
 
     def make(**fields: object) -> str:
@@ -40,14 +46,20 @@ def new_job(sessions, developer, catalog_model):  # type: ignore[no-untyped-def]
     return make
 
 
-def _claim(sessions, effects, worker: str = "w1", max_images: int = 1, **kwargs) -> list[Claim]:  # type: ignore[no-untyped-def]
+def _claim(
+    sessions: sessionmaker[Session],
+    effects: JobEffects,
+    worker: str = "w1",
+    max_images: int = 1,
+    **kwargs: Any,
+) -> list[Claim]:
     with session_scope(sessions) as session:
         return claim_batch(
             session, worker, effects, max_images=max_images, lease_seconds=LEASE, **kwargs
         )
 
 
-def _job(sessions, job_id: str) -> Job:  # type: ignore[no-untyped-def]
+def _job(sessions: sessionmaker[Session], job_id: str) -> Job:
     with sessions() as session:
         return session.get(Job, job_id)
 
@@ -67,8 +79,11 @@ def _done(cost: int = 7) -> Completion:
 
 
 def test_a_job_enqueued_in_a_rolled_back_transaction_never_exists(
-    job_effects, sessions, developer, catalog_model
-) -> None:  # type: ignore[no-untyped-def]
+    job_effects: JobEffects,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    catalog_model: Model,
+) -> None:
     with sessions() as session, session.begin():
         job = Job(user_id=developer.user_id, model_id=catalog_model.id, input={})
         transitions.enqueue(session, job)
@@ -78,7 +93,9 @@ def test_a_job_enqueued_in_a_rolled_back_transaction_never_exists(
         assert session.scalar(select(func.count()).select_from(Job)) == 0
 
 
-def test_claims_take_the_highest_priority_then_the_oldest(job_effects, sessions, new_job) -> None:  # type: ignore[no-untyped-def]
+def test_claims_take_the_highest_priority_then_the_oldest(
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     old, _, urgent = new_job(), new_job(), new_job(priority=1)
     later = new_job(run_after=utcnow() + timedelta(hours=1))
     order = [_claim(sessions, job_effects)[0].job_id for _ in range(3)]
@@ -88,8 +105,8 @@ def test_claims_take_the_highest_priority_then_the_oldest(job_effects, sessions,
 
 
 def test_a_claim_starts_an_attempt_with_a_fresh_token_and_a_lease(
-    job_effects, sessions, new_job
-) -> None:  # type: ignore[no-untyped-def]
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     job_id = new_job()
     (claim,) = _claim(sessions, job_effects)
     job = _job(sessions, job_id)
@@ -102,8 +119,8 @@ def test_a_claim_starts_an_attempt_with_a_fresh_token_and_a_lease(
 
 
 def test_compatible_jobs_share_a_batch_up_to_its_size_in_images(
-    job_effects, sessions, new_job
-) -> None:  # type: ignore[no-untyped-def]
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     first, second = new_job(num_images=2), new_job(num_images=2)
     too_big, other_key = new_job(num_images=3), new_job(batch_key="steps50")
     fits = new_job(num_images=1)
@@ -112,15 +129,20 @@ def test_compatible_jobs_share_a_batch_up_to_its_size_in_images(
     assert {_job(sessions, j).status for j in (too_big, other_key)} == {JobStatus.queued}
 
 
-def test_jobs_of_different_versions_never_share_a_batch(job_effects, sessions, new_job) -> None:  # type: ignore[no-untyped-def]
+def test_jobs_of_different_versions_never_share_a_batch(
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     new_job()
     new_job(model_version="2")
     assert len(_claim(sessions, job_effects, max_images=8)) == 1
 
 
 def test_concurrent_workers_never_claim_the_same_job(
-    job_effects, sessions, new_job, backend
-) -> None:  # type: ignore[no-untyped-def]
+    job_effects: JobEffects,
+    sessions: sessionmaker[Session],
+    new_job: Callable[..., str],
+    backend: str,
+) -> None:
     jobs = {new_job() for _ in range(60)}
     claimed: list[str] = []
     lock = threading.Lock()
@@ -139,8 +161,8 @@ def test_concurrent_workers_never_claim_the_same_job(
 
 
 def test_heartbeats_extend_the_lease_and_report_cancel_requests(
-    job_effects, sessions, new_job
-) -> None:  # type: ignore[no-untyped-def]
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     job_id = new_job()
     (claim,) = _claim(sessions, job_effects)
     with session_scope(sessions) as session:
@@ -153,8 +175,8 @@ def test_heartbeats_extend_the_lease_and_report_cancel_requests(
 
 
 def test_a_job_that_heartbeats_is_never_recovered_as_stalled(
-    job_effects, sessions, new_job
-) -> None:  # type: ignore[no-untyped-def]
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     job_id = new_job()
     (claim,) = _claim(sessions, job_effects)
     for minutes in (1, 2, 3):
@@ -169,8 +191,8 @@ def test_a_job_that_heartbeats_is_never_recovered_as_stalled(
 
 
 def test_a_worker_whose_lease_was_taken_over_changes_nothing(
-    job_effects, sessions, new_job
-) -> None:  # type: ignore[no-untyped-def]
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     job_id = new_job()
     (stale,) = _claim(sessions, job_effects, "old-worker")
     later = utcnow() + timedelta(seconds=LEASE + 1)
@@ -210,7 +232,9 @@ def test_a_worker_whose_lease_was_taken_over_changes_nothing(
     assert _job(sessions, job_id).status == JobStatus.succeeded
 
 
-def test_completion_meters_once_even_when_a_job_runs_twice(job_effects, sessions, new_job) -> None:  # type: ignore[no-untyped-def]
+def test_completion_meters_once_even_when_a_job_runs_twice(
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     job_id = new_job()
     (claim,) = _claim(sessions, job_effects)
     with session_scope(sessions) as session:
@@ -223,8 +247,8 @@ def test_completion_meters_once_even_when_a_job_runs_twice(job_effects, sessions
 
 
 def test_failures_retry_with_backoff_then_fail_keeping_every_error(
-    job_effects, sessions, new_job
-) -> None:  # type: ignore[no-untyped-def]
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     job_id = new_job(max_attempts=3)
     now = utcnow()
     for attempt in (1, 2, 3):
@@ -251,8 +275,8 @@ def test_failures_retry_with_backoff_then_fail_keeping_every_error(
 
 
 def test_a_failure_that_is_not_retryable_ends_the_job_at_once(
-    job_effects, sessions, new_job
-) -> None:  # type: ignore[no-untyped-def]
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     job_id = new_job()
     (claim,) = _claim(sessions, job_effects)
     with session_scope(sessions) as session:
@@ -271,8 +295,8 @@ def test_retry_delays_double_with_jitter() -> None:
 
 
 def test_stalled_jobs_are_queued_again_or_failed_when_out_of_attempts(
-    job_effects, sessions, new_job
-) -> None:  # type: ignore[no-untyped-def]
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     retried, exhausted = new_job(max_attempts=2), new_job(max_attempts=1)
     _claim(sessions, job_effects, "dead-worker", max_images=1)
     _claim(sessions, job_effects, "dead-worker", max_images=1)
@@ -289,8 +313,8 @@ def test_stalled_jobs_are_queued_again_or_failed_when_out_of_attempts(
 
 
 def test_cancel_ends_a_queued_job_at_once_and_flags_a_running_one(
-    job_effects, sessions, new_job
-) -> None:  # type: ignore[no-untyped-def]
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     queued, running = new_job(), new_job(priority=1)
     (claim,) = _claim(sessions, job_effects)
     assert claim.job_id == running
@@ -308,8 +332,8 @@ def test_cancel_ends_a_queued_job_at_once_and_flags_a_running_one(
 
 
 def test_a_released_job_goes_back_without_spending_an_attempt(
-    job_effects, sessions, new_job
-) -> None:  # type: ignore[no-untyped-def]
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     job_id = new_job()
     (claim,) = _claim(sessions, job_effects)
     with session_scope(sessions) as session:
@@ -319,7 +343,9 @@ def test_a_released_job_goes_back_without_spending_an_attempt(
     assert _claim(sessions, job_effects)[0].attempt == 1
 
 
-def test_events_follow_the_jobs_life_in_order(job_effects, sessions, new_job) -> None:  # type: ignore[no-untyped-def]
+def test_events_follow_the_jobs_life_in_order(
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     job_id = new_job()
     (claim,) = _claim(sessions, job_effects)
     with session_scope(sessions) as session:
@@ -345,8 +371,8 @@ def test_events_follow_the_jobs_life_in_order(job_effects, sessions, new_job) ->
     ]
 
 
-def test_a_rolled_back_savepoint_keeps_the_transactions_earlier_events(  # type: ignore[no-untyped-def]
-    sessions, developer, catalog_model
+def test_a_rolled_back_savepoint_keeps_the_transactions_earlier_events(
+    sessions: sessionmaker[Session], developer: Account, catalog_model: Model
 ) -> None:
     with session_scope(sessions) as session:
         job = Job(user_id=developer.user_id, model_id=catalog_model.id, input={})
@@ -359,7 +385,9 @@ def test_a_rolled_back_savepoint_keeps_the_transactions_earlier_events(  # type:
 
 
 @pytest.mark.parametrize("how", ["retry", "release", "recover"])
-def test_a_canceled_job_never_goes_back_to_the_queue(job_effects, sessions, new_job, how) -> None:  # type: ignore[no-untyped-def]
+def test_a_canceled_job_never_goes_back_to_the_queue(
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str], how: str
+) -> None:
     job_id = new_job(max_attempts=3)
     (claim,) = _claim(sessions, job_effects)
     with session_scope(sessions) as session:
@@ -379,8 +407,8 @@ def test_a_canceled_job_never_goes_back_to_the_queue(job_effects, sessions, new_
 
 
 def test_recovery_tells_users_what_happened_and_operators_which_worker(
-    job_effects, sessions, new_job
-) -> None:  # type: ignore[no-untyped-def]
+    job_effects: JobEffects, sessions: sessionmaker[Session], new_job: Callable[..., str]
+) -> None:
     job_id = new_job(max_attempts=1)
     _claim(sessions, job_effects, "host-42-abc")
     with session_scope(sessions) as session:

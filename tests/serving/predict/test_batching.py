@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -147,7 +148,7 @@ def test_quick_models_run_on_the_loop_and_slow_ones_in_the_executor() -> None:
     """A slow model's call must leave the event loop free; a quick one skips the thread hop."""
     threads: list[str] = []
 
-    def model(seconds: float):  # type: ignore[no-untyped-def]
+    def model(seconds: float) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
         def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             threads.append(threading.current_thread().name)
             time.sleep(seconds)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.db.models import UsageEvent
 from serving.predict.metering import UsageRecorder
+from tests.fixtures.accounts import Account
 
 
-def _event(account) -> dict:  # type: ignore[no-untyped-def]
+def _event(account: Account) -> dict:
     return {
         "user_id": account.user_id,
         "api_key_id": account.key_id,
@@ -23,7 +25,9 @@ def _event(account) -> dict:  # type: ignore[no-untyped-def]
     }
 
 
-def test_events_are_written_once_even_when_a_flush_is_retried(sessions, developer) -> None:  # type: ignore[no-untyped-def]
+def test_events_are_written_once_even_when_a_flush_is_retried(
+    sessions: sessionmaker[Session], developer: Account
+) -> None:
     """A flush whose commit landed but whose answer was lost retries the same rows: they are
     not written twice, and the events queued after them still are."""
     recorder = UsageRecorder(sessions)

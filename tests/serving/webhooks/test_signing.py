@@ -3,6 +3,7 @@ secret per user however sessions race, and the route that shows it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from serving.webhooks.signing import (
     verify,
     webhook_secret_for,
 )
+from tests.fixtures.accounts import Account
 from tests.serving.webhooks.factories import PAYLOAD, Sessions, make_job, secret_of
 
 # Signatures
@@ -90,8 +92,8 @@ def test_a_secret_is_made_once_even_when_two_sessions_race(sessions: Sessions) -
     assert secret_of(sessions, job) == first
 
 
-def test_the_secret_route_needs_the_generate_scope_and_is_stable(  # type: ignore[no-untyped-def]
-    client: TestClient, developer, make_account, sessions: Sessions
+def test_the_secret_route_needs_the_generate_scope_and_is_stable(
+    client: TestClient, developer: Account, make_account: Callable[..., Account], sessions: Sessions
 ) -> None:
     assert client.get("/v1/webhooks/default/secret").status_code == 401
     limited = make_account(scopes=["jobs"])

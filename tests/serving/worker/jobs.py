@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.db import session_scope
 from goshen.db.models import Job, Model
 from goshen.runtimes.inputs import DigitsInput, batch_key
 from serving.jobs import transitions
+from tests.fixtures.accounts import Account
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 
-def queue_jobs(  # type: ignore[no-untyped-def]
-    sessions, account, model: Model, count: int = 1, timeout: float | None = None, **model_input
+def queue_jobs(
+    sessions: sessionmaker[Session],
+    account: Account,
+    model: Model,
+    count: int = 1,
+    timeout: float | None = None,
+    **model_input: Any,
 ) -> list[str]:
     """Queue jobs the way POST /v1/generate does, without an API in between."""
     checked = DigitsInput.model_validate({"digit": 3, "seed": 1} | model_input)
@@ -36,8 +45,11 @@ def queue_jobs(  # type: ignore[no-untyped-def]
 
 
 def wait_for(
-    sessions, job_ids: list[str], until: Callable[[Job], bool], timeout: float = 60
-) -> list[Job]:  # type: ignore[no-untyped-def]
+    sessions: sessionmaker[Session],
+    job_ids: list[str],
+    until: Callable[[Job], bool],
+    timeout: float = 60,
+) -> list[Job]:
     deadline = time.monotonic() + timeout
     while True:
         with sessions() as session:

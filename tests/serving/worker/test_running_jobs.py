@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import io
 import secrets
+import threading
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import httpx
 import mlflow
@@ -17,18 +20,30 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from goshen import catalog, registry
+from goshen.config import Settings
 from goshen.db import session_scope
-from goshen.db.models import Job, JobStatus, PricingUnit, UsageEvent, Visibility
-from goshen.runtimes.inputs import TextToImageInput, batch_key
+from goshen.db.models import Job, JobStatus, Model, PricingUnit, UsageEvent, Visibility
+from goshen.runtimes.base import ImageGenerator, StepReport
+from goshen.runtimes.inputs import GenerationInput, TextToImageInput, batch_key
 from serving.app import create_app
 from serving.jobs import transitions
+from serving.jobs.claim import Claim
+from serving.jobs.effects import JobEffects
+from serving.worker.context import WorkerContext
+from serving.worker.generator_cache import ModelSource
+from tests.fixtures.accounts import Account
 from tests.serving.worker.jobs import has_ended, queue_jobs, wait_for
 
 
-def test_compatible_jobs_run_as_one_batch_and_succeed_with_their_images(  # type: ignore[no-untyped-def]
-    serving_settings, sessions, developer, digits_model, start_worker
+def test_compatible_jobs_run_as_one_batch_and_succeed_with_their_images(
+    serving_settings: Settings,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    digits_model: Model,
+    start_worker: Callable[..., threading.Event],
 ) -> None:
     ids = queue_jobs(sessions, developer, digits_model, 3, num_images=2)
     start_worker()
@@ -56,8 +71,13 @@ def test_compatible_jobs_run_as_one_batch_and_succeed_with_their_images(  # type
     assert (image.format, image.size, image.mode) == ("PNG", (8, 8), "L")
 
 
-def test_the_same_seed_gives_the_same_image_alone_or_in_a_batch(  # type: ignore[no-untyped-def]
-    serving_settings, sessions, developer, digits_model, start_worker, tmp_path
+def test_the_same_seed_gives_the_same_image_alone_or_in_a_batch(
+    serving_settings: Settings,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    digits_model: Model,
+    start_worker: Callable[..., threading.Event],
+    tmp_path: Path,
 ) -> None:
     alone = queue_jobs(sessions, developer, digits_model, seed=42)
     start_worker()
@@ -78,8 +98,12 @@ def test_the_same_seed_gives_the_same_image_alone_or_in_a_batch(  # type: ignore
     assert (first != second).mean() < 0.05
 
 
-def test_a_running_job_stops_within_seconds_of_its_cancel(  # type: ignore[no-untyped-def]
-    job_effects, sessions, developer, digits_model, start_worker
+def test_a_running_job_stops_within_seconds_of_its_cancel(
+    job_effects: JobEffects,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    digits_model: Model,
+    start_worker: Callable[..., threading.Event],
 ) -> None:
     (job_id,) = queue_jobs(sessions, developer, digits_model, num_inference_steps=200)
     start_worker(step_seconds=0.05)
@@ -94,8 +118,11 @@ def test_a_running_job_stops_within_seconds_of_its_cancel(  # type: ignore[no-un
         assert session.scalar(select(func.count()).select_from(UsageEvent)) == 0
 
 
-def test_a_job_over_its_timeout_fails_with_a_timeout_error(  # type: ignore[no-untyped-def]
-    sessions, developer, digits_model, start_worker
+def test_a_job_over_its_timeout_fails_with_a_timeout_error(
+    sessions: sessionmaker[Session],
+    developer: Account,
+    digits_model: Model,
+    start_worker: Callable[..., threading.Event],
 ) -> None:
     (job_id,) = queue_jobs(sessions, developer, digits_model, num_inference_steps=200, timeout=0.5)
     start_worker(step_seconds=0.05)
@@ -104,8 +131,12 @@ def test_a_job_over_its_timeout_fails_with_a_timeout_error(  # type: ignore[no-u
     assert job.attempt == 1  # a timeout is final, not retried
 
 
-def test_the_pytorch_engine_serves_the_same_version(  # type: ignore[no-untyped-def]
-    serving_settings, sessions, developer, digits_model, start_worker
+def test_the_pytorch_engine_serves_the_same_version(
+    serving_settings: Settings,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    digits_model: Model,
+    start_worker: Callable[..., threading.Event],
 ) -> None:
     ids = queue_jobs(sessions, developer, digits_model, seed=5)
     start_worker(diffusion_engine="torch")
@@ -114,8 +145,11 @@ def test_the_pytorch_engine_serves_the_same_version(  # type: ignore[no-untyped-
     assert "(torch)" in job.device
 
 
-def test_a_model_missing_from_the_registry_fails_after_its_attempts(  # type: ignore[no-untyped-def]
-    sessions, developer, make_model, start_worker
+def test_a_model_missing_from_the_registry_fails_after_its_attempts(
+    sessions: sessionmaker[Session],
+    developer: Account,
+    make_model: Callable[..., Model],
+    start_worker: Callable[..., threading.Event],
 ) -> None:
     ids = queue_jobs(sessions, developer, make_model("never-registered", "3"))
     start_worker()
@@ -126,8 +160,12 @@ def test_a_model_missing_from_the_registry_fails_after_its_attempts(  # type: ig
     assert all("never-registered" in entry["error"] for entry in job.attempt_errors)
 
 
-def test_generated_pngs_download_only_with_a_valid_signature(  # type: ignore[no-untyped-def]
-    serving_settings, sessions, developer, digits_model, start_worker
+def test_generated_pngs_download_only_with_a_valid_signature(
+    serving_settings: Settings,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    digits_model: Model,
+    start_worker: Callable[..., threading.Event],
 ) -> None:
     ids = queue_jobs(sessions, developer, digits_model)
     start_worker()
@@ -144,8 +182,13 @@ def test_generated_pngs_download_only_with_a_valid_signature(  # type: ignore[no
     assert forged.status_code == 403
 
 
-def test_a_stable_diffusion_pipeline_from_the_registry_serves_text_to_image_jobs(  # type: ignore[no-untyped-def]
-    serving_settings, sessions, developer, tiny_sd_pipeline, mlflow_server, start_worker
+def test_a_stable_diffusion_pipeline_from_the_registry_serves_text_to_image_jobs(
+    serving_settings: Settings,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    tiny_sd_pipeline: Path,
+    mlflow_server: str,
+    start_worker: Callable[..., threading.Event],
 ) -> None:
     name = f"tiny-sd-{secrets.token_hex(3)}"
     mlflow.set_tracking_uri(mlflow_server)
@@ -192,8 +235,12 @@ def test_a_stable_diffusion_pipeline_from_the_registry_serves_text_to_image_jobs
     assert usage.unit == "second" and usage.quantity == pytest.approx(usage.seconds)
 
 
-def test_a_job_canceled_inside_a_batch_ends_at_once_and_the_batch_goes_on(  # type: ignore[no-untyped-def]
-    job_effects, sessions, developer, digits_model, start_worker
+def test_a_job_canceled_inside_a_batch_ends_at_once_and_the_batch_goes_on(
+    job_effects: JobEffects,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    digits_model: Model,
+    start_worker: Callable[..., threading.Event],
 ) -> None:
     kept, canceled = queue_jobs(sessions, developer, digits_model, 2, num_inference_steps=60)
     start_worker(step_seconds=0.05)
@@ -212,19 +259,21 @@ def test_a_job_canceled_inside_a_batch_ends_at_once_and_the_batch_goes_on(  # ty
 class _FailsInBatches:
     """The registry's models, but a batch of more than one job raises (a GPU out of memory)."""
 
-    def __init__(self, source) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, source: ModelSource) -> None:
         self.source = source
 
-    def resolve(self, model):  # type: ignore[no-untyped-def]
+    def resolve(self, model: Model) -> str:
         return self.source.resolve(model)
 
-    def load(self, model, version):  # type: ignore[no-untyped-def]
+    def load(self, model: Model, version: str) -> ImageGenerator:
         generator = self.source.load(model, version)
 
         class Fragile:
             device = generator.device
 
-            def generate(self, inputs, on_step):  # type: ignore[no-untyped-def]
+            def generate(
+                self, inputs: Sequence[GenerationInput], on_step: StepReport
+            ) -> list[list[Image.Image] | None]:
                 if len(inputs) > 1:
                     raise RuntimeError("CUDA out of memory")
                 return generator.generate(inputs, on_step)
@@ -235,8 +284,11 @@ class _FailsInBatches:
         return Fragile()
 
 
-def test_a_failed_batch_runs_its_jobs_one_by_one_without_spending_attempts(  # type: ignore[no-untyped-def]
-    serving_settings, sessions, developer, digits_model
+def test_a_failed_batch_runs_its_jobs_one_by_one_without_spending_attempts(
+    serving_settings: Settings,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    digits_model: Model,
 ) -> None:
     import threading
 
@@ -258,14 +310,18 @@ def test_a_failed_batch_runs_its_jobs_one_by_one_without_spending_attempts(  # t
     assert all("each job runs alone next" in job.logs for job in jobs)
 
 
-def test_a_worker_outlives_a_database_that_fails_for_a_while(  # type: ignore[no-untyped-def]
-    sessions, developer, digits_model, start_worker, monkeypatch
+def test_a_worker_outlives_a_database_that_fails_for_a_while(
+    sessions: sessionmaker[Session],
+    developer: Account,
+    digits_model: Model,
+    start_worker: Callable[..., threading.Event],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from serving.worker import loop as worker
 
     real_claim, failures = worker.claim, iter(range(3))
 
-    def flaky(context):  # type: ignore[no-untyped-def]
+    def flaky(context: WorkerContext) -> list[Claim]:
         if next(failures, None) is not None:
             raise OperationalError("SELECT", {}, Exception("server closed the connection"))
         return real_claim(context)

@@ -13,13 +13,15 @@ from datetime import datetime
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.config import Settings
-from goshen.db.models import Job, JobStatus, UsageEvent, Worker, WorkerStatus, utcnow
+from goshen.db.models import Job, JobStatus, Model, UsageEvent, Worker, WorkerStatus, utcnow
+from tests.fixtures.accounts import Account
 from tests.serving.worker.jobs import has_ended, queue_jobs, wait_for
 
 
-def _workers(sessions) -> list[Worker]:  # type: ignore[no-untyped-def]
+def _workers(sessions: sessionmaker[Session]) -> list[Worker]:
     with sessions() as session:
         return list(session.scalars(select(Worker)))
 
@@ -46,7 +48,9 @@ def _spawn(settings: Settings, **extra: str) -> subprocess.Popen[bytes]:
     )
 
 
-def test_worker_heartbeats_and_stops_on_sigterm(serving_settings, sessions) -> None:  # type: ignore[no-untyped-def]
+def test_worker_heartbeats_and_stops_on_sigterm(
+    serving_settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     worker = _spawn(serving_settings)
     try:
         deadline = time.monotonic() + 60
@@ -65,8 +69,11 @@ def test_worker_heartbeats_and_stops_on_sigterm(serving_settings, sessions) -> N
     assert _workers(sessions)[0].status == WorkerStatus.stopped
 
 
-def test_on_sigterm_a_worker_releases_a_job_it_cannot_finish_in_its_drain_time(  # type: ignore[no-untyped-def]
-    serving_settings, sessions, developer, digits_model
+def test_on_sigterm_a_worker_releases_a_job_it_cannot_finish_in_its_drain_time(
+    serving_settings: Settings,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    digits_model: Model,
 ) -> None:
     (job_id,) = queue_jobs(
         sessions, developer, digits_model, num_images=16, num_inference_steps=200
@@ -89,8 +96,11 @@ def test_on_sigterm_a_worker_releases_a_job_it_cannot_finish_in_its_drain_time( 
     assert row.status == WorkerStatus.stopped and row.loaded_models == []
 
 
-def test_on_sigterm_a_worker_finishes_its_batch_within_its_drain_time(  # type: ignore[no-untyped-def]
-    serving_settings, sessions, developer, digits_model
+def test_on_sigterm_a_worker_finishes_its_batch_within_its_drain_time(
+    serving_settings: Settings,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    digits_model: Model,
 ) -> None:
     ids = queue_jobs(sessions, developer, digits_model, 2, num_inference_steps=50)
     worker = _spawn(serving_settings, GOSHEN_WORKER_DRAIN_SECONDS="15")
@@ -107,8 +117,11 @@ def test_on_sigterm_a_worker_finishes_its_batch_within_its_drain_time(  # type: 
 
 
 @pytest.mark.slow
-def test_three_workers_finish_200_jobs_while_one_is_killed_mid_job(  # type: ignore[no-untyped-def]
-    serving_settings, sessions, developer, digits_model
+def test_three_workers_finish_200_jobs_while_one_is_killed_mid_job(
+    serving_settings: Settings,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    digits_model: Model,
 ) -> None:
     ids = queue_jobs(sessions, developer, digits_model, 200, num_inference_steps=20)
     workers = [_spawn(serving_settings, GOSHEN_WORKER_MAX_BATCH_SIZE="4") for _ in range(3)]
