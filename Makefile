@@ -31,11 +31,7 @@ demo: setup
 up: setup
 	$(BIN)/goshen up
 
-test: setup
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy
-	$(BIN)/lint-imports --no-cache
+test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: setup

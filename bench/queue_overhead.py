@@ -27,8 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
+from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.config import Settings
 from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
@@ -44,8 +46,9 @@ from goshen.db.models import (
     utcnow,
 )
 from goshen.db.notifications import JOB_EVENTS_CHANNEL, Listener
+from goshen.runtimes.base import StepReport
 from goshen.runtimes.devices import cpu_device
-from goshen.runtimes.inputs import DigitsInput, batch_key
+from goshen.runtimes.inputs import DigitsInput, GenerationInput, batch_key
 from serving.jobs.transitions import enqueue
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -56,7 +59,9 @@ class NoopGenerator:
 
     device = cpu_device()
 
-    def generate(self, inputs, on_step):  # type: ignore[no-untyped-def]
+    def generate(
+        self, inputs: Sequence[GenerationInput], on_step: StepReport
+    ) -> list[list[Image.Image] | None]:
         return [[] for _ in inputs]
 
     def close(self) -> None:
@@ -104,7 +109,7 @@ def _libpq(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _seed(factory) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def _seed(factory: sessionmaker[Session]) -> tuple[str, str]:
     with session_scope(factory) as session:
         user = User(email=f"{secrets.token_hex(4)}@bench.local", role=Role.developer)
         model = Model(
@@ -131,7 +136,9 @@ def _job(user_id: str, model_id: str) -> Job:
     )
 
 
-def _wait_done(factory, listener: Listener, count: int, timeout: float = 600) -> None:  # type: ignore[no-untyped-def]
+def _wait_done(
+    factory: sessionmaker[Session], listener: Listener, count: int, timeout: float = 600
+) -> None:
     """Until `count` jobs succeeded; woken by job-event notifications, so it barely polls."""
     deadline = time.monotonic() + timeout
     while True:
@@ -146,7 +153,7 @@ def _wait_done(factory, listener: Listener, count: int, timeout: float = 600) ->
         listener.wait(0.5)
 
 
-def _overheads(factory, ids: Sequence[str]) -> list[float]:  # type: ignore[no-untyped-def]
+def _overheads(factory: sessionmaker[Session], ids: Sequence[str]) -> list[float]:
     with factory() as session:
         jobs = session.scalars(select(Job).where(Job.id.in_(ids))).all()
     return [(job.completed_at - job.created_at).total_seconds() for job in jobs]

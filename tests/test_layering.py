@@ -58,6 +58,8 @@ def test_the_code_keeps_every_contract() -> None:
         # The pages are Streamlit scripts, outside any package, and checked all the same.
         ("dashboard.pages", "import sqlalchemy\n", "The dashboard never opens the database"),
         ("dashboard.pages", "import goshen_pipelines\n", "never import each other"),
+        ("serving", "import goshen_launcher\n", "Only the launcher imports the launcher"),
+        ("dashboard.pages", "import goshen_launcher\n", "Only the launcher imports the launcher"),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(

@@ -5,10 +5,12 @@
   on success its usage event, its `output` event and its `output` and `logs` webhooks; in every
   case its `status` and `done` events and its `completed` webhook.
 
-Everything is written in the caller's transaction, together with the transition itself, and
-keyed by job id (usage per job and kind, webhooks per job and event type), so a job that runs
-twice causes each once. Callers of the transitions (serving.jobs.transitions) never write any
-of it themselves.
+Everything is written in the caller's transaction, together with the transition itself. Usage
+(per job and kind) and webhooks (per job and event type) are keyed by job id, so a job that runs
+twice causes each once; its events are written once because a transition by a stale claim
+changes nothing (fencing) and so never reaches here. Only the queue's own modules call this
+(serving.jobs.claim for starts, serving.jobs.transitions for ends); nothing else writes any of
+it.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class JobEffects:
 
     def _webhook(self, session: Session, job: Job, event: str) -> None:
         """Queue the job's webhook event in the outbox, if it asked for one."""
-        if job.webhook is None or event not in outbox.wanted_events(job):
+        if not outbox.wants(job, event):
             return
         model = session.get(Model, job.model_id)
         assert model is not None, "catalog entries with jobs are never deleted (RESTRICT)"

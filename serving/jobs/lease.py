@@ -67,13 +67,3 @@ def report(session: Session, claim: Claim, entries: Sequence[Entry]) -> LeaseSta
         return LeaseState(held=False)
     entry_events(session, claim.job_id, entries)
     return LeaseState(True, bool(row[0]))
-
-
-def record_progress(session: Session, claim: Claim, steps: Sequence[tuple[int, int]]) -> LeaseState:
-    """Denoising steps done, in order; see `report`."""
-    return report(session, claim, [("progress", step) for step in steps])
-
-
-def append_logs(session: Session, claim: Claim, lines: Sequence[str]) -> bool:
-    """Append log lines to the job and its stream; False when the claim is stale."""
-    return report(session, claim, [("log", line) for line in lines]).held

@@ -13,7 +13,6 @@ stale claim they change nothing and answer None (or False).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -27,6 +26,7 @@ from serving.jobs.claim import Claim
 from serving.jobs.effects import Completion, JobEffects
 from serving.jobs.events import Entry, add_event, entry_events, entry_values, log_line
 from serving.jobs.lease import fenced_update, held_by
+from serving.jobs.retry import requeue, retry_delay
 
 TERMINAL = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 
@@ -76,11 +76,6 @@ def complete(
     entry_events(session, claim.job_id, entries)
     effects.ended(session, job, done)
     return job
-
-
-def retry_delay(attempt: int, base_seconds: float, rng: random.Random | None = None) -> float:
-    """Seconds before retry `attempt` (1 = the first): base·2^(attempt-1), times 1 to 1.5."""
-    return base_seconds * 2.0 ** (attempt - 1) * (rng or random).uniform(1.0, 1.5)
 
 
 def fail(
@@ -133,7 +128,7 @@ def release(
     job.attempt -= 1
     if alone:
         job.batch_key = None
-    _requeue(job, now)
+    requeue(job, now)
     log_line(session, job, f"released: {reason}")
     add_event(session, job.id, "status", {"status": "queued"})
     notify(session, JOBS_CHANNEL)
@@ -218,7 +213,7 @@ def _retry_later(
         _end_with(session, job, JobStatus.canceled, effects, now)
         return
     delay = retry_delay(job.attempt, retry_base_seconds)
-    _requeue(job, now + timedelta(seconds=delay))
+    requeue(job, now + timedelta(seconds=delay))
     log_line(session, job, f"{why}; retrying in {delay:.1f} s")
     add_event(session, job.id, "status", {"status": "queued", "retry_in_seconds": delay})
 
@@ -257,12 +252,3 @@ def _locked_if_held(session: Session, claim: Claim) -> Job | None:
 def _keep_attempt_error(job: Job, error: str, now: datetime) -> None:
     entry = {"attempt": job.attempt, "error": error, "at": now.isoformat()}
     job.attempt_errors = [*job.attempt_errors, entry]
-
-
-def _requeue(job: Job, run_after: datetime) -> None:
-    job.status = JobStatus.queued
-    job.run_after = run_after
-    job.claim_token = None
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.progress = None

@@ -27,15 +27,20 @@ def wanted_events(job: Job) -> tuple[str, ...]:
     return tuple(job.webhook_events or WEBHOOK_EVENTS)
 
 
+def wants(job: Job, event_type: str) -> bool:
+    """Whether the job has a webhook that receives `event_type` (a known event type)."""
+    if event_type not in WEBHOOK_EVENTS:
+        raise ValueError(f"unknown webhook event {event_type!r}; expected one of {WEBHOOK_EVENTS}")
+    return bool(job.webhook) and event_type in wanted_events(job)
+
+
 def enqueue_event(session: Session, job: Job, event_type: str, payload: dict[str, Any]) -> bool:
     """Add the job's `event_type` delivery to the outbox once; True if a row was added.
 
     Runs in the caller's transaction. A job that has no webhook, filters the event out, or
     already has this event (a job run twice) adds nothing.
     """
-    if event_type not in WEBHOOK_EVENTS:
-        raise ValueError(f"unknown webhook event {event_type!r}; expected one of {WEBHOOK_EVENTS}")
-    if not job.webhook or event_type not in wanted_events(job):
+    if not wants(job, event_type):
         return False
     canonical_body(payload)  # refuse a payload that cannot be sent before it is stored
     added = access.insert_once(

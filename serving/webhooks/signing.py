@@ -1,7 +1,8 @@
 """Standard Webhooks v1 signing: per-user `whsec_` secrets, signatures, and their check.
 
 Headers `webhook-id`, `webhook-timestamp`, `webhook-signature` (`v1,` + base64 HMAC-SHA256 of
-`id.timestamp.body`); `verify` is what a receiver runs, and what the SDK offers its users.
+`id.timestamp.body`); `verify` is what a receiver runs (the README shows it; receivers without
+this package use the `standardwebhooks` package, which checks the same signatures).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ class WorkerContext:
     effects: JobEffects = field(init=False)
 
     def __post_init__(self) -> None:
-        self.catalog = CatalogCache(self.factory, CATALOG_TTL_SECONDS, key=Model.id)
+        self.catalog = CatalogCache(self.factory, CATALOG_TTL_SECONDS, by=Model.id)
         self.effects = JobEffects(self.store, self.settings.api_url)
 
     def catalog_entry(self, model_id: str) -> Model:

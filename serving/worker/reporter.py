@@ -15,7 +15,6 @@ from collections.abc import Set as AbstractSet
 from sqlalchemy.orm import Session
 
 from goshen.db import session_scope
-from goshen.db.models import Model
 from serving.jobs import lease, transitions
 from serving.jobs.claim import Claim
 from serving.jobs.events import Entry
@@ -32,10 +31,9 @@ class BatchReporter:
     stop early (canceled, timed out, or released when the worker's drain period ends), which it
     ends at once, even while the batch is inside a long step."""
 
-    def __init__(self, context: WorkerContext, claims: Sequence[Claim], model: Model) -> None:
+    def __init__(self, context: WorkerContext, claims: Sequence[Claim]) -> None:
         self.context = context
         self.claims = list(claims)
-        self.model = model
         timeout = context.settings.job_timeout_seconds
         started = time.monotonic()
         self.deadlines = [started + (claim.timeout_seconds or timeout) for claim in claims]

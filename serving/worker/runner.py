@@ -57,7 +57,7 @@ def run_batch(context: WorkerContext, claims: Sequence[Claim]) -> None:
     model = context.catalog_entry(claims[0].model_id)
     started = time.monotonic()
     failure: BaseException | None = None
-    with BatchReporter(context, claims, model) as reporter:
+    with BatchReporter(context, claims) as reporter:
         try:
             generator = _generator(context, model, claims)
             inputs = [input_model(model.runtime).model_validate(c.input) for c in claims]

@@ -90,7 +90,7 @@ def upload(client: TestClient, account: Any, data: bytes, filename: str = "data"
 def nothing_kept(client: TestClient, sessions: sessionmaker[Session]) -> bool:
     with session_scope(sessions) as session:
         rows = session.scalar(select(func.count()).select_from(Dataset))
-    return rows == 0 and client.app.state.api.store.list("datasets") == []  # type: ignore[attr-defined]
+    return rows == 0 and client.app.state.api.store.list("datasets") == []  # type: ignore[attr-defined]  # untyped app
 
 
 def test_image_archive_lifecycle(client: TestClient, developer: Account) -> None:
@@ -106,7 +106,7 @@ def test_image_archive_lifecycle(client: TestClient, developer: Account) -> None
     assert "label" in dataset["schema"]["columns"]
     assert not {"storage_prefix", "user_id", "schema_"} & set(dataset)
 
-    store = client.app.state.api.store  # type: ignore[attr-defined]
+    store = client.app.state.api.store  # type: ignore[attr-defined]  # untyped app
     keys = [info.key for info in store.list("datasets")]
     prefix = f"datasets/{developer.user_id}/{dataset['id']}/"
     assert keys == [prefix + "images.tar", prefix + "manifest.json"]  # no user file names

@@ -342,7 +342,7 @@ def test_a_session_on_cuda_reports_a_cuda_device(monkeypatch: pytest.MonkeyPatch
 
     # What ONNX Runtime ran on decides, even where PyTorch is a CPU build.
     monkeypatch.setattr(session, "detect_device", cpu_device)
-    assert session.session_device(CudaSession()).kind == "cuda"  # type: ignore[arg-type]
+    assert session.session_device(CudaSession()).kind == "cuda"  # type: ignore[arg-type]  # a stand-in session
 
 
 def test_outputs_whose_first_dim_is_not_the_batch_axis_are_not_merged(tmp_path: Path) -> None:

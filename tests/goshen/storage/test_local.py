@@ -35,7 +35,7 @@ class _RecordingReader(io.RawIOBase):
 
 def test_local_put_reads_file_objects_in_bounded_chunks(local_store: LocalArtifactStore) -> None:
     reader = _RecordingReader(5 * CHUNK_SIZE)
-    local_store.put("big.bin", reader)  # type: ignore[arg-type]
+    local_store.put("big.bin", reader)  # type: ignore[arg-type]  # a fake reader
     assert local_store.size("big.bin") == 5 * CHUNK_SIZE
     assert all(0 < size <= CHUNK_SIZE for size in reader.requests)
 

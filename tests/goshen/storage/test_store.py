@@ -141,7 +141,7 @@ class _ObservingReader(io.RawIOBase):
 
 def test_an_upload_is_invisible_until_it_completes(store: ArtifactStore) -> None:
     reader = _ObservingReader(store)
-    store.put("d/upload.bin", reader)  # type: ignore[arg-type]
+    store.put("d/upload.bin", reader)  # type: ignore[arg-type]  # a fake reader
     assert reader.seen == ([], False)
     assert keys_of(store.list()) == ["d/upload.bin"]
 

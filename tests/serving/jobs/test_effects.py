@@ -58,10 +58,27 @@ def _recover(session: Session, claim: Claim, effects: JobEffects) -> object:
     return transitions.recover_stalled(session, effects, retry_base_seconds=0, now=later)
 
 
+def _release_while_canceling(session: Session, claim: Claim, effects: JobEffects) -> object:
+    """A stopping worker gives back a job whose cancel is pending: it ends canceled."""
+    transitions.request_cancel(session, claim.job_id, effects)
+    return transitions.release(session, claim, "the worker is stopping", effects)
+
+
+def _retry_while_canceling(session: Session, claim: Claim, effects: JobEffects) -> object:
+    """A retryable failure of a job whose cancel is pending ends it canceled, not queued."""
+    transitions.request_cancel(session, claim.job_id, effects)
+    session.get_one(Job, claim.job_id).max_attempts = 3  # attempts remain: a retry is due
+    return transitions.fail(
+        session, claim, "out of memory", effects, retryable=True, retry_base_seconds=0
+    )
+
+
 ENDINGS: dict[str, tuple[Ending, JobStatus]] = {
     "success": (_succeed, JobStatus.succeeded),
     "failure": (_fail, JobStatus.failed),
     "cancel": (_cancel_running, JobStatus.canceled),
+    "release-while-canceling": (_release_while_canceling, JobStatus.canceled),
+    "retry-while-canceling": (_retry_while_canceling, JobStatus.canceled),
     "recovery": (_recover, JobStatus.failed),
 }
 

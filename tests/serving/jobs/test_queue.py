@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from goshen.db import session_scope
 from goshen.db.models import Job, JobEvent, JobStatus, Model, UsageEvent, utcnow
 from goshen.errors import ConflictError
-from serving.jobs import lease, transitions
+from serving.jobs import lease, retry, transitions
 from serving.jobs.claim import Claim, claim_batch
 from serving.jobs.effects import Completion, JobEffects
 from tests.fixtures.accounts import Account
@@ -208,8 +208,8 @@ def test_a_worker_whose_lease_was_taken_over_changes_nothing(
 
     with session_scope(sessions) as session:
         assert lease.heartbeat(session, stale, LEASE) == lease.LeaseState(held=False)
-        assert not lease.record_progress(session, stale, [(1, 4)]).held
-        assert not lease.append_logs(session, stale, ["from the past"])
+        assert not lease.report(session, stale, [("progress", (1, 4))]).held
+        assert not lease.report(session, stale, [("log", "from the past")]).held
         assert transitions.complete(session, stale, _done(), job_effects) is None
         assert (
             transitions.fail(session, stale, "x", job_effects, retryable=True, retry_base_seconds=0)
@@ -288,7 +288,7 @@ def test_a_failure_that_is_not_retryable_ends_the_job_at_once(
 
 def test_retry_delays_double_with_jitter() -> None:
     rng = random.Random(0)
-    delays = [transitions.retry_delay(attempt, 2.0, rng) for attempt in (1, 2, 3, 4)]
+    delays = [retry.retry_delay(attempt, 2.0, rng) for attempt in (1, 2, 3, 4)]
     for attempt, delay in enumerate(delays, start=1):
         assert 2.0 * 2 ** (attempt - 1) <= delay <= 3.0 * 2 ** (attempt - 1)
     assert len({round(d / 2**i, 6) for i, d in enumerate(delays)}) > 1  # jittered
@@ -349,8 +349,8 @@ def test_events_follow_the_jobs_life_in_order(
     job_id = new_job()
     (claim,) = _claim(sessions, job_effects)
     with session_scope(sessions) as session:
-        lease.record_progress(session, claim, [(1, 2), (2, 2)])
-        lease.append_logs(session, claim, ["hello"])
+        lease.report(session, claim, [("progress", (1, 2)), ("progress", (2, 2))])
+        lease.report(session, claim, [("log", "hello")])
         transitions.complete(session, claim, _done(), job_effects)
     with sessions() as session:
         events = session.scalars(

@@ -23,7 +23,7 @@ def make_receiver() -> Iterator[Callable[..., Receiver]]:
         if tls is not None:
             server.socket = tls.wrap_socket(server.socket, server_side=True)
         receiver = Receiver(server)
-        server.receiver = receiver  # type: ignore[attr-defined]
+        server.receiver = receiver  # type: ignore[attr-defined]  # set on the server for its handler
         threading.Thread(target=server.serve_forever, daemon=True).start()
         started.append(receiver)
         return receiver

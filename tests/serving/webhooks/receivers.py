@@ -56,7 +56,7 @@ class Receiver:
 
 class ReceiverHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
-        self.server.receiver.answer(self)  # type: ignore[attr-defined]
+        self.server.receiver.answer(self)  # type: ignore[attr-defined]  # set by the receiver fixture
 
     def log_message(self, format: str, *args: object) -> None:
         """Keep the test output quiet."""
