@@ -116,9 +116,21 @@ def check_entry_name(name: str) -> str:
         problem = "climbs out of the archive with '..'"
     elif len(name) > MAX_ENTRY_NAME_LENGTH:
         problem = f"is longer than {MAX_ENTRY_NAME_LENGTH} characters"
+    elif not _is_unicode(name):
+        problem = "is not valid UTF-8; rename it"
     if problem:
         raise InvalidInputError(f"archive entry {shown} {problem}", field="file")
     return "/".join(part for part in name.split("/") if part not in ("", "."))
+
+
+def _is_unicode(name: str) -> bool:
+    """Whether a name holds only real characters: tarfile decodes bytes that are not UTF-8 to
+    lone surrogates, which no file store or JSON document can take."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Budget:
@@ -191,14 +203,22 @@ def _zip_files(
     with path.open("rb") as file:
         if _zip_entry_count(file, stop_after=limits.max_entries) > limits.max_entries:
             raise _too_many_entries(limits)
-        with zipfile.ZipFile(file) as archive:
+        try:
+            archive = zipfile.ZipFile(file)
+        except UnicodeDecodeError as exc:
+            raise _name_not_utf8(exc) from None
+        with archive:
             seen: set[str] = set()
             for info in archive.infolist():
                 name = _unique(check_entry_name(info.orig_filename), seen)
                 _check_zip_entry(info, name)
                 if info.is_dir() or not name:
                     continue
-                with archive.open(info) as raw:
+                try:
+                    raw = archive.open(info)  # reads the entry's local header and its name
+                except UnicodeDecodeError as exc:
+                    raise _name_not_utf8(exc) from None
+                with raw:
                     yield ArchiveFile(name, _EntryStream(raw, fmt, budget))
 
 
@@ -304,6 +324,14 @@ def _too_many_entries(limits: ArchiveLimits) -> PayloadTooLargeError:
     return PayloadTooLargeError(
         f"the archive has more than {limits.max_entries} entries, over the limit "
         f"GOSHEN_MAX_ARCHIVE_ENTRIES={limits.max_entries}; upload fewer files"
+    )
+
+
+def _name_not_utf8(exc: UnicodeDecodeError) -> InvalidInputError:
+    return InvalidInputError(
+        f"an entry name in the zip archive is marked UTF-8 but is not ({exc.reason} at byte "
+        f"{exc.start}); rename the file and zip the files again",
+        field="file",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import re
 from enum import StrEnum
 from pathlib import Path
 
@@ -18,6 +19,8 @@ _IMAGE_MAGIC = {
     b"BM": "BMP",
 }
 _SNIFF_BYTES = 64 * 1024
+# Bytes no text holds: control characters other than tab, line feed, vertical tab, form feed, CR.
+_BINARY_BYTES = re.compile(rb"[\x00-\x08\x0e-\x1f]")
 
 
 class UploadFormat(StrEnum):
@@ -44,9 +47,14 @@ def detect_format(path: Path) -> UploadFormat:
         return UploadFormat(archive.value)
     if head.startswith(b"PAR1"):
         return UploadFormat.parquet
-    if b"\x00" not in head and _is_utf8(head):
+    binary = _BINARY_BYTES.search(head)
+    if binary is None and _is_utf8(head):
         return UploadFormat.csv
-    found = f", it looks like a {image_format(head)} image" if image_format(head) else ""
+    found = ""
+    if image_format(head):
+        found = f"; it looks like a {image_format(head)} image"
+    elif binary is not None:
+        found = f"; its byte 0x{binary[0][0]:02x} at offset {binary.start()} is not text"
     raise InvalidInputError(
         f"the file is not a .zip, .tar or .tar.gz archive of images, a CSV or a Parquet table "
         f"(checked by its first bytes, not its name){found}",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from goshen.archives import ArchiveFile, ArchiveFormat, archive_files
 from goshen.db.models import DatasetKind
@@ -68,6 +68,12 @@ def check_image(path: Path, name: str, max_pixels: int) -> ImageInfo:
             raise PayloadTooLargeError(
                 f"image {shown} is too large to open ({exc}); the limit is "
                 f"GOSHEN_MAX_IMAGE_PIXELS={max_pixels}"
+            ) from None
+        except UnidentifiedImageError:
+            # Its message names our scratch file; the user's entry name says more.
+            raise InvalidInputError(
+                f"image {shown} starts like a {fmt} file but is not a readable {fmt} image",
+                field="file",
             ) from None
         except _DECODE_ERRORS as exc:
             raise InvalidInputError(

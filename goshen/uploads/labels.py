@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 from goshen.errors import InvalidInputError
 
 LABELS_CSV = "labels.csv"
+# The csv module's own limit on a field, left at its default: no file name or label is longer.
+MAX_LABELS_FIELD_CHARS = 128 * 1024
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def image_labels(
@@ -66,23 +70,47 @@ def _labels_from_csv(images: list[str], data: bytes) -> list[str | None]:
 
 def _parse_labels_csv(data: bytes) -> dict[str, str]:
     """labels.csv as {file: label}; needs a header with `file` and `label` columns."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise InvalidInputError(
+            f"labels.csv contains a NUL byte (at offset {nul}); save it as UTF-8 text", field="file"
+        )
     try:
-        rows = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
-        if rows.fieldnames is None or not {"file", "label"} <= set(rows.fieldnames):
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"labels.csv is not UTF-8 text (byte {exc.start}); save it as UTF-8", field="file"
+        ) from None
+    try:
+        return _labels_table(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        # In its default, lenient mode the csv module refuses only fields over its limit.
+        raise InvalidInputError(
+            f"labels.csv could not be read ({exc}); a file name or label may hold at most "
+            f"{MAX_LABELS_FIELD_CHARS} characters",
+            field="file",
+        ) from None
+
+
+def _labels_table(rows: csv.DictReader[str]) -> dict[str, str]:
+    if rows.fieldnames is None or not {"file", "label"} <= set(rows.fieldnames):
+        raise InvalidInputError(
+            "labels.csv needs a header row with the columns file,label", field="file"
+        )
+    table: dict[str, str] = {}
+    for line, row in enumerate(rows, start=2):
+        name = (row["file"] or "").strip().removeprefix("./")
+        label = (row["label"] or "").strip()
+        if not name or not label:
             raise InvalidInputError(
-                "labels.csv needs a header row with the columns file,label", field="file"
+                f"labels.csv line {line} needs a file and a label", field="file"
             )
-        table: dict[str, str] = {}
-        for line, row in enumerate(rows, start=2):
-            name = (row["file"] or "").strip().removeprefix("./")
-            label = (row["label"] or "").strip()
-            if not name or not label:
-                raise InvalidInputError(
-                    f"labels.csv line {line} needs a file and a label", field="file"
-                )
-            if name in table:
-                raise InvalidInputError(f"labels.csv names {name[:200]!r} twice", field="file")
-            table[name] = label
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidInputError(f"labels.csv is not UTF-8 CSV ({exc})", field="file") from None
+        if _CONTROL_CHARACTERS.search(label):
+            raise InvalidInputError(
+                f"labels.csv line {line}: label {label[:200]!r} contains a control character",
+                field="file",
+            )
+        if name in table:
+            raise InvalidInputError(f"labels.csv names {name[:200]!r} twice", field="file")
+        table[name] = label
     return table

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import logging
 import math
+import re
+import zoneinfo
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,12 +25,20 @@ from goshen.uploads.limits import UploadLimits
 from goshen.uploads.manifest import MANIFEST_VERSION, TABLE, StoredDataset, put_manifest
 
 MAX_TARGET_CLASSES = 100  # a target with more distinct values gets no distribution in the stats
+# Polars reads the table and has no field limit; the csv module reads only the header, to count
+# columns before Polars reads anything. A header within csv's own field limit (128 KiB by default)
+# can never trip that limit, so it is the header's limit too.
+MAX_CSV_HEADER_BYTES = 128 * 1024
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+log = logging.getLogger(__name__)
 
 
 def read_table(path: Path, fmt: UploadFormat, limits: UploadLimits) -> pl.DataFrame:
     """Parse a CSV or Parquet upload with Polars, within the row, column and size limits."""
     reader = _read_parquet if fmt is UploadFormat.parquet else _read_csv
     frame = reader(path, limits)
+    _check_column_names(frame.columns)
     if frame.height > limits.max_table_rows:
         raise _too_many_rows(limits)
     if frame.height == 0:
@@ -89,24 +102,71 @@ def store_table(
 
 
 def _read_csv(path: Path, limits: UploadLimits) -> pl.DataFrame:
-    with path.open(newline="", encoding="utf-8", errors="replace") as text:
-        header = next(csv.reader(text), [])
-    if len(header) > limits.max_table_columns:
-        raise _too_many_columns(limits, len(header))
+    columns = len(_csv_header(path))
+    if columns > limits.max_table_columns:
+        raise _too_many_columns(limits, columns)
     try:
         # One row past the limit is enough to refuse; the whole read decides the column types.
         return pl.read_csv(path, n_rows=limits.max_table_rows + 1, infer_schema_length=None)
-    except (pl.exceptions.PolarsError, csv.Error) as exc:
+    except pl.exceptions.PolarsError as exc:
         raise InvalidInputError(
             f"the CSV file could not be read: {_short(exc)}", field="file"
         ) from None
+    except pl.exceptions.PanicException as exc:
+        raise _reader_failed("CSV", exc) from None
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The CSV's first record, parsed from at most MAX_CSV_HEADER_BYTES bytes."""
+    with path.open("rb") as file:
+        head = file.read(MAX_CSV_HEADER_BYTES + 1).removeprefix(codecs.BOM_UTF8)
+    # Bytes that are not UTF-8 after the header are the rows' problem, which Polars names.
+    text, not_utf8_at = _utf8_prefix(head[:MAX_CSV_HEADER_BYTES])
+    more = len(head) > MAX_CSV_HEADER_BYTES or not_utf8_at is not None
+    try:
+        header, ended = _first_record(text, more)
+    except csv.Error as exc:
+        raise InvalidInputError(
+            f"the CSV header could not be read: {_short(exc)}", field="file"
+        ) from None
+    if not ended and not_utf8_at is not None:
+        raise InvalidInputError(
+            f"the CSV header is not UTF-8 text (byte {not_utf8_at}); save the file as UTF-8",
+            field="file",
+        )
+    if not ended:
+        raise InvalidInputError(
+            f"the CSV header (its first line) is longer than {MAX_CSV_HEADER_BYTES} bytes, the "
+            f"limit MAX_CSV_HEADER_BYTES={MAX_CSV_HEADER_BYTES}; shorten the column names, or "
+            "check that the file is a CSV table",
+            field="file",
+        )
+    return header
+
+
+def _utf8_prefix(data: bytes) -> tuple[str, int | None]:
+    """`data` as text up to its first byte that is not UTF-8, and that byte's offset, if any."""
+    try:
+        # The bytes may end inside a character; only a real error counts.
+        return codecs.getincrementaldecoder("utf-8")().decode(data, final=False), None
+    except UnicodeDecodeError as exc:
+        return data[: exc.start].decode(), exc.start
+
+
+def _first_record(text: str, more: bool) -> tuple[list[str], bool]:
+    """The first CSV record of `text`, and whether it ends there; `more`: the file goes on."""
+    records = csv.reader(io.StringIO(text, newline=""))
+    header = next(records, [])
+    ended = not more or text.endswith(("\n", "\r")) or next(records, None) is not None
+    return header, ended
 
 
 def _read_parquet(path: Path, limits: UploadLimits) -> pl.DataFrame:
     try:
-        metadata = pq.ParquetFile(path).metadata  # the footer only
+        parquet = pq.ParquetFile(path)  # reads the footer only
+        metadata, schema = parquet.metadata, parquet.schema_arrow
     except (pyarrow.ArrowException, OSError) as exc:
-        raise _damaged_parquet(exc) from None
+        raise _unreadable_parquet(exc) from None
     if metadata.num_columns > limits.max_table_columns:
         raise _too_many_columns(limits, metadata.num_columns)
     if metadata.num_rows > limits.max_table_rows:
@@ -117,10 +177,60 @@ def _read_parquet(path: Path, limits: UploadLimits) -> pl.DataFrame:
             f"the Parquet file unpacks to {unpacked} bytes, over the limit "
             f"GOSHEN_MAX_UNCOMPRESSED_BYTES={limits.max_uncompressed_bytes}"
         )
+    _check_time_zones(schema)
     try:
         return pl.read_parquet(path)
     except pl.exceptions.PolarsError as exc:
-        raise _damaged_parquet(exc) from None
+        raise _unreadable_parquet(exc) from None
+    except pl.exceptions.PanicException as exc:
+        raise _reader_failed("Parquet", exc) from None
+
+
+def _check_time_zones(schema: pyarrow.Schema) -> None:
+    """Refuse timestamp columns in unknown time zones, which Polars cannot read (it panics)."""
+    for field in schema:
+        for dtype in _nested_types(field.type):
+            zone = getattr(dtype, "tz", None)
+            if zone and not _known_time_zone(zone):
+                raise InvalidInputError(
+                    f"column {field.name[:200]!r} has timestamps in the unknown time zone "
+                    f"{zone[:100]!r}; use an IANA name such as 'UTC' or 'Europe/Paris'",
+                    field="file",
+                )
+
+
+def _nested_types(dtype: pyarrow.DataType) -> list[pyarrow.DataType]:
+    children = [dtype.field(i).type for i in range(dtype.num_fields)]
+    return [dtype, *(nested for child in children for nested in _nested_types(child))]
+
+
+def _known_time_zone(zone: str) -> bool:
+    if re.fullmatch(r"[+-]\d\d:\d\d", zone):
+        return True  # a fixed offset
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _check_column_names(names: list[str]) -> None:
+    for name in names:
+        if found := _CONTROL_CHARACTERS.search(name):
+            raise InvalidInputError(
+                f"column name {name[:200]!r} contains the control character {found[0]!r}; "
+                "rename the column",
+                field="file",
+            )
+
+
+def _reader_failed(fmt: str, exc: BaseException) -> InvalidInputError:
+    # A panic is Polars' bug, not the user's; it is logged for us and the file is refused.
+    log.warning("Polars failed on an uploaded %s file: %s", fmt, _short(exc))
+    return InvalidInputError(
+        f"the {fmt} file could not be read: {_short(exc)}; check that it is a valid {fmt} file",
+        field="file",
+    )
 
 
 def _target_stats(column: pl.Series) -> dict[str, Any]:
@@ -128,6 +238,12 @@ def _target_stats(column: pl.Series) -> dict[str, Any]:
     if not column.dtype.is_float() and stats["distinct"] <= MAX_TARGET_CLASSES:
         counts = column.drop_nulls().value_counts(sort=True)
         stats["distribution"] = {str(value): count for value, count in counts.iter_rows()}
+        if any("\x00" in value for value in stats["distribution"]):
+            # PostgreSQL's JSON cannot hold a NUL, and a class name has no use for one.
+            raise InvalidInputError(
+                f"target column {column.name[:200]!r} has a value with a NUL byte; remove it",
+                field="target",
+            )
     return stats
 
 
@@ -147,8 +263,12 @@ def _too_many_rows(limits: UploadLimits, rows: int | None = None) -> PayloadTooL
     )
 
 
-def _damaged_parquet(exc: BaseException) -> InvalidInputError:
-    return InvalidInputError(f"the Parquet file is damaged: {_short(exc)}", field="file")
+def _unreadable_parquet(exc: BaseException) -> InvalidInputError:
+    return InvalidInputError(
+        f"the Parquet file is damaged, not Parquet, or holds a type Polars cannot read: "
+        f"{_short(exc)}",
+        field="file",
+    )
 
 
 def _too_many_columns(limits: UploadLimits, columns: int) -> PayloadTooLargeError:
