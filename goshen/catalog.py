@@ -168,9 +168,21 @@ def get_visible(session: Session, name: str, user_id: str) -> Model:
 def check_callable(model: Model) -> str | None:
     """Raise ConflictError unless the entry can take jobs; returns its live version, if known."""
     if model.status in (ModelStatus.disabled, ModelStatus.failed):
-        reason = f": {model.status_error}" if model.status_error else ""
-        raise ConflictError(f"model {model.name} is {model.status}{reason}; it takes no jobs now")
+        raise ConflictError(not_deployed(model))
     return serving_version(model)
+
+
+def not_deployed(model: Model) -> str:
+    """Why an entry takes no calls, as its callers see it. Why a deploy failed is for admins
+    (GET /v1/admin/models/{name}): the registry's error may name its internals."""
+    if model.status == ModelStatus.disabled:
+        return (
+            f"model {model.name} is not deployed: an admin undeployed it "
+            f"(POST /v1/admin/models/{model.name}/deploy serves it again)"
+        )
+    if model.status == ModelStatus.failed:
+        return f"model {model.name} is not deployed: its last deploy failed; ask an admin"
+    return f"model {model.name} is not deployed yet ({model.status}); try again shortly"
 
 
 def serving_version(model: Model) -> str | None:

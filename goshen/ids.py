@@ -9,6 +9,7 @@ import secrets
 import time
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CROCKFORD_CLASS = "[0-9A-HJKMNP-TV-Z]"  # the same alphabet, as a regex class
 
 
 def new_id(kind: str) -> str:
@@ -19,3 +20,8 @@ def new_id(kind: str) -> str:
         value, digit = divmod(value, 32)
         chars.append(_CROCKFORD[digit])
     return f"{kind}_{''.join(reversed(chars))}"
+
+
+def id_pattern(kind: str = "[a-z]{2,4}") -> str:
+    """The regex a well-formed id of `kind` matches (of any kind by default)."""
+    return rf"^{kind}_{_CROCKFORD_CLASS}{{26}}$"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -25,6 +25,7 @@ from goshen.db.models import (
     utcnow,
 )
 from goshen.errors import ConflictError, InvalidInputError, NotFoundError
+from goshen.text import ONE_LINE
 
 MAX_EPOCHS = 200
 MAX_BATCH_SIZE = 1024
@@ -55,7 +56,9 @@ class TrainingConfig(BaseModel):
     learning_rate: float = Field(default=1e-3, gt=0, le=1)
     image_size: int = Field(default=16, description=f"diffusion only; one of {IMAGE_SIZES}")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    target: str | None = Field(default=None, max_length=200, description="tables: target column")
+    target: Annotated[str, StringConstraints(max_length=200), ONE_LINE] | None = Field(
+        default=None, description="tables: target column"
+    )
 
     @field_validator("image_size")
     @classmethod

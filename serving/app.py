@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import mlflow
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from goshen.catalog import ensure_builtin_models
 from goshen.config import Settings, load_settings
@@ -17,6 +17,7 @@ from goshen.db.notifications import KEYS_CHANNEL, is_postgres
 from goshen.storage import make_store
 from serving.catalog.cache import CatalogCache
 from serving.http.body_limit import BodySizeLimit
+from serving.http.content_type import json_bodies_only
 from serving.http.metrics import ApiMetrics, install_metrics
 from serving.http.principal_cache import PrincipalCache
 from serving.http.problems import install_problem_handlers
@@ -153,5 +154,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs,
     )
     for router in (module.router for module in routers):
-        app.include_router(router)
+        # FastAPI would answer a text/plain body to a JSON route with 422s about its fields.
+        app.include_router(router, dependencies=[Depends(json_bodies_only)])
     return app

@@ -20,9 +20,18 @@ from goshen.db.models import (
     TrainingStatus,
     Visibility,
 )
+from goshen.ids import id_pattern
+from goshen.text import MULTILINE, ONE_LINE
 from goshen.training import Task, TrainingConfig
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# Free text is ONE_LINE or MULTILINE (goshen.text): no NUL or other control characters.
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), ONE_LINE
+]
+Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=320), ONE_LINE]
+CATALOG_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+CatalogName = Annotated[str, StringConstraints(pattern=CATALOG_NAME_PATTERN)]
+Description = Annotated[str, StringConstraints(max_length=2000), MULTILINE]
 
 
 class RequestBody(BaseModel):
@@ -63,13 +72,15 @@ class KeyCreated(KeyPublic):
 
 
 class UserCreate(RequestBody):
-    email: Annotated[str, StringConstraints(strip_whitespace=True, max_length=320)]
-    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] = ""
+    email: Email
+    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), ONE_LINE] = ""
     role: Role = Role.developer
 
 
 class UserUpdate(RequestBody):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
+    name: (
+        Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), ONE_LINE] | None
+    ) = None
     role: Role | None = None
     disabled: bool | None = Field(default=None, description="true disables the user and its keys")
 
@@ -84,9 +95,9 @@ class UserPublic(PublicBody):
 
 
 class TrainingJobCreate(RequestBody):
-    dataset_id: Annotated[str, StringConstraints(max_length=40)]
+    dataset_id: Annotated[str, StringConstraints(pattern=id_pattern("ds"))]
     task: Task
-    model_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
+    model_name: CatalogName
     config: TrainingConfig = Field(default_factory=TrainingConfig)
 
 
@@ -111,6 +122,9 @@ class TrainingJobPublic(PublicBody):
     completed_at: datetime | None
 
 
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=200), ONE_LINE]
+
+
 class DatasetCreate(RequestBody):
     """The text fields of a dataset upload; the file itself is the multipart part `file`."""
 
@@ -118,7 +132,7 @@ class DatasetCreate(RequestBody):
     kind: DatasetKind | None = Field(
         default=None, description="images or tabular; inferred from the file's content when absent"
     )
-    target: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+    target: ColumnName | None = Field(
         default=None, description="tables: the target column, whose distribution goes into stats"
     )
 
@@ -142,6 +156,7 @@ class DatasetPublic(PublicBody):
     updated_at: datetime
 
 
+WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048), ONE_LINE]
 WebhookEvent = Literal["start", "output", "logs", "completed"]
 
 
@@ -149,13 +164,11 @@ class JobCreate(RequestBody):
     """POST /v1/generate: which model, its input (checked against the model's schema), and an
     optional webhook. Server-owned fields (status, priority, cost, owner) are refused."""
 
-    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
-        description="a catalog model name, as listed by GET /v1/models"
-    )
+    model: CatalogName = Field(description="a catalog model name, as listed by GET /v1/models")
     input: dict[str, Any] = Field(
         description="the model's input; GET /v1/models/{name} publishes its JSON Schema"
     )
-    webhook: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = Field(
+    webhook: WebhookUrl | None = Field(
         default=None, description="an https URL to POST job events to (Standard Webhooks signed)"
     )
     webhook_events_filter: list[WebhookEvent] | None = Field(
@@ -233,9 +246,6 @@ class ModelPublic(BaseModel):
     examples: list[Any]
 
 
-CatalogName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
-
-
 class Pricing(RequestBody):
     unit: PricingUnit = Field(description="image, second or request")
     price_micros: int = Field(ge=0, le=10**12, description="per unit, in micro-credits")
@@ -245,12 +255,12 @@ class ModelRegister(RequestBody):
     """POST /v1/admin/models: a catalog entry for an MLflow registered model."""
 
     name: CatalogName = Field(description="what developers call it, in URLs")
-    registered_model: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    alias: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = Field(
+    registered_model: Annotated[str, StringConstraints(min_length=1, max_length=200), ONE_LINE]
+    alias: Annotated[str, StringConstraints(min_length=1, max_length=100), ONE_LINE] | None = Field(
         default=None, description="follow this alias (e.g. production); or pin `version`"
     )
     version: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")] | None = None
-    description: Annotated[str, StringConstraints(max_length=2000)] = ""
+    description: Description = ""
     pricing: Pricing
     visibility: Visibility = Visibility.private
     max_batch_size: int | None = Field(default=None, ge=1, le=4096)
@@ -260,7 +270,7 @@ class ModelRegister(RequestBody):
 class ModelUpdate(RequestBody):
     """PATCH /v1/admin/models/{name}: what may change without a deploy."""
 
-    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    description: Description | None = None
     pricing: Pricing | None = None
     visibility: Visibility | None = None
     max_batch_size: int | None = Field(default=None, ge=1, le=4096)
@@ -280,7 +290,7 @@ class DeployRequest(RequestBody):
     """POST .../deploy: pin a version or follow an alias from now on; empty keeps the entry's."""
 
     version: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")] | None = None
-    alias: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+    alias: Annotated[str, StringConstraints(min_length=1, max_length=100), ONE_LINE] | None = None
 
 
 class AdminModelPublic(ModelPublic):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from goshen.db.models import ModelRuntime
+from goshen.text import MULTILINE
 
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 200
@@ -36,12 +37,13 @@ Seed = Annotated[
 
 
 class GenerationInput(BaseModel):
-    """Common ground of every runtime's input: unknown fields are refused, seeds are filled in.
+    """Common ground of every runtime's input: unknown fields are refused, values are not
+    coerced (`true` or `"3"` is no integer, as the published JSON Schema says), seeds are filled in.
 
     Subclasses declare `seed` and `num_images` where they belong in their own field order.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     if TYPE_CHECKING:
         seed: int | None
@@ -91,7 +93,7 @@ class DigitsInput(GenerationInput):
 
 
 Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)]
-Prompt = Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARACTERS)]
+Prompt = Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARACTERS), MULTILINE]
 
 
 class TextToImageInput(GenerationInput):
@@ -116,9 +118,9 @@ class TextToImageInput(GenerationInput):
         },
     )
 
-    prompt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARACTERS)] = (
-        Field(description=f"what to draw, at most {MAX_PROMPT_CHARACTERS} characters")
-    )
+    prompt: Annotated[
+        str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARACTERS), MULTILINE
+    ] = Field(description=f"what to draw, at most {MAX_PROMPT_CHARACTERS} characters")
     negative_prompt: Prompt = Field(default="", description="what to steer away from")
     width: Side = Field(default=512, description="pixels, a multiple of 8, 64 to 1024")
     height: Side = Field(default=512, description="pixels, a multiple of 8, 64 to 1024")

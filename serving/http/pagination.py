@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -12,10 +11,10 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from goshen.db.access import Owned
+from goshen.ids import id_pattern
 
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 20
-_CURSOR = re.compile(r"^[a-z]{2,4}_[0-9A-HJKMNP-TV-Z]{26}$")
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -29,7 +28,7 @@ class Page(BaseModel, Generic[T]):
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"page size, at most {MAX_LIMIT}")]
 Cursor = Annotated[
     str | None,
-    Query(pattern=_CURSOR.pattern, description="`next_cursor` of the previous page"),
+    Query(pattern=id_pattern(), description="`next_cursor` of the previous page"),
 ]
 
 

@@ -11,9 +11,19 @@ from sqlalchemy.orm import Session
 from goshen import accounts
 from goshen.db.models import ApiKey, User, utcnow
 from goshen.errors import ConflictError, NotFoundError
+from goshen.ids import id_pattern
 from serving.http.dependencies import AdminPrincipal, PrincipalsDep, SessionDep
 from serving.http.pagination import Cursor, Limit, Page, paginate
-from serving.schemas import KeyCreate, KeyCreated, KeyPublic, UserCreate, UserPublic, UserUpdate
+from serving.http.paths import KeyId, UserId
+from serving.schemas import (
+    Email,
+    KeyCreate,
+    KeyCreated,
+    KeyPublic,
+    UserCreate,
+    UserPublic,
+    UserUpdate,
+)
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -31,7 +41,7 @@ def list_users(
     session: SessionDep,
     limit: Limit = 20,
     cursor: Cursor = None,
-    email: Annotated[str | None, Query(max_length=320)] = None,
+    email: Annotated[Email | None, Query()] = None,
 ) -> Page[UserPublic]:
     query = select(User)
     if email is not None:
@@ -47,13 +57,13 @@ def create_user(body: UserCreate, _admin: AdminPrincipal, session: SessionDep) -
 
 
 @router.get("/users/{user_id}")
-def get_user(user_id: str, _admin: AdminPrincipal, session: SessionDep) -> UserPublic:
+def get_user(user_id: UserId, _admin: AdminPrincipal, session: SessionDep) -> UserPublic:
     return UserPublic.model_validate(_user(session, user_id))
 
 
 @router.patch("/users/{user_id}")
 def update_user(
-    user_id: str,
+    user_id: UserId,
     body: UserUpdate,
     admin: AdminPrincipal,
     session: SessionDep,
@@ -77,7 +87,7 @@ def update_user(
 
 @router.post("/users/{user_id}/keys", status_code=201)
 def create_user_key(
-    user_id: str, body: KeyCreate, _admin: AdminPrincipal, session: SessionDep
+    user_id: UserId, body: KeyCreate, _admin: AdminPrincipal, session: SessionDep
 ) -> KeyCreated:
     """Issue a key for a user; its secret is in this response only."""
     key, plaintext = accounts.issue_key(
@@ -93,7 +103,7 @@ def list_all_keys(
     session: SessionDep,
     limit: Limit = 20,
     cursor: Cursor = None,
-    user_id: Annotated[str | None, Query(max_length=40)] = None,
+    user_id: Annotated[str | None, Query(pattern=id_pattern("usr"))] = None,
 ) -> Page[KeyPublic]:
     query = select(ApiKey)
     if user_id is not None:
@@ -103,7 +113,7 @@ def list_all_keys(
 
 @router.delete("/keys/{key_id}")
 def revoke_any_key(
-    key_id: str, _admin: AdminPrincipal, session: SessionDep, principals: PrincipalsDep
+    key_id: KeyId, _admin: AdminPrincipal, session: SessionDep, principals: PrincipalsDep
 ) -> KeyPublic:
     key = accounts.revoke_key(accounts.get_key(session, key_id))
     principals.announce(session, key.user_id)

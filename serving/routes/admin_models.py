@@ -17,6 +17,7 @@ from serving.catalog import deployments
 from serving.catalog.views import admin_model
 from serving.http.dependencies import AdminPrincipal, ApiStateDep, SessionDep
 from serving.http.pagination import Cursor, Limit, Page, paginate
+from serving.http.paths import ModelName
 from serving.http.state import ApiState
 from serving.schemas import AdminModelPublic, DeployRequest, ModelRegister, ModelUpdate
 
@@ -48,7 +49,9 @@ def list_catalog(
 
 
 @router.get("/{name}")
-def get_catalog_entry(name: str, _admin: AdminPrincipal, state: ApiStateDep) -> AdminModelPublic:
+def get_catalog_entry(
+    name: ModelName, _admin: AdminPrincipal, state: ApiStateDep
+) -> AdminModelPublic:
     return admin_model(_by_name(state, name))
 
 
@@ -92,7 +95,7 @@ async def register_model(
 
 @router.patch("/{name}")
 def update_model(
-    name: str, body: ModelUpdate, _admin: AdminPrincipal, state: ApiStateDep
+    name: ModelName, body: ModelUpdate, _admin: AdminPrincipal, state: ApiStateDep
 ) -> AdminModelPublic:
     """Change description, pricing, visibility or batching; no deploy needed."""
     with session_scope(state.sessions) as session:
@@ -113,7 +116,7 @@ def update_model(
 
 @router.post("/{name}/deploy")
 async def deploy_model(
-    name: str,
+    name: ModelName,
     _admin: AdminPrincipal,
     state: ApiStateDep,
     body: Annotated[DeployRequest | None, Body()] = None,
@@ -138,7 +141,7 @@ async def deploy_model(
 
 
 @router.post("/{name}/undeploy")
-def undeploy_model(name: str, _admin: AdminPrincipal, state: ApiStateDep) -> AdminModelPublic:
+def undeploy_model(name: ModelName, _admin: AdminPrincipal, state: ApiStateDep) -> AdminModelPublic:
     """Stop serving: requests answer 409 until the entry is deployed again."""
     model = deployments.undeploy(state.sessions, state.predict_models, _by_name(state, name).id)
     state.catalog.invalidate(name)
@@ -146,7 +149,9 @@ def undeploy_model(name: str, _admin: AdminPrincipal, state: ApiStateDep) -> Adm
 
 
 @router.post("/{name}/rollback", responses={409: {"description": "no previous version"}})
-async def rollback_model(name: str, _admin: AdminPrincipal, state: ApiStateDep) -> AdminModelPublic:
+async def rollback_model(
+    name: ModelName, _admin: AdminPrincipal, state: ApiStateDep
+) -> AdminModelPublic:
     """Serve the previous live version again (pinned, until the next deploy)."""
     model = await run_in_threadpool(
         deployments.rollback,

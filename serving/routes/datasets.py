@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import TypeAdapter
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +22,8 @@ from goshen.uploads.store import store_dataset
 from serving.http.dependencies import SessionDep, SettingsDep, StoreDep, require_scope
 from serving.http.multipart import multipart_form, received_upload
 from serving.http.pagination import Cursor, Limit, Page, page_of_owned
-from serving.schemas import DatasetCreate, DatasetPublic
+from serving.http.paths import DatasetId
+from serving.schemas import ColumnName, DatasetCreate, DatasetPublic, Name
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 DatasetsPrincipal = Annotated[Principal, Depends(require_scope("datasets"))]
@@ -30,16 +32,14 @@ _UPLOAD_FORM = multipart_form(
     "a .zip, .tar or .tar.gz of PNG, JPEG, BMP or GIF images (optional top-level labels.csv of "
     "file,label; or one folder per class), or a CSV or Parquet table",
     {
-        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "name": TypeAdapter(Name).json_schema(),
         "kind": {
             "type": "string",
             "enum": [kind.value for kind in DatasetKind],
             "description": "inferred from the file's content when absent",
         },
         "target": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 200,
+            **TypeAdapter(ColumnName).json_schema(),
             "description": "tables: the target column, described in stats",
         },
     },
@@ -123,14 +123,14 @@ def list_datasets(
 
 @router.get("/{dataset_id}")
 def get_dataset(
-    dataset_id: str, principal: DatasetsPrincipal, session: SessionDep
+    dataset_id: DatasetId, principal: DatasetsPrincipal, session: SessionDep
 ) -> DatasetPublic:
     return DatasetPublic.model_validate(_owned(session, dataset_id, principal.user.id))
 
 
 @router.delete("/{dataset_id}")
 def delete_dataset(
-    dataset_id: str, principal: DatasetsPrincipal, session: SessionDep, store: StoreDep
+    dataset_id: DatasetId, principal: DatasetsPrincipal, session: SessionDep, store: StoreDep
 ) -> DatasetPublic:
     """Delete the dataset's stored objects, then its row; answers the dataset as it was."""
     dataset = _owned(session, dataset_id, principal.user.id)

@@ -30,12 +30,13 @@ from serving.http.dependencies import (
     require_any_scope,
 )
 from serving.http.pagination import Cursor, Limit, Page, paginate
+from serving.http.paths import JobId
 from serving.jobs import transitions
 from serving.jobs.reads import MAX_EVENTS_PER_READ, events_after, load_job
 from serving.jobs.transitions import TERMINAL
 from serving.jobs.views import render_event_data, render_job
 from serving.jobs.watch import JobWatcher
-from serving.schemas import JobPublic
+from serving.schemas import CatalogName, JobPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JobsPrincipal = Annotated[Principal, Depends(require_any_scope("jobs", "generate"))]
@@ -60,9 +61,7 @@ def list_jobs(
     limit: Limit = 20,
     cursor: Cursor = None,
     status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
-    model: Annotated[
-        str | None, Query(max_length=200, description="only this model's jobs")
-    ] = None,
+    model: Annotated[CatalogName | None, Query(description="only this model's jobs")] = None,
 ) -> Page[JobPublic]:
     """Your jobs, newest first."""
     query = select(Job).where(Job.user_id == principal.user.id)
@@ -84,7 +83,7 @@ def list_jobs(
 
 @router.get("/{job_id}")
 def get_job(
-    job_id: str,
+    job_id: JobId,
     principal: JobsPrincipal,
     session: ReadSessionDep,
     settings: SettingsDep,
@@ -96,7 +95,7 @@ def get_job(
 
 @router.post("/{job_id}/cancel", responses={409: {"description": "the job already ended"}})
 def cancel_job(
-    job_id: str,
+    job_id: JobId,
     principal: JobsPrincipal,
     session: SessionDep,
     settings: SettingsDep,
@@ -117,7 +116,7 @@ def cancel_job(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 def stream_job_events(
-    job_id: str,
+    job_id: JobId,
     principal: JobsPrincipal,
     session: ReadSessionDep,
     reads: ReadSessionsDep,

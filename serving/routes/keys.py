@@ -9,6 +9,7 @@ from goshen import accounts
 from goshen.db.models import ApiKey
 from serving.http.dependencies import KeysPrincipal, PrincipalsDep, SessionDep
 from serving.http.pagination import Cursor, Limit, Page, paginate
+from serving.http.paths import KeyId
 from serving.schemas import KeyCreate, KeyCreated, KeyPublic
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -33,14 +34,14 @@ def list_keys(
 
 
 @router.get("/{key_id}")
-def get_key(key_id: str, principal: KeysPrincipal, session: SessionDep) -> KeyPublic:
+def get_key(key_id: KeyId, principal: KeysPrincipal, session: SessionDep) -> KeyPublic:
     key = accounts.get_key(session, key_id, owner_id=principal.user.id)
     return KeyPublic.model_validate(key)
 
 
 @router.delete("/{key_id}")
 def revoke_key(
-    key_id: str, principal: KeysPrincipal, session: SessionDep, principals: PrincipalsDep
+    key_id: KeyId, principal: KeysPrincipal, session: SessionDep, principals: PrincipalsDep
 ) -> KeyPublic:
     """Revoke a key; it stops working at once."""
     key = accounts.revoke_key(accounts.get_key(session, key_id, owner_id=principal.user.id))

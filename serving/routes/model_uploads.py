@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import Field, TypeAdapter
+from pydantic import TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,7 +35,7 @@ from serving.http.dependencies import (
     require_scope,
 )
 from serving.http.multipart import multipart_form, received_upload
-from serving.schemas import CatalogName, ModelPublic, RequestBody
+from serving.schemas import CatalogName, Description, ModelPublic, RequestBody
 
 # Each check may take GOSHEN_MODEL_VALIDATION_MEMORY_BYTES and a core for its timeout: at most
 # this many run at once in one API process; more uploads answer 429 meanwhile.
@@ -49,7 +49,7 @@ _UPLOAD_FORM = multipart_form(
     "one .onnx file (ONNX protobuf, its weights inside it)",
     {
         "name": TypeAdapter(CatalogName).json_schema(),  # the pattern the route checks
-        "description": {"type": "string", "maxLength": 2000},
+        "description": TypeAdapter(Description).json_schema(),
     },
 )
 
@@ -58,7 +58,7 @@ class ModelUpload(RequestBody):
     """The text fields of a model upload; the file is the multipart part `file`."""
 
     name: CatalogName
-    description: str = Field(default="", max_length=2000)
+    description: Description = ""
 
 
 @router.post(

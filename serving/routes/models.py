@@ -14,6 +14,7 @@ from goshen.db.models import Model
 from serving.catalog.views import public_model
 from serving.http.dependencies import ReadSessionDep, require_any_scope
 from serving.http.pagination import Cursor, Limit, Page, paginate
+from serving.http.paths import ModelName
 from serving.schemas import ModelPublic
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -36,6 +37,6 @@ def list_models(
 
 
 @router.get("/{name}")
-def get_model(name: str, principal: ModelsPrincipal, session: ReadSessionDep) -> ModelPublic:
+def get_model(name: ModelName, principal: ModelsPrincipal, session: ReadSessionDep) -> ModelPublic:
     """One model: its input as JSON Schema with examples, its pricing, whether it is live."""
     return public_model(catalog.get_visible(session, name, principal.user.id))

@@ -6,6 +6,7 @@ client of `mlflow models serve` switches by changing the URL.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -22,10 +23,12 @@ from goshen.accounts import Principal
 from goshen.db.models import Model, ModelKind, ModelStatus
 from goshen.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from serving.catalog.cache import CatalogCache
+from serving.http.content_type import require_json
 from serving.http.dependencies import ApiStateDep, api_state, authenticate
+from serving.http.paths import ModelName
 from serving.predict.metering import UsageRecorder
 from serving.predict.models import LOAD_RETRY_SECONDS, ModelLoadError
-from serving.schemas import RequestBody
+from serving.schemas import CATALOG_NAME_PATTERN, RequestBody
 
 
 class _DirectRoute(APIRoute):
@@ -45,6 +48,7 @@ class _DirectRoute(APIRoute):
 
 
 router = APIRouter(prefix="/v1/models", tags=["predict"], route_class=_DirectRoute)
+_CATALOG_NAME = re.compile(CATALOG_NAME_PATTERN)
 
 
 class PredictRequest(RequestBody):
@@ -91,12 +95,15 @@ def _body_inputs(raw: bytes) -> Any:
         422: {"description": "an input is missing, unknown, or of the wrong shape or dtype"},
     },
 )
-async def predict(name: str, request: Request, state: ApiStateDep) -> Response:
+async def predict(name: ModelName, request: Request, state: ApiStateDep) -> Response:
     """Run the model's live ONNX version on the inputs; each caller gets exactly its own rows.
 
     Needs a key with the `predict` scope.
     """
     principal = await authenticate(request, "predict")
+    if _CATALOG_NAME.fullmatch(name) is None:  # what FastAPI's validation of the path would do
+        raise NotFoundError(f"no model named {name!r}; model names match {CATALOG_NAME_PATTERN}")
+    require_json(request)
     inputs = _body_inputs(await request.body())
     model = await _callable_model(state.catalog, name, principal.user.id)
     version = catalog.serving_version(model)
@@ -130,20 +137,8 @@ async def _callable_model(cache: CatalogCache, name: str, user_id: str) -> Model
             f"model {name} generates images; send it to POST /v1/generate", field="name"
         )
     if model.status != ModelStatus.ready or not catalog.serving_version(model):
-        raise ConflictError(_not_deployed(model))
+        raise ConflictError(catalog.not_deployed(model))
     return model
-
-
-def _not_deployed(model: Model) -> str:
-    if model.status == ModelStatus.disabled:
-        return (
-            f"model {model.name} is not deployed: an admin undeployed it "
-            f"(POST /v1/admin/models/{model.name}/deploy serves it again)"
-        )
-    if model.status == ModelStatus.failed:
-        # Why is for admins (GET /v1/admin/models/{name}): it may name registry internals.
-        return f"model {model.name} is not deployed: its last deploy failed; ask an admin"
-    return f"model {model.name} is not deployed yet ({model.status}); try again shortly"
 
 
 def _meter(

@@ -16,6 +16,7 @@ from goshen.accounts import Principal
 from goshen.db.models import TrainingJob
 from serving.http.dependencies import ReadSessionsDep, SessionDep, SettingsDep, require_scope
 from serving.http.pagination import Cursor, Limit, Page, page_of_owned
+from serving.http.paths import TrainingJobId
 from serving.schemas import TrainingJobCreate, TrainingJobPublic
 
 router = APIRouter(prefix="/v1/training-jobs", tags=["training"])
@@ -56,14 +57,14 @@ def list_training_jobs(
 
 @router.get("/{job_id}")
 def get_training_job(
-    job_id: str, principal: TrainingPrincipal, session: SessionDep
+    job_id: TrainingJobId, principal: TrainingPrincipal, session: SessionDep
 ) -> TrainingJobPublic:
     return TrainingJobPublic.model_validate(training.get_owned(session, job_id, principal.user.id))
 
 
 @router.post("/{job_id}/cancel")
 def cancel_training_job(
-    job_id: str, principal: TrainingPrincipal, session: SessionDep
+    job_id: TrainingJobId, principal: TrainingPrincipal, session: SessionDep
 ) -> TrainingJobPublic:
     """Queued jobs end at once; a running job's Dagster run is terminated within seconds."""
     job = training.cancel(training.get_owned(session, job_id, principal.user.id))
@@ -77,7 +78,7 @@ def cancel_training_job(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 def stream_training_logs(
-    job_id: str,
+    job_id: TrainingJobId,
     principal: TrainingPrincipal,
     session: SessionDep,
     reads: ReadSessionsDep,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from goshen.ids import new_id
+from goshen.ids import id_pattern, new_id
 
 
 def test_ids_are_prefixed_time_ordered_and_unique() -> None:
@@ -16,3 +16,13 @@ def test_ids_are_prefixed_time_ordered_and_unique() -> None:
     assert all(re.fullmatch(r"job_[0-9A-HJKMNP-TV-Z]{26}", value) for value in ids)
     assert ids == sorted(ids)
     assert len(set(new_id("job") for _ in range(10_000))) == 10_000
+
+
+def test_id_pattern_matches_exactly_the_ids_of_its_kind() -> None:
+    # fullmatch: Python's `$` would also match before a final newline; validators use fullmatch
+    # or pydantic's regex engine, whose `$` is the end of the text.
+    made = new_id("ds")
+    assert re.fullmatch(id_pattern("ds"), made) and re.fullmatch(id_pattern(), made)
+    assert not re.fullmatch(id_pattern("job"), made)
+    for malformed in [made.lower(), made[:-1], made + "\n", made.replace("ds_", "ds_\x00", 1)]:
+        assert not re.fullmatch(id_pattern("ds"), malformed)

@@ -63,6 +63,9 @@ def test_a_submission_answers_201_with_the_job_and_its_links(
         ({"digit": 1, "num_inference_steps": 201}, "input.num_inference_steps"),
         ({"digit": 1, "scheduler": "euler"}, "input.scheduler"),
         ({"digit": 1, "seed": 2**32}, "input.seed"),
+        ({"digit": True}, "input.digit"),  # the published schema says integer: no coercion
+        ({"digit": "3"}, "input.digit"),
+        ({"digit": 1, "seed": "7"}, "input.seed"),
         ({"digit": 1, "prompt": "a cat"}, "input.prompt"),
     ],
 )
