@@ -164,7 +164,8 @@ class GoshenClient:
     def admin_deploy_model(
         self, name: str, *, version: str | None = None, alias: str | None = None
     ) -> dict[str, Any]:
-        """Resolve, load and probe; the entry as the deploy left it (`ready` or `failed`)."""
+        """Resolve, load beside the live version and probe; the entry, now serving it. A failed
+        deploy raises GoshenAPIError (422 or 409) and leaves the live version serving."""
         body = _without_none(version=version, alias=alias)
         return self._object(
             "POST", f"/v1/admin/models/{name}/deploy", json=body or None, timeout=300

@@ -42,6 +42,9 @@ PIPELINE_INDEX = "model_index.json"
 PIPELINE_ARTIFACT = "pipeline"
 # Weight formats that run pickled code when loaded: RELIABILITY.md accepts safetensors only.
 PICKLE_SUFFIXES = frozenset({".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle"})
+# How MLflow says a name, alias or version does not exist: an unknown alias (or a version that
+# is not a number) is an invalid parameter to it, not a missing resource.
+_NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
 
 
 class RegistryUnavailableError(GoshenError):
@@ -105,7 +108,7 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        if exc.error_code in _NOT_FOUND_CODES:
             return None
         raise
 
@@ -205,7 +208,7 @@ def _rest_get(
     except httpx.HTTPError as exc:
         raise RegistryUnavailableError(f"MLflow does not answer at {tracking_uri}: {exc}") from exc
     if response.status_code == 404 or (
-        response.is_error and "RESOURCE_DOES_NOT_EXIST" in response.text
+        response.is_error and any(code in response.text for code in _NOT_FOUND_CODES)
     ):
         return None
     if response.is_error:
@@ -227,6 +230,11 @@ def _mlflow_auth_headers() -> dict[str, str]:
         pair = base64.b64encode(f"{username}:{password}".encode()).decode()
         return {"Authorization": f"Basic {pair}"}
     return {}
+
+
+def registered_model_exists(tracking_uri: str, name: str, timeout: float = 5.0) -> bool:
+    """Whether the registry has a registered model `name`; one bounded REST call."""
+    return _rest_get(tracking_uri, "registered-models/get", {"name": name}, timeout) is not None
 
 
 def version_exists(tracking_uri: str, name: str, version: str, timeout: float = 5.0) -> bool:

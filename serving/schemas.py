@@ -301,7 +301,10 @@ class AdminModelPublic(ModelPublic):
     alias: str | None
     pinned_version: str | None
     previous_version: str | None
-    status_error: str | None
+    status_error: str | None = Field(
+        description="why the last deploy failed, after its UTC time; cleared by a deploy that "
+        "succeeds. With `status` ready the live version still serves"
+    )
     owner_id: str | None
     max_batch_size: int | None
     max_wait_ms: float | None

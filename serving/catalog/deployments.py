@@ -1,15 +1,17 @@
 """Catalog entries from the MLflow registry: what a registered version is, and deploying it.
 
-Deploy resolves the entry's alias (or pinned version) to a version, loads it in this process and
-probes it with its own example input: the entry ends `ready` serving that version (the one it
-replaces kept as `previous_version` for rollback), or `failed` with the error. The entry reads
-`deploying` meanwhile, so every API replica answers 409 rather than serve a half-made change.
+Deploy resolves the entry's alias (or pinned version) to a version and prepares it beside the
+one it serves: loaded in this process and probed with its own example input. Only then does the
+entry switch (ready, serving that version; the one it replaces kept as `previous_version` for
+rollback). A deploy that fails leaves the live version serving and records why in
+`status_error`; an entry that served nothing ends `failed`, and reads `deploying` meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,9 @@ from goshen import catalog, registry
 from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import Model, ModelKind, ModelRuntime, ModelStatus
-from goshen.errors import ConflictError, InvalidInputError, NotFoundError
+from goshen.errors import ConflictError, GoshenError, InvalidInputError, NotFoundError
 from goshen.runtimes.onnx.model import OnnxModel
-from serving.predict.models import PredictModels
+from serving.predict.models import LoadedModel, ModelLoadError, PredictModels
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +39,27 @@ class VersionFacts:
     examples: list[Any]
 
 
-def resolve_version(settings: Settings, model: Model) -> str:
-    """The version an entry serves next: its pinned version, else its alias's."""
+def resolve_version(
+    settings: Settings, registered_model: str, *, version: str | None, alias: str | None
+) -> str:
+    """The version an entry serves next: `version` (pinned) if given, else `alias`'s. What the
+    registry lacks is named: a registered model (NotFoundError), or the version or alias
+    (InvalidInputError on that field)."""
     uri = settings.resolved_mlflow_tracking_uri
-    if model.pinned_version:
-        if not registry.version_exists(uri, model.registered_model, model.pinned_version):
-            raise NotFoundError(
-                f"{model.registered_model} has no version {model.pinned_version} in the registry"
-            )
-        return model.pinned_version
-    if model.alias is None:
-        raise ConflictError(f"model {model.name} names neither an alias nor a version")
-    version = registry.version_for_alias(uri, model.registered_model, model.alias)
-    if version is None:
-        raise NotFoundError(f"{model.registered_model}@{model.alias} is not in the MLflow registry")
-    return version
+    if version is not None:
+        if registry.version_exists(uri, registered_model, version):
+            return version
+        found, field, missing = None, "version", f"version {version} of {registered_model}"
+    elif alias is not None:
+        found = registry.version_for_alias(uri, registered_model, alias)
+        field, missing = "alias", f"the alias {alias!r} of {registered_model}"
+    else:
+        raise InvalidInputError("give an alias or a version to serve", field="alias")
+    if found is not None:
+        return found
+    if not registry.registered_model_exists(uri, registered_model):
+        raise NotFoundError(f"no registered model {registered_model!r} in the MLflow registry")
+    raise InvalidInputError(f"{missing} does not exist in the MLflow registry", field=field)
 
 
 def download(settings: Settings, registered_model: str, version: str) -> Path:
@@ -91,12 +99,13 @@ def inspect_version(settings: Settings, registered_model: str, version: str) -> 
 
 def probe(
     settings: Settings, predict_models: PredictModels, model: Model, version: str
-) -> dict[str, Any] | None:
-    """Load `version` as this entry serves it: an ONNX model answers its example input as it
-    loads (its published signature is returned); an image generator's version must still be of
-    the entry's runtime."""
+) -> LoadedModel | None:
+    """Prepare `version` as this entry serves it, beside the version it serves now: an ONNX
+    model loads and answers its example input (the loaded model is returned, to be installed
+    once the catalog says it is live); an image generator's version must still be of the entry's
+    runtime."""
     if model.runtime == ModelRuntime.onnx:
-        return predict_models.load(model, version, retry=True).onnx.public_schema()
+        return predict_models.prepare(model, version)
     facts = inspect_version(settings, model.registered_model, version)
     if facts.runtime != model.runtime:
         raise ConflictError(
@@ -115,33 +124,64 @@ def deploy(
     version: str | None = None,
     alias: str | None = None,
 ) -> Model:
-    """Deploy an entry (optionally pinning `version` or following `alias` from now on)."""
+    """Deploy an entry (optionally pinning `version` or following `alias` from now on).
+
+    The entry switches only once the new version is prepared; a deploy that fails changes
+    nothing it serves, records why in `status_error` and raises a GoshenError naming it.
+    """
     with session_scope(factory) as session:
         model = _entry(session, model_id)
-        if version is not None:
-            model.pinned_version = version
-        elif alias is not None:
-            model.pinned_version, model.alias = None, alias
-        model.status, model.status_error = ModelStatus.deploying, None
+        serving = model.status == ModelStatus.ready and catalog.serving_version(model) is not None
+        if not serving:
+            model.status = ModelStatus.deploying
+    if version is not None:
+        pinned, followed = version, model.alias
+    elif alias is not None:
+        pinned, followed = None, alias
+    else:
+        pinned, followed = model.pinned_version, model.alias
     try:
-        target = resolve_version(settings, model)
-        schema = probe(settings, predict_models, model, target)
-    except Exception as exc:  # noqa: BLE001 - a failed deploy is a state of the entry, kept
-        error = f"{type(exc).__name__}: {exc}"
-        log.warning("deploying %s failed: %s", model.name, error)
+        target = resolve_version(settings, model.registered_model, version=pinned, alias=followed)
+        prepared = probe(settings, predict_models, model, target)
+    except Exception as exc:  # a failed deploy is recorded, then answered
+        failure = _failure(exc, model, f"version {pinned}" if pinned else f"alias {followed!r}")
+        log.warning("deploying %s failed: %s", model.name, failure)
         with session_scope(factory) as session:
             model = _entry(session, model_id)
-            model.status, model.status_error = ModelStatus.failed, error[:2000]
-        return model
+            at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            model.status_error = f"{at}: {failure}"[:2000]
+            if not serving:
+                model.status = ModelStatus.failed
+        if failure is exc:
+            raise
+        raise failure from exc
     with session_scope(factory) as session:
         model = _entry(session, model_id)
+        model.pinned_version, model.alias = pinned, followed
         if model.live_version != target:
             model.previous_version = model.live_version
             model.live_version = target
-        if schema is not None:
+        if prepared is not None:
+            schema = prepared.onnx.public_schema()
             model.input_schema, model.examples = schema, [schema["example"]]
-        model.status = ModelStatus.ready
+        model.status, model.status_error = ModelStatus.ready, None
+    if prepared is not None:
+        predict_models.install(prepared)
     return model
+
+
+def _failure(exc: Exception, model: Model, asked: str) -> GoshenError:
+    """What a failed deploy answers: the registry's or the check's own error where it says what
+    to fix; a conflict when the registry lost what the entry names, or the version did not load
+    or answer its example."""
+    if isinstance(exc, GoshenError) and not isinstance(exc, NotFoundError):
+        return exc
+    if isinstance(exc, NotFoundError):
+        return ConflictError(f"deploying {asked} of {model.name} failed: {exc}")
+    detail = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+    return ConflictError(
+        f"{asked} of {model.registered_model} did not load or answer its example input: {detail}"
+    )
 
 
 def undeploy(factory: sessionmaker[Session], predict_models: PredictModels, model_id: str) -> Model:
@@ -157,7 +197,8 @@ def rollback(
     factory: sessionmaker[Session], settings: Settings, predict_models: PredictModels, model_id: str
 ) -> Model:
     """Serve the version from before the last deploy again, pinned until the next deploy: the
-    previous live version, or, when the last deploy failed, the live version it did not replace."""
+    previous live version, or, for a `failed` entry (a deploy failed while it served nothing),
+    the live version it last served."""
     with factory() as session:
         model = _entry(session, model_id)
     failed = model.status == ModelStatus.failed and model.live_version is not None

@@ -64,7 +64,8 @@ class ModelHealth:
 
 
 class PredictModels:
-    """Loaded ONNX models by catalog id; a version change loads the new one and drops the old."""
+    """Loaded ONNX models by catalog id; a version change loads the new one and drops the old
+    (a deploy prepares the new one first, so the old one serves until the switch)."""
 
     def __init__(self, settings: Settings, metrics: ApiMetrics | None = None) -> None:
         self.settings = settings
@@ -82,52 +83,68 @@ class PredictModels:
         found = self._loaded.get(model.id)
         return found if found is not None and found.version == version else None
 
-    def load(self, model: Model, version: str, *, retry: bool = False) -> LoadedModel:
+    def load(self, model: Model, version: str) -> LoadedModel:
         """The entry's `version`, loaded once however many requests ask at the same time.
 
         A version that failed to load is not tried again for LOAD_RETRY_SECONDS (ModelLoadError
-        at once), unless `retry` (a deploy). Blocking (download, session build): call it from a
-        thread.
+        at once). Blocking (download, session build): call it from a thread.
         """
         with self._lock_for(model.id):
             found = self.loaded(model, version)
             if found is not None:
                 return found
             failed = self._failures.get((model.id, version))
-            if (
-                failed is not None
-                and time.monotonic() - failed[0] < LOAD_RETRY_SECONDS
-                and not retry
-            ):
+            if failed is not None and time.monotonic() - failed[0] < LOAD_RETRY_SECONDS:
                 raise ModelLoadError(failed[1])
             try:
-                onnx = OnnxModel.from_folder(self._download(model, version))
-                call_seconds = _run_example(onnx, self.settings.predict_max_rows)
+                loaded = self._build(model, version)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 self._errors[model.id] = (model.name, error)
                 self._failures[(model.id, version)] = (time.monotonic(), error)
                 raise ModelLoadError(error) from exc
-            limits = self.limits(model)
-            batcher = DynamicBatcher(
-                onnx.run,
-                max_rows=limits[0],
-                max_wait=limits[1],
-                batchable=onnx.batchable,
-                executor=self._executor,
-                call_seconds=call_seconds,
-                on_batch=(
-                    self.metrics.predict_batch.labels(model.name).observe
-                    if self.metrics is not None
-                    else None
-                ),
-            )
-            loaded = LoadedModel(model.id, model.name, version, onnx, batcher, limits)
-            self._loaded[model.id] = loaded
-            self._errors.pop(model.id, None)
-            self._failures.pop((model.id, version), None)
-            log.info("serving %s v%s on %s", model.name, version, onnx.device.name)
+            self._serve(loaded)
             return loaded
+
+    def prepare(self, model: Model, version: str) -> LoadedModel:
+        """Load `version` of an entry beside the version it serves, which keeps serving: a deploy
+        `install`s it once the catalog names it live. ModelLoadError if it does not load or
+        answer its example input. Blocking: call it from a thread."""
+        try:
+            return self._build(model, version)
+        except Exception as exc:
+            raise ModelLoadError(f"{type(exc).__name__}: {exc}") from exc
+
+    def install(self, loaded: LoadedModel) -> None:
+        """Serve a prepared version from now on, in place of the entry's current one."""
+        with self._lock_for(loaded.model_id):
+            self._serve(loaded)
+
+    def _serve(self, loaded: LoadedModel) -> None:
+        self._loaded[loaded.model_id] = loaded
+        self._errors.pop(loaded.model_id, None)
+        self._failures.pop((loaded.model_id, loaded.version), None)
+        log.info("serving %s v%s on %s", loaded.name, loaded.version, loaded.onnx.device.name)
+
+    def _build(self, model: Model, version: str) -> LoadedModel:
+        """Download and load a version, run its example input and give it a batcher."""
+        onnx = OnnxModel.from_folder(self._download(model, version))
+        call_seconds = _run_example(onnx, self.settings.predict_max_rows)
+        limits = self.limits(model)
+        batcher = DynamicBatcher(
+            onnx.run,
+            max_rows=limits[0],
+            max_wait=limits[1],
+            batchable=onnx.batchable,
+            executor=self._executor,
+            call_seconds=call_seconds,
+            on_batch=(
+                self.metrics.predict_batch.labels(model.name).observe
+                if self.metrics is not None
+                else None
+            ),
+        )
+        return LoadedModel(model.id, model.name, version, onnx, batcher, limits)
 
     def limits(self, model: Model) -> tuple[int, float]:
         """The entry's batching limits (max rows, max wait seconds), defaults from the settings."""

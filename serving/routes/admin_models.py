@@ -55,7 +55,15 @@ def get_catalog_entry(
     return admin_model(_by_name(state, name))
 
 
-@router.post("", status_code=201, responses={409: {"description": "the name is taken"}})
+@router.post(
+    "",
+    status_code=201,
+    responses={
+        404: {"description": "the registry has no such registered model"},
+        409: {"description": "the name is taken"},
+        422: {"description": "the registered model has no such alias or version"},
+    },
+)
 async def register_model(
     body: ModelRegister, _admin: AdminPrincipal, state: ApiStateDep
 ) -> AdminModelPublic:
@@ -79,7 +87,13 @@ async def register_model(
         max_wait_ms=body.max_wait_ms,
         status=ModelStatus.disabled,
     )
-    version = await run_in_threadpool(deployments.resolve_version, state.settings, model)
+    version = await run_in_threadpool(
+        deployments.resolve_version,
+        state.settings,
+        body.registered_model,
+        version=body.version,
+        alias=body.alias,
+    )
     facts = await run_in_threadpool(
         deployments.inspect_version, state.settings, body.registered_model, version
     )
@@ -114,29 +128,39 @@ def update_model(
     return admin_model(model)
 
 
-@router.post("/{name}/deploy")
+@router.post(
+    "/{name}/deploy",
+    responses={
+        409: {"description": "the version did not load or answer its example"},
+        422: {"description": "the registry has no such version or alias"},
+    },
+)
 async def deploy_model(
     name: ModelName,
     _admin: AdminPrincipal,
     state: ApiStateDep,
     body: Annotated[DeployRequest | None, Body()] = None,
 ) -> AdminModelPublic:
-    """Resolve the entry's alias (or pinned version), load and probe it: `ready` serving that
-    version, or `failed` with the error. The answer comes when the deploy has ended."""
+    """Resolve the entry's alias (or pinned version), prepare it beside the live version and
+    probe it; only then switch to it. A failed deploy answers what failed, leaves the live
+    version serving and shows in the entry's `status_error` (an entry that served nothing ends
+    `failed`). The answer comes when the deploy has ended."""
     body = body or DeployRequest()
     if body.version is not None and body.alias is not None:
         raise InvalidInputError("give at most one of `version` and `alias`", field="version")
     model = _by_name(state, name)
-    deployed = await run_in_threadpool(
-        deployments.deploy,
-        state.sessions,
-        state.settings,
-        state.predict_models,
-        model.id,
-        version=body.version,
-        alias=body.alias,
-    )
-    state.catalog.invalidate(name)
+    try:
+        deployed = await run_in_threadpool(
+            deployments.deploy,
+            state.sessions,
+            state.settings,
+            state.predict_models,
+            model.id,
+            version=body.version,
+            alias=body.alias,
+        )
+    finally:
+        state.catalog.invalidate(name)  # a failed deploy changed the entry too
     return admin_model(deployed)
 
 
@@ -148,17 +172,22 @@ def undeploy_model(name: ModelName, _admin: AdminPrincipal, state: ApiStateDep) 
     return admin_model(model)
 
 
-@router.post("/{name}/rollback", responses={409: {"description": "no previous version"}})
+@router.post(
+    "/{name}/rollback",
+    responses={409: {"description": "no previous version, or it did not load"}},
+)
 async def rollback_model(
     name: ModelName, _admin: AdminPrincipal, state: ApiStateDep
 ) -> AdminModelPublic:
     """Serve the previous live version again (pinned, until the next deploy)."""
-    model = await run_in_threadpool(
-        deployments.rollback,
-        state.sessions,
-        state.settings,
-        state.predict_models,
-        _by_name(state, name).id,
-    )
-    state.catalog.invalidate(name)
+    try:
+        model = await run_in_threadpool(
+            deployments.rollback,
+            state.sessions,
+            state.settings,
+            state.predict_models,
+            _by_name(state, name).id,
+        )
+    finally:
+        state.catalog.invalidate(name)
     return admin_model(model)

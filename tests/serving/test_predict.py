@@ -230,20 +230,6 @@ def _sdk_calls(as_admin: GoshenClient, as_developer: GoshenClient, name: str) ->
     assert as_developer.predict(name, ROWS[:1])["labels"] == answer["labels"][:1]
 
 
-def test_a_deploy_of_a_missing_version_fails_with_its_error(
-    api: TestClient, admin: Account, developer: Account, classifier: dict[str, Any]
-) -> None:
-    name = classifier["name"]
-    failed = api.post(
-        f"/v1/admin/models/{name}/deploy", json={"version": "99"}, headers=admin.headers
-    ).json()
-    assert failed["status"] == "failed" and "no version 99" in failed["status_error"]
-    refused = _predict(api, developer, name, {"features": ROWS.tolist()})
-    assert refused.status_code == 409 and "last deploy failed" in refused.json()["detail"]
-    assert "version 99" not in refused.json()["detail"]  # the why is for admins
-    assert api.post(f"/v1/admin/models/{name}/rollback", headers=admin.headers).status_code == 200
-
-
 def test_a_rollback_without_a_previous_version_answers_409(
     api: TestClient, admin: Account, classifier: dict[str, Any]
 ) -> None:
