@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -203,6 +203,29 @@ def set_live_version(session: Session, registered_model: str, alias: str, versio
             model.status = ModelStatus.ready
         model.status_error = None
     return len(entries)
+
+
+def awaiting_alias() -> ColumnElement[bool]:
+    """A filter for the entries that follow an alias but serve nothing yet (a built-in one on a
+    fresh platform): the API resolves their alias against the registry until it exists."""
+    return and_(
+        Model.status == ModelStatus.deploying,
+        Model.alias.is_not(None),
+        Model.live_version.is_(None),
+        Model.pinned_version.is_(None),
+    )
+
+
+def start_serving(session: Session, model_id: str, alias: str, version: str) -> bool:
+    """Serve `version` (what `alias` points at) from an entry awaiting that alias; False when it
+    no longer awaits it (another API replica or an admin deploy got there first)."""
+    changed = session.scalar(
+        update(Model)
+        .where(Model.id == model_id, Model.alias == alias, awaiting_alias())
+        .values(live_version=version, status=ModelStatus.ready, status_error=None)
+        .returning(Model.id)
+    )
+    return changed is not None
 
 
 def price(model: Model, *, images: int, seconds: float) -> tuple[float, int]:

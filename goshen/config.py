@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     model_validation_memory_bytes: int = Field(default=4 * 1024**3, ge=512 * 1024**2)
     model_validation_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
 
+    # How long one call to a dependency (registry, artifact store, database) may take before the
+    # work that needed it fails, naming the dependency.
+    dependency_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
     webhook_allow_loopback: bool = False
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     shutdown_grace_seconds: float = Field(default=20.0, gt=0, le=600)

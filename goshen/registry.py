@@ -2,13 +2,12 @@
 
 Aliases, not stages: `production` is what serving loads, `previous` is kept for rollback. Each
 version's tags carry what promotion needs to decide (its metric, its parity check, its dataset).
+The bounded REST lookups and the health check live in goshen.registry_rest, re-exported here.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
-import httpx
 import mlflow
 import mlflow.onnx
 import onnx
@@ -26,7 +24,15 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from goshen.errors import GoshenError, InvalidInputError, NotFoundError
+from goshen.errors import InvalidInputError, NotFoundError
+from goshen.registry_rest import NOT_FOUND_CODES
+from goshen.registry_rest import RegistryUnavailableError as RegistryUnavailableError
+from goshen.registry_rest import bound_mlflow_client as bound_mlflow_client
+from goshen.registry_rest import ping as ping
+from goshen.registry_rest import registered_model_exists as registered_model_exists
+from goshen.registry_rest import shown as shown
+from goshen.registry_rest import version_exists as version_exists
+from goshen.registry_rest import version_for_alias as version_for_alias
 
 PRODUCTION = "production"
 PREVIOUS = "previous"
@@ -42,16 +48,6 @@ PIPELINE_INDEX = "model_index.json"
 PIPELINE_ARTIFACT = "pipeline"
 # Weight formats that run pickled code when loaded: RELIABILITY.md accepts safetensors only.
 PICKLE_SUFFIXES = frozenset({".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle"})
-# How MLflow says a name, alias or version does not exist: an unknown alias (or a version that
-# is not a number) is an invalid parameter to it, not a missing resource.
-_NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
-
-
-class RegistryUnavailableError(GoshenError):
-    """The MLflow tracking server did not answer as expected."""
-
-    status_code = 503
-    title = "Registry unavailable"
 
 
 @dataclass(frozen=True)
@@ -108,7 +104,7 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if exc.error_code in _NOT_FOUND_CODES:
+        if exc.error_code in NOT_FOUND_CODES:
             return None
         raise
 
@@ -175,79 +171,19 @@ def load_onnx(name: str, alias: str = PRODUCTION) -> onnx.ModelProto:
         raise NotFoundError(f"no model {name}@{alias} in the MLflow registry: {exc}") from exc
 
 
-def version_for_alias(tracking_uri: str, name: str, alias: str, timeout: float = 5.0) -> str | None:
-    """The version `name@alias` points at, or None when there is none; one bounded REST call.
-
-    The API asks this while a caller waits, so it does not go through MlflowClient, whose
-    retries can hold a request for minutes when the tracking server is down.
-    """
-    response = _rest_get(
-        tracking_uri, "registered-models/alias", {"name": name, "alias": alias}, timeout
-    )
-    if response is None:
-        return None
-    try:
-        return str(response.json()["model_version"]["version"])
-    except (ValueError, KeyError, TypeError):
-        raise RegistryUnavailableError(
-            f"MLflow at {tracking_uri} answered {name}@{alias} with no model version"
-        ) from None
-
-
-def _rest_get(
-    tracking_uri: str, endpoint: str, params: dict[str, str], timeout: float
-) -> httpx.Response | None:
-    """GET an MLflow REST endpoint with MLflow's own credentials; None when it does not exist."""
-    try:
-        response = httpx.get(
-            f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/{endpoint}",
-            params=params,
-            headers=_mlflow_auth_headers(),
-            timeout=timeout,
-        )
-    except httpx.HTTPError as exc:
-        raise RegistryUnavailableError(f"MLflow does not answer at {tracking_uri}: {exc}") from exc
-    if response.status_code == 404 or (
-        response.is_error and any(code in response.text for code in _NOT_FOUND_CODES)
-    ):
-        return None
-    if response.is_error:
-        raise RegistryUnavailableError(
-            f"MLflow answered {response.status_code} to {endpoint}: {response.text[:300]}"
-        )
-    return response
-
-
-def _mlflow_auth_headers() -> dict[str, str]:
-    """The credentials MLflow's own client sends (MLFLOW_TRACKING_TOKEN, or username and
-    password), so these calls work against an MLflow server with authentication."""
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    if token:
-        return {"Authorization": f"Bearer {token}"}
-    username = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if username and password:
-        pair = base64.b64encode(f"{username}:{password}".encode()).decode()
-        return {"Authorization": f"Basic {pair}"}
-    return {}
-
-
-def registered_model_exists(tracking_uri: str, name: str, timeout: float = 5.0) -> bool:
-    """Whether the registry has a registered model `name`; one bounded REST call."""
-    return _rest_get(tracking_uri, "registered-models/get", {"name": name}, timeout) is not None
-
-
-def version_exists(tracking_uri: str, name: str, version: str, timeout: float = 5.0) -> bool:
-    """Whether `name` has `version` in the registry; one bounded REST call."""
-    params = {"name": name, "version": version}
-    return _rest_get(tracking_uri, "model-versions/get", params, timeout) is not None
-
-
-def download_version(name: str, version: str, destination: Path) -> Path:
+def download_version(name: str, version: str, destination: Path, *, timeout: float) -> Path:
     """Download `models:/name/version` into `destination` (made atomically: a half-finished
-    download is never seen by another process sharing the folder) and return it."""
+    download is never seen by another process sharing the folder) and return it.
+
+    NotFoundError when the registry has no such version; RegistryUnavailableError, naming the
+    tracking server, when it does not answer within `timeout` seconds or fails the download.
+    """
     if (destination / ".complete").exists():
         return destination
+    tracking_uri = mlflow.get_tracking_uri()
+    if tracking_uri.startswith(("http://", "https://")):
+        # Fails at once when the server is down, where MLflow's own client retries for minutes.
+        ping(tracking_uri, timeout)
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
     try:
@@ -259,8 +195,14 @@ def download_version(name: str, version: str, destination: Path) -> Path:
             if not (destination / ".complete").exists():
                 raise
     except MlflowException as exc:
-        raise NotFoundError(
-            f"no model {name} version {version} in the MLflow registry: {exc}"
+        if exc.error_code in NOT_FOUND_CODES:
+            raise NotFoundError(
+                f"no model {name} version {version} in the MLflow registry: {exc}"
+            ) from exc
+        # Refused connections, timeouts, 5xx: MLflow reports them all as INTERNAL_ERROR. Its
+        # words (long, with URLs) stay on the chained exception, for operators.
+        raise RegistryUnavailableError(
+            f"the MLflow registry at {shown(tracking_uri)} failed to send {name} version {version}"
         ) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)

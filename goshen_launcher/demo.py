@@ -107,7 +107,9 @@ def key_walkthrough(settings: Settings, say: Callable[[str], None] = print) -> s
 def ensure_digits_models(settings: Settings, say: Callable[[str], None] = print) -> None:
     """Train digits-diffusion and digits-classifier in Dagster unless the registry has them."""
     uri = settings.resolved_mlflow_tracking_uri
-    live = registry.version_for_alias(uri, DIGITS_DIFFUSION, registry.PRODUCTION)
+    live = registry.version_for_alias(
+        uri, DIGITS_DIFFUSION, registry.PRODUCTION, settings.dependency_timeout_seconds
+    )
     if live is not None:
         say(f"{DIGITS_DIFFUSION} v{live} is live in the MLflow registry")
         return

@@ -16,6 +16,7 @@ from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
 from goshen.db.notifications import KEYS_CHANNEL, is_postgres
 from goshen.storage import make_store
 from serving.catalog.cache import CatalogCache
+from serving.catalog.registry_sync import RegistrySync
 from serving.http.body_limit import BodySizeLimit
 from serving.http.content_type import json_bodies_only
 from serving.http.metrics import ApiMetrics, install_metrics
@@ -48,10 +49,16 @@ API_DESCRIPTION = """Goshen's HTTP API. Authenticate with an API key in the `Aut
 
 def build_state(settings: Settings, metrics: ApiMetrics) -> ApiState:
     """Open the databases (migrated, built-in models in place) and build the long-lived parts."""
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(
+        settings.resolved_database_url, timeout=settings.dependency_timeout_seconds
+    )
     migrate.upgrade(engine)
     sessions = make_sessionmaker(engine)
-    read_engine = make_engine(settings.resolved_database_url, read_only=True)
+    read_engine = make_engine(
+        settings.resolved_database_url,
+        read_only=True,
+        timeout=settings.dependency_timeout_seconds,
+    )
     read_sessions = make_sessionmaker(read_engine)
     with session_scope(sessions) as session:
         ensure_builtin_models(session)
@@ -79,7 +86,7 @@ def build_state(settings: Settings, metrics: ApiMetrics) -> ApiState:
         job_effects=JobEffects(store, settings.api_url),
         principals=principals,
         catalog=CatalogCache(read_sessions),
-        predict_models=PredictModels(settings, metrics),
+        predict_models=PredictModels(settings, RegistrySync(settings), metrics),
         usage=UsageRecorder(sessions),
     )
 
@@ -92,8 +99,9 @@ def running(state: ApiState) -> Iterator[None]:
     # out of the cyclic collector's passes, whose full sweeps of it stall every request.
     gc.freeze()
     state.usage.start()
-    # Live ONNX models load in the background, and follow the catalog from then on; /readyz
-    # answers 503 until the public ones have loaded.
+    # In the background, entries awaiting their alias follow the registry and live ONNX models
+    # load, and both keep following from then on; /readyz answers 503 until the first pass ran
+    # and the public live models have loaded.
     reconciler_stop = threading.Event()
     reconciler = threading.Thread(
         target=state.predict_models.run_reconciler,

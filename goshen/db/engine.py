@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,8 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from goshen.db import notifications, pending_rows
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# GOSHEN_DEPENDENCY_TIMEOUT_SECONDS' default, for callers without settings at hand.
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -24,12 +27,19 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
-def make_engine(url: str | URL, *, read_only: bool = False, **kwargs: object) -> Engine:
+def make_engine(
+    url: str | URL,
+    *,
+    read_only: bool = False,
+    timeout: float = CONNECT_TIMEOUT_SECONDS,
+    **kwargs: object,
+) -> Engine:
     """An engine with Goshen's connection settings for the URL's backend.
 
     `read_only` engines serve the hot read paths (authentication, event streams): on SQLite
     their transactions take no write lock, so readers never queue behind each other or behind
-    writers. A write through one fails at once on either backend.
+    writers. A write through one fails at once on either backend. On PostgreSQL, a server that
+    does not answer fails a connection within about `timeout` seconds (see postgres_connect_args).
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -37,7 +47,29 @@ def make_engine(url: str | URL, *, read_only: bool = False, **kwargs: object) ->
     if read_only:
         # psycopg then opens each transaction READ ONLY: a write fails there too.
         kwargs.setdefault("execution_options", {"postgresql_readonly": True})
-    return create_engine(parsed, pool_pre_ping=True, **kwargs)
+    return create_engine(
+        parsed, pool_pre_ping=True, connect_args=postgres_connect_args(timeout), **kwargs
+    )
+
+
+def postgres_connect_args(timeout: float) -> dict[str, int]:
+    """libpq settings that keep a PostgreSQL server that is down from holding a caller for long.
+
+    Connecting gives up after `timeout` (libpq counts whole seconds, 2 at least). A server that
+    stops acknowledging mid-query (a crashed host, a dropped network) is given up within about
+    twice `timeout`, by TCP keepalives and TCP_USER_TIMEOUT, instead of the kernel's
+    retransmissions for about 15 minutes. A long query on a server that answers is not cut
+    short: its kernel acknowledges the keepalives.
+    """
+    seconds = max(2, math.ceil(timeout))
+    return {
+        "connect_timeout": seconds,
+        "keepalives": 1,
+        "keepalives_idle": seconds,
+        "keepalives_interval": max(1, seconds // 3),
+        "keepalives_count": 3,
+        "tcp_user_timeout": seconds * 1000,
+    }
 
 
 def _sqlite_engine(url: URL, *, read_only: bool, **kwargs: object) -> Engine:

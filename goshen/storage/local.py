@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote
 
-from goshen.errors import InvalidInputError
+from goshen.errors import InvalidInputError, UnavailableError
 from goshen.storage.keys import check_folder, check_key, folder_to_delete
 from goshen.storage.signing import download_signature
 from goshen.storage.store import (
@@ -42,6 +42,17 @@ class LocalArtifactStore(ArtifactStore):
         self.root = root.expanduser().resolve()
         self._signing_key = signing_key
         self._base_url = base_url.rstrip("/")
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root, prefix=_TEMP_PREFIX):
+                pass
+        except OSError as exc:
+            raise UnavailableError(
+                f"the artifact store folder {self.root} cannot be written ({exc.strerror})",
+                retry_after_seconds=5,
+            ) from exc
 
     def _path(self, key: str) -> Path:
         """The file for `key`, refused unless it resolves, symlinks followed, inside the root."""

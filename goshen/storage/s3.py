@@ -12,10 +12,10 @@ from typing import Any, BinaryIO
 import boto3
 from botocore.client import BaseClient
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from goshen.config import Settings
-from goshen.errors import NotFoundError
+from goshen.errors import NotFoundError, UnavailableError
 from goshen.storage.keys import check_folder, check_key, folder_to_delete
 from goshen.storage.store import (
     CHUNK_SIZE,
@@ -41,6 +41,15 @@ class S3ArtifactStore(ArtifactStore):
         self.bucket = bucket
         self.prefix = f"{check_key(folder)}/" if folder else ""
         self._client = client
+
+    def check(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise UnavailableError(
+                f"the S3 bucket {self.bucket!r} does not answer ({type(exc).__name__}: {exc})",
+                retry_after_seconds=5,
+            ) from exc
 
     def _name(self, key: str) -> str:
         return self.prefix + check_key(key)
@@ -153,8 +162,11 @@ def make_s3_client(settings: Settings) -> BaseClient:
         signature_version="s3v4",
         # MinIO and R2 behind a custom endpoint expect bucket names in the path, not the host.
         s3={"addressing_style": "path"} if settings.s3_endpoint_url else None,
-        retries={"mode": "standard", "max_attempts": 5},
-        connect_timeout=10,
+        # A store that is down fails a call within about 3 x GOSHEN_DEPENDENCY_TIMEOUT_SECONDS
+        # (3 connects, at most 6 s of backoff between them). The read timeout is per socket read,
+        # not per transfer: a large object that keeps arriving is never cut short by it.
+        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=settings.dependency_timeout_seconds,
         read_timeout=60,
         # Newer botocore adds CRC checksums by default, which several S3-compatible servers refuse.
         request_checksum_calculation="when_required",

@@ -49,6 +49,10 @@ class ArtifactStore(ABC):
         self.default_ttl_seconds = default_ttl_seconds
 
     @abstractmethod
+    def check(self) -> None:
+        """Raise an error naming the store if it cannot be read and written now (readiness)."""
+
+    @abstractmethod
     def put(self, key: str, data: bytes | BinaryIO, content_type: str | None = None) -> ObjectInfo:
         """Store bytes or a binary file object (read in chunks) at `key`, replacing any object."""
 

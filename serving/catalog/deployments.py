@@ -45,26 +45,28 @@ def resolve_version(
     """The version an entry serves next: `version` (pinned) if given, else `alias`'s. What the
     registry lacks is named: a registered model (NotFoundError), or the version or alias
     (InvalidInputError on that field)."""
-    uri = settings.resolved_mlflow_tracking_uri
+    uri, timeout = settings.resolved_mlflow_tracking_uri, settings.dependency_timeout_seconds
     if version is not None:
-        if registry.version_exists(uri, registered_model, version):
+        if registry.version_exists(uri, registered_model, version, timeout):
             return version
         found, field, missing = None, "version", f"version {version} of {registered_model}"
     elif alias is not None:
-        found = registry.version_for_alias(uri, registered_model, alias)
+        found = registry.version_for_alias(uri, registered_model, alias, timeout)
         field, missing = "alias", f"the alias {alias!r} of {registered_model}"
     else:
         raise InvalidInputError("give an alias or a version to serve", field="alias")
     if found is not None:
         return found
-    if not registry.registered_model_exists(uri, registered_model):
+    if not registry.registered_model_exists(uri, registered_model, timeout):
         raise NotFoundError(f"no registered model {registered_model!r} in the MLflow registry")
     raise InvalidInputError(f"{missing} does not exist in the MLflow registry", field=field)
 
 
 def download(settings: Settings, registered_model: str, version: str) -> Path:
     destination = settings.home_dir / "models" / registered_model / version
-    return registry.download_version(registered_model, version, destination)
+    return registry.download_version(
+        registered_model, version, destination, timeout=settings.dependency_timeout_seconds
+    )
 
 
 def inspect_version(settings: Settings, registered_model: str, version: str) -> VersionFacts:

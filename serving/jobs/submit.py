@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -22,7 +23,7 @@ from goshen import catalog, registry
 from goshen.accounts import Principal
 from goshen.config import Settings
 from goshen.db.models import Job, JobStatus, Model, ModelKind, User, utcnow
-from goshen.errors import ConflictError, InvalidInputError, RateLimitedError
+from goshen.errors import ConflictError, InvalidInputError, RateLimitedError, UnavailableError
 from goshen.runtimes.inputs import GenerationInput, batch_key, input_model
 from serving.jobs.transitions import enqueue
 from serving.schemas import JobCreate
@@ -31,6 +32,8 @@ from serving.webhooks.url_guard import check_webhook_url
 IDEMPOTENCY_TTL = timedelta(hours=24)
 INTERACTIVE_PRIORITY = 1  # someone holds a connection open (Prefer: wait)
 ACTIVE_JOBS_RETRY_AFTER_SECONDS = 5
+REGISTRY_RETRY_AFTER_SECONDS = 5
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,21 @@ def _live_version(session: Session, model: Model, settings: Settings) -> str:
     if version is not None:
         return version
     if model.alias is not None:
-        uri = settings.resolved_mlflow_tracking_uri
-        found = registry.version_for_alias(uri, model.registered_model, model.alias)
+        try:
+            found = registry.version_for_alias(
+                settings.resolved_mlflow_tracking_uri,
+                model.registered_model,
+                model.alias,
+                settings.dependency_timeout_seconds,
+            )
+        except registry.RegistryUnavailableError as exc:
+            # Where the registry is and what it said are for the log, not for developers.
+            log.warning("could not resolve %s@%s: %s", model.registered_model, model.alias, exc)
+            raise UnavailableError(
+                f"model {model.name} cannot take jobs for now: the model registry does not "
+                "answer; try again shortly",
+                retry_after_seconds=REGISTRY_RETRY_AFTER_SECONDS,
+            ) from exc
         if found is not None:
             catalog.set_live_version(session, model.registered_model, model.alias, found)
             return found

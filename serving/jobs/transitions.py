@@ -2,6 +2,8 @@
 
 - Expired leases are recovered: the job goes back to the queue with backoff while attempts remain,
   else it fails with every attempt's error kept.
+- An attempt that found a dependency down goes back with backoff without spending an attempt,
+  a bounded number of times (serving.jobs.retry).
 - Cancel: a queued job ends at once; a running one is flagged and stops at its next step.
 - Every transition to an end calls `JobEffects.ended` (serving.jobs.effects), which writes what
   the end causes; nothing else here writes events beyond the queue's own status and log lines.
@@ -26,7 +28,7 @@ from serving.jobs.claim import Claim
 from serving.jobs.effects import Completion, JobEffects
 from serving.jobs.events import Entry, add_event, entry_events, entry_values, log_line
 from serving.jobs.lease import fenced_update, held_by
-from serving.jobs.retry import requeue, retry_delay
+from serving.jobs.retry import OUTAGE_RETRIES, outage_delay, requeue, retry_delay
 
 TERMINAL = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 
@@ -97,12 +99,61 @@ def fail(
     job = _locked_if_held(session, claim)
     if job is None:
         return None
-    _keep_attempt_error(job, detail or error, now)
-    if retryable and job.attempt < job.max_attempts:
-        why = f"attempt {claim.attempt} failed: {error}"
-        _retry_later(session, job, why, effects, retry_base_seconds, now)
-    else:
-        _end_with(session, job, JobStatus.failed, effects, now, error=error)
+    _fail_held(
+        session,
+        job,
+        error,
+        effects,
+        retryable=retryable,
+        base=retry_base_seconds,
+        now=now,
+        detail=detail,
+    )
+    return job
+
+
+def retry_after_outage(
+    session: Session,
+    claim: Claim,
+    error: str,
+    effects: JobEffects,
+    *,
+    retry_base_seconds: float,
+    detail: str | None = None,
+    now: datetime | None = None,
+) -> Job | None:
+    """End this attempt because a dependency it needed is down (`error` names it): back to the
+    queue with backoff, the attempt not counted, for the job's first OUTAGE_RETRIES outages
+    (serving.jobs.retry); past them it fails the attempt like any retryable error. `detail` is
+    kept for operators, as in fail(). A job whose cancel was asked ends canceled. None when the
+    claim is stale."""
+    now = now or utcnow()
+    job = _locked_if_held(session, claim)
+    if job is None:
+        return None
+    outages = sum(1 for entry in job.attempt_errors if entry.get("outage"))
+    if outages >= OUTAGE_RETRIES:
+        _fail_held(
+            session,
+            job,
+            error,
+            effects,
+            retryable=True,
+            base=retry_base_seconds,
+            now=now,
+            detail=detail,
+        )
+        return job
+    _keep_attempt_error(job, detail or error, now, outage=True)
+    if job.cancel_requested:
+        _end_with(session, job, JobStatus.canceled, effects, now)
+        return job
+    job.attempt -= 1
+    delay = outage_delay(outages + 1, retry_base_seconds)
+    requeue(job, now + timedelta(seconds=delay))
+    line = f"{error}; the job runs again in {delay:.1f} s (an outage spends none of its attempts)"
+    log_line(session, job, line)
+    add_event(session, job.id, "status", {"status": "queued", "retry_in_seconds": delay})
     return job
 
 
@@ -218,6 +269,26 @@ def _retry_later(
     add_event(session, job.id, "status", {"status": "queued", "retry_in_seconds": delay})
 
 
+def _fail_held(
+    session: Session,
+    job: Job,
+    error: str,
+    effects: JobEffects,
+    *,
+    retryable: bool,
+    base: float,
+    now: datetime,
+    detail: str | None = None,
+) -> None:
+    """fail() on a job whose claim is held and locked; `base` is the retry base in seconds."""
+    _keep_attempt_error(job, detail or error, now)
+    if retryable and job.attempt < job.max_attempts:
+        why = f"attempt {job.attempt} failed: {error}"
+        _retry_later(session, job, why, effects, base, now)
+    else:
+        _end_with(session, job, JobStatus.failed, effects, now, error=error)
+
+
 def _end_with(
     session: Session,
     job: Job,
@@ -249,6 +320,8 @@ def _locked_if_held(session: Session, claim: Claim) -> Job | None:
     ).first()
 
 
-def _keep_attempt_error(job: Job, error: str, now: datetime) -> None:
-    entry = {"attempt": job.attempt, "error": error, "at": now.isoformat()}
+def _keep_attempt_error(job: Job, error: str, now: datetime, *, outage: bool = False) -> None:
+    entry: dict[str, object] = {"attempt": job.attempt, "error": error, "at": now.isoformat()}
+    if outage:
+        entry["outage"] = True  # counted by retry_after_outage; spends no attempt
     job.attempt_errors = [*job.attempt_errors, entry]

@@ -1,11 +1,13 @@
 """The ONNX models one API process serves on /predict: loaded on deploy or first use, one
 batcher each, and what every catalog entry's status is in this process (for /readyz).
 
-A reconciler thread (`reconcile`, every RECONCILE_SECONDS) keeps the process in step with the
-catalog, whichever API replica changed it: it loads every public live entry (so /readyz answers
-ready once they serve), drops entries that were undeployed, rebuilds those whose live version or
-batching limits changed, and unloads private uploads nobody called for IDLE_PRIVATE_SECONDS
-(they load again on their next request).
+A reconciler thread (`run_reconciler`, every RECONCILE_SECONDS) first lets the catalog follow the
+registry (entries awaiting their alias start serving once it exists: RegistrySync), then keeps
+the process in step with the catalog, whichever API replica changed it (`reconcile`): it loads
+every public live entry (so /readyz answers ready once they serve), drops entries that were
+undeployed, rebuilds those whose live version or batching limits changed, and unloads private
+uploads nobody called for IDLE_PRIVATE_SECONDS (they load again on their next request).
+/readyz waits for the first pass.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +28,7 @@ from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import Model, ModelKind, ModelStatus, Visibility
 from goshen.runtimes.onnx.model import OnnxModel
+from serving.catalog.registry_sync import RegistrySync
 from serving.http.metrics import ApiMetrics
 from serving.predict.batching import DynamicBatcher
 
@@ -67,9 +69,13 @@ class PredictModels:
     """Loaded ONNX models by catalog id; a version change loads the new one and drops the old
     (a deploy prepares the new one first, so the old one serves until the switch)."""
 
-    def __init__(self, settings: Settings, metrics: ApiMetrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, registry_sync: RegistrySync, metrics: ApiMetrics | None = None
+    ) -> None:
         self.settings = settings
+        self.registry_sync = registry_sync
         self.metrics = metrics
+        self.first_pass = threading.Event()  # set once the reconciler's first pass has run
         self.cache_dir = settings.home_dir / "models"
         self._loaded: dict[str, LoadedModel] = {}
         self._errors: dict[str, tuple[str, str]] = {}  # model id -> (name, last error)
@@ -196,12 +202,19 @@ class PredictModels:
     def run_reconciler(
         self, reads: sessionmaker[Session], writes: sessionmaker[Session], stop: threading.Event
     ) -> None:
-        """Reconcile now and then every RECONCILE_SECONDS until `stop` is set (a thread)."""
+        """Follow the registry and the catalog now, then every RECONCILE_SECONDS until `stop` is
+        set (a thread); `first_pass` is set once the first pass ran, whatever it found."""
+        steps = (
+            (self.registry_sync.run, "the catalog with the registry"),
+            (self.reconcile, "the served models with the catalog"),
+        )
         while True:
-            try:
-                self.reconcile(reads, writes)
-            except Exception:
-                log.exception("reconciling the served models with the catalog failed")
+            for step, what in steps:
+                try:
+                    step(reads, writes)
+                except Exception:
+                    log.exception("reconciling %s failed", what)
+            self.first_pass.set()
             if stop.wait(RECONCILE_SECONDS):
                 return
 
@@ -233,7 +246,12 @@ class PredictModels:
 
     def _download(self, model: Model, version: str) -> Path:
         destination = self.cache_dir / model.registered_model / version
-        downloaded = registry.download_version(model.registered_model, version, destination)
+        downloaded = registry.download_version(
+            model.registered_model,
+            version,
+            destination,
+            timeout=self.settings.dependency_timeout_seconds,
+        )
         return registry.model_folder(downloaded)
 
     def _lock_for(self, model_id: str) -> threading.Lock:
@@ -249,36 +267,3 @@ def _run_example(onnx: OnnxModel, max_rows: int) -> float:
     started = time.perf_counter()
     onnx.run(feeds)
     return time.perf_counter() - started
-
-
-def live_models_loaded(factory: sessionmaker[Session], models: PredictModels) -> dict[str, Any]:
-    """The readiness check: every public live ONNX entry is loaded here at its live version.
-    Private uploads load on their first request and are neither awaited nor listed (the check is
-    public)."""
-    with factory() as session:
-        live = session.execute(
-            select(Model.id, Model.name, Model.pinned_version, Model.live_version).where(
-                Model.kind == ModelKind.onnx,
-                Model.status == ModelStatus.ready,
-                Model.visibility == Visibility.public,
-            )
-        ).all()
-    health = {entry.name: entry for entry in models.health()}
-    report = []
-    missing = []
-    for model_id, name, pinned, live_version in live:
-        wanted = pinned or live_version
-        seen = health.get(name)
-        loaded = models.loaded_version(model_id)
-        if loaded != wanted:
-            missing.append(name)
-        report.append(
-            {
-                "name": name,
-                "live_version": wanted,
-                "loaded_version": loaded,
-                "last_error": seen.last_error if seen else None,
-            }
-        )
-    error = f"not loaded yet: {', '.join(missing)}" if missing else None
-    return {"ok": not missing, "error": error, "models": report}

@@ -226,7 +226,9 @@ def _summary(result: AttemptResult) -> str:
 
 def run_dispatcher(settings: Settings, stop: threading.Event) -> int:
     """Deliver webhooks until `stop` is set; PostgreSQL NOTIFY wakes it, polling is the fallback."""
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(
+        settings.resolved_database_url, timeout=settings.dependency_timeout_seconds
+    )
     listener = Listener(settings.resolved_database_url, (WEBHOOKS_CHANNEL,))
     try:
         migrate.upgrade(engine)

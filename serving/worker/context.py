@@ -1,4 +1,4 @@
-"""What a worker's batches share: settings, database, store, caches, and its stop signals."""
+"""What a worker's batches share: settings, database, store, caches, health, stop signals."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from goshen.storage import ArtifactStore
 from serving.catalog.cache import CatalogCache
 from serving.jobs.effects import JobEffects
 from serving.worker.generator_cache import GeneratorCache
+from serving.worker.outages import DependencyHealth
 
 # Pricing and runtime changes reach running workers within this many seconds.
 CATALOG_TTL_SECONDS = 5.0
@@ -35,6 +36,7 @@ class WorkerContext:
     stop: threading.Event = field(default_factory=threading.Event)
     hurry: threading.Event = field(default_factory=threading.Event)  # a second stop signal
     stop_requested_at: float | None = None
+    health: DependencyHealth = field(default_factory=DependencyHealth)
     catalog: CatalogCache = field(init=False)
     effects: JobEffects = field(init=False)
 

@@ -26,7 +26,10 @@ class ModelSource(Protocol):
 
 
 class RegistrySource:
-    """Versions from the MLflow registry, downloaded once per host under GOSHEN_HOME/models."""
+    """Versions from the MLflow registry, downloaded once per host under GOSHEN_HOME/models.
+
+    A registry that does not answer within GOSHEN_DEPENDENCY_TIMEOUT_SECONDS raises
+    RegistryUnavailableError (a missing version: ConflictError or NotFoundError)."""
 
     def __init__(self, settings: Settings) -> None:
         import mlflow
@@ -42,7 +45,8 @@ class RegistrySource:
         if model.alias is None:
             raise ConflictError(f"model {model.name} names neither an alias nor a version")
         uri = self.settings.resolved_mlflow_tracking_uri
-        version = registry.version_for_alias(uri, model.registered_model, model.alias)
+        timeout = self.settings.dependency_timeout_seconds
+        version = registry.version_for_alias(uri, model.registered_model, model.alias, timeout)
         if version is None:
             raise ConflictError(
                 f"{model.registered_model}@{model.alias} does not exist in the MLflow registry"
@@ -51,7 +55,10 @@ class RegistrySource:
 
     def load(self, model: Model, version: str) -> ImageGenerator:
         folder = registry.download_version(
-            model.registered_model, version, self.cache_dir / model.registered_model / version
+            model.registered_model,
+            version,
+            self.cache_dir / model.registered_model / version,
+            timeout=self.settings.dependency_timeout_seconds,
         )
         if model.runtime == ModelRuntime.diffusers:
             folder = registry.pipeline_folder(folder)

@@ -1,10 +1,14 @@
 """`goshen worker`: claims jobs from the shared queue and runs them on this host's GPU (or CPU).
 
 Any number of workers on any number of hosts share one database. Each registers in the workers
-table and heartbeats there (host, device, memory, loaded models); claims batches of compatible
-jobs; returns stalled jobs of dead workers to the queue; and wakes at once on PostgreSQL
-notifications, polling otherwise. On SIGTERM it claims nothing new, lets the running batch finish
-within GOSHEN_WORKER_DRAIN_SECONDS, releases it otherwise, and marks itself stopped.
+table and heartbeats there (host, device, memory, loaded models, and `unhealthy` with the reason
+while the registry or the store is down); claims batches of compatible jobs; returns stalled jobs
+of dead workers to the queue; and wakes at once on PostgreSQL notifications, polling otherwise.
+On SIGTERM it claims nothing new, lets the running batch finish within
+GOSHEN_WORKER_DRAIN_SECONDS, releases it otherwise, and marks itself stopped.
+
+Every call to a dependency gives up within about GOSHEN_DEPENDENCY_TIMEOUT_SECONDS (the registry,
+the store, the database; serving.worker.outages says what an outage does to a job).
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import threading
 import time
 
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from goshen import registry
 from goshen.config import Settings
 from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
 from goshen.db.models import Worker, WorkerStatus, utcnow
@@ -60,8 +66,15 @@ def heartbeat(
     worker_id: str,
     status: WorkerStatus,
     loaded_models: list[dict[str, str]] | None = None,
+    detail: str | None = None,
 ) -> None:
-    values: dict[str, object] = {"heartbeat_at": utcnow(), "status": status}
+    """Write the worker's row: alive now, its status, why it is unhealthy (`detail`, None when
+    it is not) and, when given, what it has loaded."""
+    values: dict[str, object] = {
+        "heartbeat_at": utcnow(),
+        "status": status,
+        "status_detail": detail,
+    }
     if loaded_models is not None:
         values["loaded_models"] = loaded_models
     with session_scope(factory) as session:
@@ -69,7 +82,9 @@ def heartbeat(
 
 
 class _WorkerHeartbeat(threading.Thread):
-    """Reports the worker alive every GOSHEN_WORKER_HEARTBEAT_SECONDS, with what it is doing."""
+    """Reports the worker alive every GOSHEN_WORKER_HEARTBEAT_SECONDS, with what it is doing:
+    `unhealthy`, naming the dependency, while one it found down does not answer its check (checked
+    in the background, at most one pass at a time: serving.worker.outages)."""
 
     def __init__(self, context: WorkerContext) -> None:
         super().__init__(name="worker-heartbeat", daemon=True)
@@ -77,9 +92,11 @@ class _WorkerHeartbeat(threading.Thread):
         self.busy = False
         self.finished = threading.Event()
 
-    def status(self) -> WorkerStatus:
+    def status(self, unhealthy: bool) -> WorkerStatus:
         if self.context.stop.is_set():
             return WorkerStatus.draining
+        if unhealthy:
+            return WorkerStatus.unhealthy
         return WorkerStatus.busy if self.busy else WorkerStatus.idle
 
     def run(self) -> None:
@@ -91,11 +108,13 @@ class _WorkerHeartbeat(threading.Thread):
             try:
                 if now >= next_beat:
                     next_beat = now + settings.worker_heartbeat_seconds
+                    down = self.context.health.unhealthy_because()
                     heartbeat(
                         self.context.factory,
                         self.context.worker_id,
-                        self.status(),
+                        self.status(unhealthy=down is not None),
                         self.context.generators.loaded(),
+                        down,
                     )
                 # Here, not between batches: a worker busy with a long batch still returns
                 # the jobs of dead workers within the lease TTL and the recovery interval.
@@ -112,10 +131,15 @@ def run_worker(
     """Run jobs until told to stop; `source` replaces the MLflow registry (benchmarks, tests)."""
     hurry = threading.Event()
     stop = stop or _stop_on_signals(hurry)
-    engine = make_engine(settings.resolved_database_url)
-    generators = GeneratorCache(
-        source or RegistrySource(settings), settings.worker_model_cache_size
+    engine = make_engine(
+        settings.resolved_database_url, timeout=settings.dependency_timeout_seconds
     )
+    if source is None:
+        # Here, not in RegistrySource: the bound holds for the whole process, and tests and
+        # benchmarks build sources inside processes that make other MLflow calls.
+        registry.bound_mlflow_client(settings.dependency_timeout_seconds)
+        source = RegistrySource(settings)
+    generators = GeneratorCache(source, settings.worker_model_cache_size)
     listener = Listener(settings.resolved_database_url, (JOBS_CHANNEL,))
     try:
         migrate.upgrade(engine)
@@ -149,8 +173,16 @@ def _work(context: WorkerContext, listener: Listener, beat: _WorkerHeartbeat) ->
     while not context.stop.is_set():
         try:
             claims = claim(context)
-        except Exception:
+        except OperationalError as exc:
             # The database went away (a restart, a failover): wait, then try again.
+            log.warning(
+                "the database does not answer (%s); claiming again in %.1f s",
+                type(exc.orig or exc).__name__,
+                settings.queue_poll_seconds,
+            )
+            time.sleep(settings.queue_poll_seconds)
+            continue
+        except Exception:
             log.exception(
                 "could not claim jobs; trying again in %.1f s", settings.queue_poll_seconds
             )
@@ -164,9 +196,16 @@ def _work(context: WorkerContext, listener: Listener, beat: _WorkerHeartbeat) ->
             run_batch(context, claims)
         except WorkerStopping:
             return
+        except OperationalError as exc:
+            # The database went away mid-batch: the leases lapse and recovery requeues the
+            # jobs; this worker carries on once it answers again.
+            log.warning(
+                "the database does not answer (%s); the batch's %d jobs will be recovered",
+                type(exc.orig or exc).__name__,
+                len(claims),
+            )
+            time.sleep(settings.queue_poll_seconds)
         except Exception:
-            # The database or the store went away mid-batch: the leases lapse and recovery
-            # requeues the jobs; this worker carries on once they answer again.
             log.exception(
                 "batch of %d jobs could not finish; its jobs will be recovered", len(claims)
             )

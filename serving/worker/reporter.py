@@ -19,6 +19,7 @@ from serving.jobs import lease, transitions
 from serving.jobs.claim import Claim
 from serving.jobs.events import Entry
 from serving.worker.context import WorkerContext, WorkerStopping
+from serving.worker.outages import Outage
 
 log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.1
@@ -171,4 +172,17 @@ def fail_attempt(
         retryable=retryable,
         retry_base_seconds=context.settings.job_retry_base_seconds,
         detail=detail,
+    )
+
+
+def wait_out(context: WorkerContext, session: Session, claim: Claim, outage: Outage) -> None:
+    """End the attempt because `outage`'s dependency is down: the job waits it out in the queue,
+    its attempt not spent (a bounded number of times: serving.jobs.retry)."""
+    transitions.retry_after_outage(
+        session,
+        claim,
+        outage.error,
+        context.effects,
+        retry_base_seconds=context.settings.job_retry_base_seconds,
+        detail=outage.detail,
     )

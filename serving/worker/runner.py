@@ -31,7 +31,8 @@ from serving.jobs.claim import Claim
 from serving.jobs.effects import Completion
 from serving.jobs.events import Entry
 from serving.worker.context import WorkerContext, WorkerStopping
-from serving.worker.reporter import STOPPED, BatchReporter, end_early, fail_attempt
+from serving.worker.outages import Outage, registry_outage, store_outage
+from serving.worker.reporter import STOPPED, BatchReporter, end_early, fail_attempt, wait_out
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,11 @@ def run_batch(context: WorkerContext, claims: Sequence[Claim]) -> None:
                 results = generator.generate(inputs, reporter.on_step)
         except Exception as exc:  # noqa: BLE001 - every job of the batch ends with it below
             failure = exc
+        else:
+            seconds = time.monotonic() - started
+            # While the reporter runs: the leases stay renewed however long the store takes to
+            # answer, so recovery never takes these jobs from a worker that is storing them.
+            outputs = _store_outputs(context, claims, results, reporter)
     if isinstance(failure, WorkerStopping):
         _end_rest(
             context,
@@ -76,10 +82,7 @@ def run_batch(context: WorkerContext, claims: Sequence[Claim]) -> None:
     if failure is not None:
         _batch_failed(context, reporter, failure)
         return
-    finished = _Finished(
-        model, generator.device.name, memory.bytes, time.monotonic() - started, claims
-    )
-    outputs = _store_outputs(context.store, claims, results, reporter)
+    finished = _Finished(model, generator.device.name, memory.bytes, seconds, claims)
     entries = reporter.take()
     with session_scope(context.factory) as session:
         for index in reporter.unfinished():
@@ -89,8 +92,16 @@ def run_batch(context: WorkerContext, claims: Sequence[Claim]) -> None:
 
 
 def _batch_failed(context: WorkerContext, reporter: BatchReporter, failure: BaseException) -> None:
-    """A batch that raised: a batch of several jobs goes back to run its jobs one by one (one of
-    them may be the cause, say a GPU out of memory), uncounted; a single job fails its attempt."""
+    """A batch that raised: when the registry is down its jobs wait out the outage in the queue;
+    else a batch of several jobs goes back to run its jobs one by one (one of them may be the
+    cause, say a GPU out of memory), uncounted; a single job fails its attempt."""
+    outage = registry_outage(failure, context.settings)
+    if outage is not None:
+        context.health.down(outage)
+        jobs = len(reporter.unfinished())
+        log.warning("%s; the batch's %d jobs go back to the queue", outage.detail, jobs)
+        _end_rest(context, reporter, lambda s, c: wait_out(context, s, c, outage))
+        return
     log.error("batch of %d jobs failed", len(reporter.claims), exc_info=failure)
     detail = _describe(failure)
     if isinstance(failure, ModelFormatError):
@@ -142,23 +153,31 @@ def _end_rest(
 
 
 def _store_outputs(
-    store: ArtifactStore,
+    context: WorkerContext,
     claims: Sequence[Claim],
     results: Sequence[list[Image.Image] | None],
     reporter: BatchReporter,
-) -> list[dict[str, Any] | Exception | None]:
-    """Each finished job's images in the store (before its row says so), or why that failed."""
-    outputs: list[dict[str, Any] | Exception | None] = []
+) -> list[dict[str, Any] | Exception | Outage | None]:
+    """Each finished job's images in the store (before its row says so), or why that failed:
+    once the store is found down, the batch's other jobs do not try it."""
+    outputs: list[dict[str, Any] | Exception | Outage | None] = []
+    outage: Outage | None = None
     for index, (claim, images) in enumerate(zip(claims, results, strict=True)):
         if images is None or index in reporter.stopped:
             outputs.append(None)
             continue
+        if outage is not None:
+            outputs.append(outage)
+            continue
         try:
-            outputs.append(_store_images(store, claim, images))
+            outputs.append(_store_images(context.store, claim, images))
         except Exception as exc:
-            # One job failing to store (storage down, say) must not take its batch with it.
+            # One job failing to store must not take its batch with it.
             log.exception("job %s: could not store its images", claim.job_id)
-            outputs.append(exc)
+            outage = store_outage(context.store, exc)
+            if outage is not None:
+                context.health.down(outage)
+            outputs.append(outage or exc)
     return outputs
 
 
@@ -199,7 +218,7 @@ def _finish(
     session: Session,
     finished: _Finished,
     claim: Claim,
-    output: dict[str, Any] | Exception | None,
+    output: dict[str, Any] | Exception | Outage | None,
     stopped: str | None,
     entries: list[Entry],
 ) -> None:
@@ -214,6 +233,8 @@ def _finish(
     lease.report(session, claim, entries)
     if stopped is not None:
         end_early(context, session, claim, stopped)
+    elif isinstance(output, Outage):
+        wait_out(context, session, claim, output)
     elif isinstance(output, Exception):
         error = f"storing its images failed ({type(output).__name__})"
         fail_attempt(context, session, claim, error, retryable=True, detail=_describe(output))

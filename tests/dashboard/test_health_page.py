@@ -26,7 +26,12 @@ from streamlit.testing.v1 import AppTest
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 DATABASE_DOWN = {
     "status": "unavailable",
-    "checks": {"database": {"ok": False, "error": "database unreachable: connection refused"}},
+    "checks": {
+        "database": {"ok": False, "error": "database unreachable: connection refused"},
+        "storage": {"ok": True, "error": None},
+        "registry": {"ok": True, "error": None},
+        "models": {"ok": True, "error": None, "models": [], "deploying": []},
+    },
 }
 
 
@@ -51,9 +56,14 @@ def _wait_until_answers(url: str, process: subprocess.Popen[bytes], timeout: flo
 
 
 @pytest.fixture
-def real_api(tmp_path: Path) -> Iterator[int]:
+def real_api(tmp_path: Path, mlflow_server: str) -> Iterator[int]:
     port = _free_port()
-    env = {**os.environ, "GOSHEN_HOME": str(tmp_path / "api"), "GOSHEN_API_PORT": str(port)}
+    env = {
+        **os.environ,
+        "GOSHEN_HOME": str(tmp_path / "api"),
+        "GOSHEN_API_PORT": str(port),
+        "GOSHEN_MLFLOW_TRACKING_URI": mlflow_server,
+    }
     command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory"]
     process = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port)],
@@ -116,7 +126,8 @@ def test_all_components_healthy_through_the_real_api(
     assert not app.error
     markdown = _texts(app.markdown)
     assert "**API**] — OK" in markdown
-    assert "**Database**] — OK" in markdown
+    for component in ("Database", "Storage", "Registry", "Models"):
+        assert f"**{component}**] — OK" in markdown
     assert f"http://127.0.0.1:{real_api}" in _texts(app.caption)
 
 

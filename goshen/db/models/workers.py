@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, String
+from sqlalchemy import BigInteger, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from goshen.db.models.base import Base, created_at_column, enum_type, utcnow
@@ -17,6 +17,9 @@ class WorkerStatus(StrEnum):
     busy = "busy"
     draining = "draining"
     stopped = "stopped"
+    # A dependency it needs (the MLflow registry, the artifact store) does not answer; the
+    # worker's status_detail names it. It still runs jobs that do not need it.
+    unhealthy = "unhealthy"
 
 
 class Worker(Base):
@@ -29,5 +32,6 @@ class Worker(Base):
     device_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     loaded_models: Mapped[list[Any]] = mapped_column(default=list)
     status: Mapped[WorkerStatus] = mapped_column(enum_type(WorkerStatus), default=WorkerStatus.idle)
+    status_detail: Mapped[str | None] = mapped_column(Text)  # why it is unhealthy
     started_at: Mapped[datetime] = created_at_column()
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

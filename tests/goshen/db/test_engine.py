@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.db import make_engine, make_sessionmaker, session_scope
@@ -68,3 +70,17 @@ def test_sessionmaker_keeps_objects_usable_after_commit(database_url: str) -> No
         session.add(user)
     assert user.id.startswith("usr_") and user.email == "b@example.com"
     engine.dispose()
+
+
+def test_a_postgresql_server_that_never_answers_fails_a_connection_within_the_timeout() -> None:
+    """Without a connect timeout libpq waits for a server that accepted the connection forever."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        engine = make_engine(f"postgresql://postgres@127.0.0.1:{port}/goshen", timeout=2)
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="timeout"):
+            engine.connect()
+        assert 2 <= time.monotonic() - started < 30  # the bound, and slack for a loaded machine
+        engine.dispose()
