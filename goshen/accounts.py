@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal, get_args
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -14,17 +16,10 @@ from goshen.db import access
 from goshen.db.models import ApiKey, Role, User, utcnow
 from goshen.errors import ConflictError, InvalidInputError
 
-SCOPES: tuple[str, ...] = (
-    "generate",
-    "predict",
-    "jobs",
-    "models",
-    "datasets",
-    "training",
-    "keys",
-    "usage",
-    "admin",
-)
+Scope = Literal[
+    "generate", "predict", "jobs", "models", "datasets", "training", "keys", "usage", "admin"
+]
+SCOPES: tuple[str, ...] = get_args(Scope)
 DEVELOPER_SCOPES: tuple[str, ...] = tuple(scope for scope in SCOPES if scope != "admin")
 # Writing last_used_at on every request would turn each read into a write; a minute is enough.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -67,7 +62,9 @@ def get_user_by_email(session: Session, email: str) -> User | None:
     return session.scalar(select(User).where(User.email == normalize_email(email)))
 
 
-def check_scopes(requested: list[str] | None, *, owner: User, granting: ApiKey | None) -> list[str]:
+def check_scopes(
+    requested: Sequence[str] | None, *, owner: User, granting: ApiKey | None
+) -> list[str]:
     """The scopes a new key gets: never more than its owner's role or the granting key allow."""
     if requested is None:
         allowed = SCOPES if owner.role == Role.admin else DEVELOPER_SCOPES
@@ -95,7 +92,7 @@ def issue_key(
     owner: User,
     *,
     name: str,
-    scopes: list[str] | None = None,
+    scopes: Sequence[str] | None = None,
     granting: ApiKey | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key for `owner`; returns the row and the plaintext, which is never stored."""

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -29,7 +29,8 @@ from goshen.text import ONE_LINE
 
 MAX_EPOCHS = 200
 MAX_BATCH_SIZE = 1024
-IMAGE_SIZES = (8, 16, 32, 64)
+ImageSize = Literal[8, 16, 32, 64]
+IMAGE_SIZES: tuple[int, ...] = get_args(ImageSize)
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 TERMINAL = (TrainingStatus.succeeded, TrainingStatus.failed, TrainingStatus.canceled)
 # Rough CPU cost per sample and epoch, measured on the digits models (BENCHMARKS.md).
@@ -51,21 +52,14 @@ class TrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(default=20, ge=1, le=MAX_EPOCHS)
-    batch_size: int = Field(default=64, ge=1, le=MAX_BATCH_SIZE)
-    learning_rate: float = Field(default=1e-3, gt=0, le=1)
-    image_size: int = Field(default=16, description=f"diffusion only; one of {IMAGE_SIZES}")
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    epochs: int = Field(default=20, strict=True, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(default=64, strict=True, ge=1, le=MAX_BATCH_SIZE)
+    learning_rate: float = Field(default=1e-3, strict=True, gt=0, le=1)
+    image_size: ImageSize = Field(default=16, description="diffusion only: the side in pixels")
+    seed: int = Field(default=0, strict=True, ge=0, le=2**31 - 1)
     target: Annotated[str, StringConstraints(max_length=200), ONE_LINE] | None = Field(
         default=None, description="tables: target column"
     )
-
-    @field_validator("image_size")
-    @classmethod
-    def _known_image_size(cls, value: int) -> int:
-        if value not in IMAGE_SIZES:
-            raise ValueError(f"must be one of {IMAGE_SIZES}")
-        return value
 
 
 def registered_model_name(user_id: str, model_name: str) -> str:

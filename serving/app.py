@@ -20,6 +20,7 @@ from serving.catalog.registry_sync import RegistrySync
 from serving.http.body_limit import BodySizeLimit
 from serving.http.content_type import json_bodies_only
 from serving.http.metrics import ApiMetrics, install_metrics
+from serving.http.openapi import install_openapi
 from serving.http.principal_cache import PrincipalCache
 from serving.http.problems import install_problem_handlers
 from serving.http.state import ApiState
@@ -164,4 +165,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (module.router for module in routers):
         # FastAPI would answer a text/plain body to a JSON route with 422s about its fields.
         app.include_router(router, dependencies=[Depends(json_bodies_only)])
+    install_openapi(app)
     return app

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from goshen.accounts import Scope
 from goshen.db.models import (
     ApiKey,
     DatasetKind,
@@ -40,8 +41,9 @@ class RequestBody(BaseModel):
 
 class KeyCreate(RequestBody):
     name: Name
-    scopes: list[str] | None = Field(
+    scopes: list[Scope] | None = Field(
         default=None,
+        min_length=1,
         max_length=20,
         description="scopes for the new key; default: every scope the owner and this key hold",
     )
@@ -82,7 +84,9 @@ class UserUpdate(RequestBody):
         Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), ONE_LINE] | None
     ) = None
     role: Role | None = None
-    disabled: bool | None = Field(default=None, description="true disables the user and its keys")
+    disabled: bool | None = Field(
+        default=None, strict=True, description="true disables the user and its keys"
+    )
 
 
 class UserPublic(PublicBody):
@@ -248,7 +252,9 @@ class ModelPublic(BaseModel):
 
 class Pricing(RequestBody):
     unit: PricingUnit = Field(description="image, second or request")
-    price_micros: int = Field(ge=0, le=10**12, description="per unit, in micro-credits")
+    price_micros: int = Field(
+        strict=True, ge=0, le=10**12, description="per unit, in micro-credits"
+    )
 
 
 class ModelRegister(RequestBody):
@@ -263,8 +269,8 @@ class ModelRegister(RequestBody):
     description: Description = ""
     pricing: Pricing
     visibility: Visibility = Visibility.private
-    max_batch_size: int | None = Field(default=None, ge=1, le=4096)
-    max_wait_ms: float | None = Field(default=None, ge=0, le=1000)
+    max_batch_size: int | None = Field(default=None, strict=True, ge=1, le=4096)
+    max_wait_ms: float | None = Field(default=None, strict=True, ge=0, le=1000)
 
 
 class ModelUpdate(RequestBody):
@@ -273,8 +279,8 @@ class ModelUpdate(RequestBody):
     description: Description | None = None
     pricing: Pricing | None = None
     visibility: Visibility | None = None
-    max_batch_size: int | None = Field(default=None, ge=1, le=4096)
-    max_wait_ms: float | None = Field(default=None, ge=0, le=1000)
+    max_batch_size: int | None = Field(default=None, strict=True, ge=1, le=4096)
+    max_wait_ms: float | None = Field(default=None, strict=True, ge=0, le=1000)
 
     @field_validator("description", "pricing", "visibility", mode="before")
     @classmethod

@@ -4,19 +4,48 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import exc as database_errors
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from goshen.errors import GoshenError, InvalidInputError, RateLimitedError, UnavailableError
 
 PROBLEM_JSON = "application/problem+json"
+# How long a client should wait before trying again when the database does not answer.
+DATABASE_RETRY_AFTER_SECONDS = 5
 log = logging.getLogger(__name__)
+
+
+class FieldError(BaseModel):
+    """One invalid field: where, what is wrong, and the kind of error."""
+
+    field: str = Field(description="the field, dotted for nested ones (`input.digit`)")
+    message: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details."""
+
+    type: str = Field(default="about:blank", description="always `about:blank`")
+    title: str = Field(description="the status's name, or the kind of error")
+    status: int = Field(ge=400, le=599)
+    detail: str = Field(description="what went wrong and what to do about it")
+    errors: list[FieldError] | None = Field(
+        default=None, description="each invalid field, on 422s about fields"
+    )
+    request_id: str | None = Field(
+        default=None, description="on 500s: the id of the error in the server's log"
+    )
 
 
 def problem(
@@ -63,10 +92,76 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return problem(422, f"invalid request: check {fields}", errors=errors)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return problem(exc.status_code, detail, headers=getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        detail = f"{request.method} is not allowed here; this path answers {', '.join(allowed)}"
+    return problem(exc.status_code, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on the request's path (Starlette names only the first
+    route that matched the path, and FastAPI makes one route per method)."""
+    methods: set[str] = set()
+    for route in _routes(request.app.router.routes):
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] != Match.NONE:
+            methods.update(route_methods)
+    return sorted(methods)
+
+
+def _routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """The routes an app's router holds, those of included routers among them (FastAPI keeps an
+    included router as one route that holds its own)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _routes(included.routes)
+        else:
+            yield route
+
+
+# SQLSTATEs that say the database is away or busy for now, not that the request is at fault:
+# connection exceptions (class 08), an administrator's or a crash's shutdown, too many
+# connections, and a transaction that lost a deadlock or a serialization race.
+_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P01"})
+
+
+def database_unavailable(exc: Exception) -> bool:
+    """Whether a database error means "away or busy for now" (answered 503, Retry-After) rather
+    than a bug (answered 500 with a request id): a lost or refused connection, a pool that ran
+    dry, a server shutting down, SQLite's lock held too long."""
+    if isinstance(exc, database_errors.TimeoutError):
+        return True
+    if not isinstance(exc, database_errors.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if isinstance(exc, database_errors.OperationalError | database_errors.InterfaceError):
+        if "database is locked" in str(exc.orig):
+            return True
+        # psycopg gives no SQLSTATE to a connection that failed before the server answered.
+        if sqlstate is None and type(exc.orig).__module__.startswith("psycopg"):
+            return True
+    return sqlstate is not None and (sqlstate.startswith("08") or sqlstate in _TRANSIENT_SQLSTATES)
+
+
+async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+    if not database_unavailable(exc):
+        raise exc  # a bug: ServerErrors answers 500 with a request id and logs the traceback
+    # The driver's message can name hosts and users: it goes to the log, not to the caller.
+    log.warning("the database did not answer: %s", exc)
+    return problem(
+        503,
+        "the database does not answer for now; try again shortly",
+        title="Service unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
 
 
 async def _goshen_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -131,4 +226,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(GoshenError, _goshen_error)
+    # A lost connection, a server that does not answer, a pool that ran dry, SQLite's lock.
+    for unavailable in (database_errors.DBAPIError, database_errors.TimeoutError):
+        app.add_exception_handler(unavailable, _database_error)
     app.add_middleware(ServerErrors)

@@ -49,7 +49,11 @@ def list_users(
     return paginate(session, query, User.id, UserPublic, limit=limit, cursor=cursor)
 
 
-@router.post("/users", status_code=201)
+@router.post(
+    "/users",
+    status_code=201,
+    responses={409: {"description": "a user with that email exists"}},
+)
 def create_user(body: UserCreate, _admin: AdminPrincipal, session: SessionDep) -> UserPublic:
     user = accounts.create_user(session, email=body.email, name=body.name, role=body.role)
     session.commit()
@@ -61,7 +65,10 @@ def get_user(user_id: UserId, _admin: AdminPrincipal, session: SessionDep) -> Us
     return UserPublic.model_validate(_user(session, user_id))
 
 
-@router.patch("/users/{user_id}")
+@router.patch(
+    "/users/{user_id}",
+    responses={409: {"description": "an admin cannot disable or demote their own account"}},
+)
 def update_user(
     user_id: UserId,
     body: UserUpdate,
@@ -85,7 +92,11 @@ def update_user(
     return UserPublic.model_validate(user)
 
 
-@router.post("/users/{user_id}/keys", status_code=201)
+@router.post(
+    "/users/{user_id}/keys",
+    status_code=201,
+    responses={409: {"description": "the user is disabled"}},
+)
 def create_user_key(
     user_id: UserId, body: KeyCreate, _admin: AdminPrincipal, session: SessionDep
 ) -> KeyCreated:

@@ -128,7 +128,10 @@ def get_dataset(
     return DatasetPublic.model_validate(_owned(session, dataset_id, principal.user.id))
 
 
-@router.delete("/{dataset_id}")
+@router.delete(
+    "/{dataset_id}",
+    responses={409: {"description": "a queued or running training job uses the dataset"}},
+)
 def delete_dataset(
     dataset_id: DatasetId, principal: DatasetsPrincipal, session: SessionDep, store: StoreDep
 ) -> DatasetPublic:

@@ -16,7 +16,18 @@ from serving.http.dependencies import SettingsDep, StoreDep
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-@router.get("/{key:path}", response_class=StreamingResponse)
+@router.get(
+    "/{key:path}",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "the object's bytes, with its media type",
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        403: {"description": "the link's signature is wrong, or the link expired"},
+        404: {"description": "no such object, or the store serves its own signed URLs"},
+    },
+)
 def download(
     key: str,
     settings: SettingsDep,

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,6 +29,7 @@ from serving.http.dependencies import (
     StoreDep,
     require_any_scope,
 )
+from serving.http.headers import LastEventId
 from serving.http.pagination import Cursor, Limit, Page, paginate
 from serving.http.paths import JobId
 from serving.jobs import transitions
@@ -113,7 +114,7 @@ def cancel_job(
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )
 def stream_job_events(
     job_id: JobId,
@@ -122,7 +123,7 @@ def stream_job_events(
     reads: ReadSessionsDep,
     watcher: JobWatcherDep,
     store: StoreDep,
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    last_event_id: LastEventId = None,
 ) -> StreamingResponse:
     """Server-sent events: `status` on each change, `progress` per denoising step, `log` per
     line, `output` (signed image links), and `done` when the job ends.

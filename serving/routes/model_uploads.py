@@ -67,6 +67,7 @@ class ModelUpload(RequestBody):
     openapi_extra=_UPLOAD_FORM,
     responses={
         409: {"description": "a catalog model has that name"},
+        429: {"description": "this server is checking the most uploads it checks at once"},
         413: {"description": "the file passes GOSHEN_MAX_MODEL_UPLOAD_BYTES"},
         422: {"description": "a field is wrong, or the model is refused; the detail says why"},
     },

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,6 +15,7 @@ from goshen import training
 from goshen.accounts import Principal
 from goshen.db.models import TrainingJob
 from serving.http.dependencies import ReadSessionsDep, SessionDep, SettingsDep, require_scope
+from serving.http.headers import LastEventId
 from serving.http.pagination import Cursor, Limit, Page, page_of_owned
 from serving.http.paths import TrainingJobId
 from serving.schemas import TrainingJobCreate, TrainingJobPublic
@@ -25,7 +26,14 @@ LOG_POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 
 
-@router.post("", status_code=201)
+@router.post(
+    "",
+    status_code=201,
+    responses={
+        404: {"description": "no dataset with that id that this key may see"},
+        409: {"description": "the dataset is not ready to train on"},
+    },
+)
 def submit_training_job(
     body: TrainingJobCreate,
     principal: TrainingPrincipal,
@@ -62,7 +70,7 @@ def get_training_job(
     return TrainingJobPublic.model_validate(training.get_owned(session, job_id, principal.user.id))
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", responses={409: {"description": "the job already ended"}})
 def cancel_training_job(
     job_id: TrainingJobId, principal: TrainingPrincipal, session: SessionDep
 ) -> TrainingJobPublic:
@@ -75,14 +83,14 @@ def cancel_training_job(
 @router.get(
     "/{job_id}/logs",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )
 def stream_training_logs(
     job_id: TrainingJobId,
     principal: TrainingPrincipal,
     session: SessionDep,
     reads: ReadSessionsDep,
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    last_event_id: LastEventId = None,
 ) -> StreamingResponse:
     """Server-sent events: `log` per line, `status` on changes, `done` when the job ends.
 
