@@ -23,7 +23,7 @@ from goshen.config import Settings
 from goshen.db.models import Model, Role, UsageEvent
 from serving.app import create_app
 from tests.fixtures.accounts import Account
-from tests.fixtures.models import RegisteredModel
+from tests.fixtures.models import RegisteredModel, deploy_classifier
 
 ROWS = np.random.default_rng(1).random((5, 64), dtype=np.float32)
 
@@ -46,20 +46,7 @@ def classifier(
     """A deployed public catalog entry for a fresh registered classifier."""
     name = f"clf-{secrets.token_hex(3)}"
     register_classifier(name)
-    body = {
-        "name": name,
-        "registered_model": name,
-        "alias": registry.PRODUCTION,
-        "pricing": {"unit": "request", "price_micros": 250},
-        "visibility": "public",
-    }
-    created = api.post("/v1/admin/models", json=body, headers=admin.headers)
-    assert created.status_code == 201, created.text
-    assert created.json()["status"] == "disabled"
-    deployed = api.post(f"/v1/admin/models/{name}/deploy", headers=admin.headers)
-    assert deployed.status_code == 200, deployed.text
-    assert deployed.json()["status"] == "ready", deployed.json()["status_error"]
-    return deployed.json()
+    return deploy_classifier(api, admin.headers, name)
 
 
 def _predict(api, account, name: str, inputs):  # type: ignore[no-untyped-def]

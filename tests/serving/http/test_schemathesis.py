@@ -21,12 +21,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from goshen import registry
 from goshen.config import Settings
 from goshen.db.models import Model, Role
 from serving.app import create_app
 from tests.fixtures.accounts import Account
-from tests.fixtures.models import RegisteredModel
+from tests.fixtures.models import RegisteredModel, deploy_classifier
 
 EXAMPLES = int(os.environ.get("GOSHEN_SCHEMATHESIS_EXAMPLES", "50"))
 SEED = int(os.environ.get("GOSHEN_SCHEMATHESIS_SEED", "20261205"))
@@ -58,16 +57,7 @@ def platform(
     name = f"clf-{secrets.token_hex(3)}"
     register_classifier(name)
     with TestClient(create_app(serving_settings)) as api:
-        body = {
-            "name": name,
-            "registered_model": name,
-            "alias": registry.PRODUCTION,
-            "pricing": {"unit": "request", "price_micros": 250},
-            "visibility": "public",
-        }
-        assert api.post("/v1/admin/models", json=body, headers=admin.headers).status_code == 201
-        deployed = api.post(f"/v1/admin/models/{name}/deploy", headers=admin.headers)
-        assert deployed.json()["status"] == "ready", deployed.text
+        deploy_classifier(api, admin.headers, name)
     yield serving_settings
 
 
