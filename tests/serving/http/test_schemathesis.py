@@ -2,7 +2,8 @@
 
 It runs every phase (the document's examples, coverage of each constraint's edges, random
 fuzzing, and stateful sequences that follow the links it infers between operations) with every
-check, once with a developer's key and once with an admin's: no 5xx, no response outside its
+check but those EXCLUDED_CHECKS names with why, once with a developer's key and once with an
+admin's: no 5xx, no response outside its
 documented schema, no undocumented status code, no method without a 405 naming the allowed ones.
 The seed is fixed so that a run in CI answers the same way each time; set
 GOSHEN_SCHEMATHESIS_SEED to explore others and GOSHEN_SCHEMATHESIS_EXAMPLES for more examples.
@@ -29,8 +30,28 @@ from tests.fixtures.models import RegisteredModel, deploy_classifier
 
 EXAMPLES = int(os.environ.get("GOSHEN_SCHEMATHESIS_EXAMPLES", "50"))
 SEED = int(os.environ.get("GOSHEN_SCHEMATHESIS_SEED", "20261205"))
+# Every check schemathesis has (`--checks=all` would add a response-time limit, below).
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+    "negative_data_rejection",
+    "positive_data_acceptance",
+    "missing_required_header",
+    "unsupported_method",
+    "allow_header_conformance",
+    "use_after_free",
+    "ensure_resource_availability",
+    "ignored_auth",
+    "object_level_authorization",
+)
 # Checks left out, each with why:
 EXCLUDED_CHECKS = {
+    # `--checks=all` fails any answer slower than 10 s; on a shared 2-core CI machine an upload
+    # checked in its subprocess can take that long. Speed is measured by the benchmarks.
+    "max_response_time": "timing belongs to benchmarks, not to tests on noisy machines",
     # Expects every request its schema allows to succeed; but much of what the API refuses is
     # not a schema's to say: a developer asking for the `admin` scope, a webhook URL that
     # resolves to a private address, an upload whose bytes are not an image archive or an ONNX
@@ -80,7 +101,7 @@ def test_schemathesis_finds_no_server_error_or_undocumented_answer(
             "run",
             f"{url}/openapi.json",
             "--phases=examples,coverage,fuzzing,stateful",
-            "--checks=all",
+            f"--checks={','.join(c for c in CHECKS if c not in EXCLUDED_CHECKS)}",
             f"--max-examples={EXAMPLES}",
             f"--seed={SEED}",
             "--workers=2",
@@ -90,8 +111,6 @@ def test_schemathesis_finds_no_server_error_or_undocumented_answer(
             f"--report-dir={tmp_path / 'report'}",
             "--report=junit",
         ]
-        if EXCLUDED_CHECKS:
-            command.append(f"--exclude-checks={','.join(EXCLUDED_CHECKS)}")
         result = subprocess.run(
             command, capture_output=True, text=True, timeout=1200, cwd=tmp_path, check=False
         )
