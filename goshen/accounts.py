@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from goshen import keys
+from goshen.billing import ledger
 from goshen.db import access
 from goshen.db.models import ApiKey, Role, User, utcnow
 from goshen.errors import ConflictError, InvalidInputError
@@ -48,13 +49,24 @@ def normalize_email(email: str) -> str:
     return value
 
 
-def create_user(session: Session, *, email: str, name: str = "", role: Role) -> User:
+def create_user(
+    session: Session, *, email: str, name: str = "", role: Role, credits_micros: int
+) -> User:
+    """A new user with a promotional grant of `credits_micros` (GOSHEN_NEW_USER_CREDITS)."""
     user = User(email=normalize_email(email), name=name, role=role)
     session.add(user)
     try:
         session.flush()
     except IntegrityError:
         raise ConflictError(f"a user with email {user.email} already exists") from None
+    if credits_micros > 0:
+        ledger.grant(
+            session,
+            user_id=user.id,
+            source=f"signup:{user.id}",
+            amount_micros=credits_micros,
+            reason="new-user credits (GOSHEN_NEW_USER_CREDITS)",
+        )
     return user
 
 
@@ -163,8 +175,12 @@ def get_key(session: Session, key_id: str, *, owner_id: str | None = None) -> Ap
     return access.get_owned(session, ApiKey, key_id, owner_id, "key")
 
 
-def create_admin(session: Session, *, email: str, name: str = "") -> tuple[User, ApiKey, str]:
-    """A new admin user with one key holding every scope."""
-    user = create_user(session, email=email, name=name, role=Role.admin)
+def create_admin(
+    session: Session, *, email: str, name: str = "", credits_micros: int
+) -> tuple[User, ApiKey, str]:
+    """A new admin user with one key holding every scope (and the new-user grant)."""
+    user = create_user(
+        session, email=email, name=name, role=Role.admin, credits_micros=credits_micros
+    )
     key, plaintext = issue_key(session, user, name="admin (goshen admin create)")
     return user, key, plaintext

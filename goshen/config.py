@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from decimal import Decimal
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -84,6 +85,8 @@ class Settings(BaseSettings):
     mlflow_workers: int = Field(default=1, ge=1, le=64)
 
     training_price_micros_per_second: int = Field(default=100, ge=0)
+    # Credits (not micro-credits) every new user is granted; at most 6 decimal places.
+    new_user_credits: Decimal = Field(default=Decimal(10), ge=0, le=10**9, decimal_places=6)
 
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
     worker_max_batch_size: int = Field(default=8, ge=1, le=64)
@@ -178,6 +181,10 @@ class Settings(BaseSettings):
         if len(set(ports.values())) != len(ports):
             raise ValueError(f"service ports must differ, got {ports}")
         return self
+
+    @cached_property
+    def new_user_credits_micros(self) -> int:
+        return int(self.new_user_credits * 1_000_000)
 
     @cached_property
     def home_dir(self) -> Path:

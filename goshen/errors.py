@@ -4,10 +4,18 @@ from __future__ import annotations
 
 
 class GoshenError(Exception):
-    """Base class; `str(error)` is a message that says what to fix."""
+    """Base class; `str(error)` is a message that says what to fix.
+
+    `type` is the problem type URI (RFC 9457) of errors whose body carries `members()` beyond
+    the standard ones."""
 
     status_code = 400
     title = "Bad request"
+    type = "about:blank"
+
+    def members(self) -> dict[str, int | str]:
+        """Members of the problem body beyond type, title, status and detail."""
+        return {}
 
 
 class NotFoundError(GoshenError):
@@ -64,3 +72,21 @@ class RateLimitedError(GoshenError):
     def __init__(self, message: str, *, retry_after_seconds: int) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class InsufficientCreditError(GoshenError):
+    """The account's available credit (balance less open holds) is short of what a request may
+    cost; amounts in micro-credits."""
+
+    status_code = 402
+    title = "Insufficient credit"
+    type = "/problems/insufficient-credit"
+
+    def __init__(self, message: str, *, balance: int, available: int, required: int) -> None:
+        super().__init__(message)
+        self.balance = balance
+        self.available = available
+        self.required = required
+
+    def members(self) -> dict[str, int | str]:
+        return {"balance": self.balance, "available": self.available, "required": self.required}

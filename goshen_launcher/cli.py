@@ -113,7 +113,12 @@ def _admin_create(settings: Settings, args: argparse.Namespace) -> int:
     try:
         migrate.upgrade(engine)
         with session_scope(make_sessionmaker(engine)) as session:
-            user, key, plaintext = accounts.create_admin(session, email=args.email, name=args.name)
+            user, key, plaintext = accounts.create_admin(
+                session,
+                email=args.email,
+                name=args.name,
+                credits_micros=settings.new_user_credits_micros,
+            )
     finally:
         engine.dispose()
     print(f"created admin {user.email} ({user.id})")

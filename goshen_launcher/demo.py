@@ -54,7 +54,12 @@ def ensure_admin_key(settings: Settings) -> str:
                     return saved
             user = accounts.get_user_by_email(session, DEMO_ADMIN_EMAIL)
             if user is None:
-                user = accounts.create_user(session, email=DEMO_ADMIN_EMAIL, role=Role.admin)
+                user = accounts.create_user(
+                    session,
+                    email=DEMO_ADMIN_EMAIL,
+                    role=Role.admin,
+                    credits_micros=settings.new_user_credits_micros,
+                )
             _, plaintext = accounts.issue_key(session, user, name="goshen demo")
     finally:
         engine.dispose()

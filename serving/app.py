@@ -30,7 +30,9 @@ from serving.predict.metering import UsageRecorder
 from serving.predict.models import PredictModels
 from serving.routes import (
     admin,
+    admin_credits,
     admin_models,
+    credits,
     datasets,
     files,
     generate,
@@ -152,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health,
         keys,
         admin,
+        admin_credits,
         admin_models,
         files,
         datasets,
@@ -161,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models,
         generate,
         jobs,
+        credits,
     )
     for router in (module.router for module in routers):
         # FastAPI would answer a text/plain body to a JSON route with 422s about its fields.

@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from serving.http.problems import PROBLEM_JSON, Problem
+from serving.http.problems import PROBLEM_JSON, InsufficientCreditProblem, Problem
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
@@ -85,10 +85,18 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name in _FASTAPI_VALIDATION:
         schemas.pop(name, None)
-    problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-    schemas.update(problem_schema.pop("$defs", {}))
-    schemas["Problem"] = problem_schema
+    for model in (Problem, InsufficientCreditProblem):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
     return document
+
+
+def problem_response(description: str, schema: str) -> dict[str, Any]:
+    """A route's `responses=` entry for a problem whose body has its own schema (`schema`, one
+    of the problem models in serving.http.problems)."""
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": ref}}}
 
 
 def _complete_operation(path: str, operation: dict[str, Any]) -> None:

@@ -36,7 +36,10 @@ class FieldError(BaseModel):
 class Problem(BaseModel):
     """An error, as RFC 9457 problem details."""
 
-    type: str = Field(default="about:blank", description="always `about:blank`")
+    type: str = Field(
+        default="about:blank",
+        description="`about:blank`, or a URI naming a problem whose body has members of its own",
+    )
     title: str = Field(description="the status's name, or the kind of error")
     status: int = Field(ge=400, le=599)
     detail: str = Field(description="what went wrong and what to do about it")
@@ -48,6 +51,15 @@ class Problem(BaseModel):
     )
 
 
+class InsufficientCreditProblem(Problem):
+    """402: available credit (balance less open holds) is short of what the request may cost."""
+
+    type: str = Field(default="/problems/insufficient-credit")
+    balance: int = Field(description="the account's balance, in micro-credits")
+    available: int = Field(description="the balance less open holds, in micro-credits")
+    required: int = Field(description="what the request may cost at most, in micro-credits")
+
+
 def problem(
     status: int,
     detail: str,
@@ -56,12 +68,15 @@ def problem(
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
     request_id: str | None = None,
+    type_: str = "about:blank",
+    members: dict[str, Any] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {
-        "type": "about:blank",
+        "type": type_,
         "title": title or HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
+        **(members or {}),
     }
     if errors is not None:
         body["errors"] = errors
@@ -172,7 +187,15 @@ async def _goshen_error(_request: Request, exc: Exception) -> JSONResponse:
     headers = None
     if isinstance(exc, RateLimitedError | UnavailableError):
         headers = {"Retry-After": str(exc.retry_after_seconds)}
-    return problem(exc.status_code, str(exc), title=exc.title, errors=errors, headers=headers)
+    return problem(
+        exc.status_code,
+        str(exc),
+        title=exc.title,
+        errors=errors,
+        headers=headers,
+        type_=exc.type,
+        members=exc.members(),
+    )
 
 
 class ServerErrors:

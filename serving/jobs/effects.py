@@ -2,13 +2,15 @@
 
 - An attempt starts: a `status` event and the `start` webhook.
 - A job ends — succeeded, failed or canceled; on a worker, through the API or by recovery —:
-  on success its usage event, its `output` event and its `output` and `logs` webhooks; in every
-  case its `status` and `done` events and its `completed` webhook.
+  its credit hold ends, captured up to the job's cost on success and released for the rest (all
+  of it otherwise); on success its usage event, its `output` event and its `output` and `logs`
+  webhooks; in every case its `status` and `done` events and its `completed` webhook.
 
 Everything is written in the caller's transaction, together with the transition itself. Usage
-(per job and kind) and webhooks (per job and event type) are keyed by job id, so a job that runs
-twice causes each once; its events are written once because a transition by a stale claim
-changes nothing (fencing) and so never reaches here. Only the queue's own modules call this
+(per job and kind), ledger entries (per job and kind) and webhooks (per job and event type) are
+keyed by job id, so a job that runs or ends twice causes each once and moves credit once; its
+events are written once because a transition by a stale claim changes nothing (fencing) and so
+never reaches here. Only the queue's own modules call this
 (serving.jobs.claim for starts, serving.jobs.transitions for ends); nothing else writes any of
 it.
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from goshen.billing import ledger
 from goshen.db import access
 from goshen.db.models import Job, JobStatus, Model, UsageEvent
 from goshen.storage import ArtifactStore
@@ -63,6 +66,8 @@ class JobEffects:
     def ended(self, session: Session, job: Job, completion: Completion | None = None) -> None:
         """`job` (locked, flushed) reached a terminal status; `completion` when it succeeded."""
         status = JobStatus(job.status)
+        cost = completion.cost_micros if completion is not None else 0
+        ledger.settle(session, user_id=job.user_id, job_id=job.id, cost_micros=cost)
         if completion is not None:
             self._meter(session, job, completion)
             add_event(session, job.id, "output", completion.output)

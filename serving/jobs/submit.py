@@ -1,8 +1,10 @@
 """Taking a generation request: check it whole, honour its Idempotency-Key, queue it.
 
-Nothing is queued (and no key consumed) until the model, its input, the webhook URL and the
-account's limits all check out. A key is scoped to its account and lives 24 hours: the same key
-and body return the job it made; the same key with another body is refused.
+Nothing is queued (and no key consumed) until the model, its input, the webhook URL, the
+account's limits and its credit all check out: the job is queued with a hold on the most it may
+cost, in one transaction with the check (goshen.billing.ledger). A key is scoped to its account
+and lives 24 hours: the same key and body return the job it made; the same key with another body
+is refused.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from sqlalchemy.orm import Session
 
 from goshen import catalog, registry
 from goshen.accounts import Principal
+from goshen.billing import ledger
+from goshen.billing.pricing import most_a_job_can_cost
 from goshen.config import Settings
-from goshen.db.models import Job, JobStatus, Model, ModelKind, User, utcnow
+from goshen.db.models import Job, JobStatus, Model, ModelKind, Role, User, utcnow
 from goshen.errors import ConflictError, InvalidInputError, RateLimitedError, UnavailableError
 from goshen.runtimes.inputs import GenerationInput, batch_key, input_model
 from serving.jobs.transitions import enqueue
@@ -76,9 +80,11 @@ def submit(
     model_input = validate_input(model, body)
     session.commit()
     version = _live_version(session, model, settings)
-    # One account's submissions go one at a time from here, so its key lookups and its
-    # active-job count cannot race.
-    session.execute(select(User.id).where(User.id == user.id).with_for_update())
+    # One account's submissions go one at a time from here, so its key lookups, its active-job
+    # count and its credit cannot race. FOR NO KEY UPDATE on PostgreSQL: rows that reference the
+    # user (a worker ending this account's jobs writes usage and ledger rows) take only a key-share
+    # lock on it, and must not wait for a submission that waits for that worker's balance lock.
+    session.execute(select(User.id).where(User.id == user.id).with_for_update(key_share=True))
     if idempotency_key is not None:
         replay = _replay(session, user.id, idempotency_key, fingerprint)
         if replay is not None:
@@ -101,6 +107,7 @@ def submit(
     )
     try:
         enqueue(session, job)
+        hold_credit(session, user, job, model, model_input.num_images)
         session.commit()
     except IntegrityError:
         # The same key, sent concurrently, made its job first.
@@ -110,6 +117,20 @@ def submit(
         assert replay is not None
         return replay
     return Submission(job, model, replayed=False)
+
+
+def hold_credit(session: Session, user: User, job: Job, model: Model, images: int) -> None:
+    """Hold the most `job` (flushed) may cost, in the transaction that queues it: refused with
+    402 when the account's available credit is short, unless it is an admin's or unmetered."""
+    ledger.hold(
+        session,
+        user_id=user.id,
+        job_id=job.id,
+        amount_micros=most_a_job_can_cost(
+            model, images=images, timeout_seconds=job.timeout_seconds or 0
+        ),
+        refuse_short=not (user.role == Role.admin or user.unmetered),
+    )
 
 
 def _replay(session: Session, user_id: str, key: str, fingerprint: str) -> Submission | None:

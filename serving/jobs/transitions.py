@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from goshen.billing import ledger
 from goshen.db.models import Job, JobStatus, utcnow
 from goshen.db.notifications import JOBS_CHANNEL, notify
 from goshen.errors import ConflictError
@@ -235,6 +236,8 @@ def recover_stalled(
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
+    # Jobs that end here settle their credit: their users' balances, all at once, in order.
+    ledger.lock_balances(session, (job.user_id for job in stalled if _ends(job)))
     for job in stalled:
         # Which worker it was is for operators (attempt_errors); users see what happened.
         _keep_attempt_error(job, f"worker {job.lease_owner} stopped renewing its lease", now)
@@ -249,6 +252,11 @@ def recover_stalled(
     if stalled:
         notify(session, JOBS_CHANNEL)
     return list(stalled)
+
+
+def _ends(job: Job) -> bool:
+    """Whether recovery ends a stalled job rather than sending it back to the queue."""
+    return job.attempt >= job.max_attempts or bool(job.cancel_requested)
 
 
 def _retry_later(

@@ -12,7 +12,7 @@ from goshen import accounts
 from goshen.db.models import ApiKey, User, utcnow
 from goshen.errors import ConflictError, NotFoundError
 from goshen.ids import id_pattern
-from serving.http.dependencies import AdminPrincipal, PrincipalsDep, SessionDep
+from serving.http.dependencies import AdminPrincipal, PrincipalsDep, SessionDep, SettingsDep
 from serving.http.pagination import Cursor, Limit, Page, paginate
 from serving.http.paths import KeyId, UserId
 from serving.schemas import (
@@ -54,8 +54,17 @@ def list_users(
     status_code=201,
     responses={409: {"description": "a user with that email exists"}},
 )
-def create_user(body: UserCreate, _admin: AdminPrincipal, session: SessionDep) -> UserPublic:
-    user = accounts.create_user(session, email=body.email, name=body.name, role=body.role)
+def create_user(
+    body: UserCreate, _admin: AdminPrincipal, session: SessionDep, settings: SettingsDep
+) -> UserPublic:
+    """Create a user, granted GOSHEN_NEW_USER_CREDITS."""
+    user = accounts.create_user(
+        session,
+        email=body.email,
+        name=body.name,
+        role=body.role,
+        credits_micros=settings.new_user_credits_micros,
+    )
     session.commit()
     return UserPublic.model_validate(user)
 
@@ -76,7 +85,8 @@ def update_user(
     session: SessionDep,
     principals: PrincipalsDep,
 ) -> UserPublic:
-    """Rename, change role, or disable (all keys stop working) and re-enable a user."""
+    """Rename, change role, disable (all keys stop working) and re-enable a user, or mark it
+    unmetered (never refused for want of credit)."""
     user = _user(session, user_id)
     if user.id == admin.user.id and (body.disabled or body.role not in (None, user.role)):
         raise ConflictError("you cannot disable or demote your own account; ask another admin")
@@ -86,6 +96,8 @@ def update_user(
         user.role = body.role
     if body.disabled is not None:
         user.disabled_at = (user.disabled_at or utcnow()) if body.disabled else None
+    if body.unmetered is not None:
+        user.unmetered = body.unmetered
     principals.announce(session, user.id)
     session.commit()
     principals.changed(user.id)  # a disabled or demoted user's keys, now

@@ -19,6 +19,7 @@ from serving.http.dependencies import (
     StoreDep,
     require_scope,
 )
+from serving.http.openapi import problem_response
 from serving.jobs.reads import load_job, wait_until_done
 from serving.jobs.submit import submit
 from serving.jobs.views import render_job
@@ -28,7 +29,7 @@ router = APIRouter(prefix="/v1", tags=["generation"])
 GeneratePrincipal = Annotated[Principal, Depends(require_scope("generate"))]
 MAX_WAIT_SECONDS = 60
 _PREFER_WAIT = re.compile(r"^\s*wait(?:\s*=\s*(\d+))?\s*$", re.IGNORECASE)
-_IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,255}$"
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
 
 def wait_seconds(prefer: str | None) -> int | None:
@@ -54,6 +55,10 @@ def wait_seconds(prefer: str | None) -> int | None:
     "/generate",
     status_code=201,
     responses={
+        402: problem_response(
+            "the account's available credit is short of the most this job may cost",
+            "InsufficientCreditProblem",
+        ),
         404: {"description": "no such model, or not one this key may call"},
         409: {"description": "the model takes no jobs now (no live version, disabled, failed)"},
         422: {"description": "a field or an input value is wrong; `errors` names each"},
@@ -73,7 +78,7 @@ async def generate(
     idempotency_key: Annotated[
         str | None,
         Header(
-            pattern=_IDEMPOTENCY_KEY,
+            pattern=IDEMPOTENCY_KEY_PATTERN,
             description="replays of the same key and body within 24 h return the same job",
         ),
     ] = None,

@@ -14,6 +14,7 @@ from collections.abc import Set as AbstractSet
 
 from sqlalchemy.orm import Session
 
+from goshen.billing import ledger
 from goshen.db import session_scope
 from serving.jobs import lease, transitions
 from serving.jobs.claim import Claim
@@ -107,10 +108,13 @@ class BatchReporter:
                 for index in range(len(self.claims)):
                     self.stopped.setdefault(index, "released")
         entries = self.take()
+        to_end = self._to_end()
         with session_scope(self.context.factory) as session:
+            if to_end:  # balances before jobs, as every transaction that ends jobs takes them
+                ledger.lock_balances(session, (self.claims[i].user_id for i, _ in to_end))
             for index in self._active():
                 self._note(index, lease.report(session, self.claims[index], entries))
-            for index, reason in self._to_end():
+            for index, reason in to_end:
                 lease.report(session, self.claims[index], entries)
                 end_early(self.context, session, self.claims[index], reason)
                 with self._lock:

@@ -20,6 +20,7 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from goshen import catalog
+from goshen.billing import ledger
 from goshen.db import session_scope
 from goshen.db.models import Model, utcnow
 from goshen.runtimes.base import ImageGenerator, ModelFormatError
@@ -85,6 +86,7 @@ def run_batch(context: WorkerContext, claims: Sequence[Claim]) -> None:
     finished = _Finished(model, generator.device.name, memory.bytes, seconds, claims)
     entries = reporter.take()
     with session_scope(context.factory) as session:
+        ledger.lock_balances(session, (claims[i].user_id for i in reporter.unfinished()))
         for index in reporter.unfinished():
             stopped = reporter.stopped.get(index)
             _finish(context, session, finished, claims[index], outputs[index], stopped, entries)
@@ -147,6 +149,7 @@ def _end_rest(
     """Report what is left, then `end(session, claim)` every job not ended yet."""
     entries = reporter.take()
     with session_scope(context.factory) as session:
+        ledger.lock_balances(session, (reporter.claims[i].user_id for i in reporter.unfinished()))
         for index in reporter.unfinished():
             lease.report(session, reporter.claims[index], entries)
             end(session, reporter.claims[index])

@@ -44,7 +44,9 @@ def test_malformed_keys_have_no_prefix(presented: str) -> None:
 
 def test_only_a_hash_prefix_and_last4_are_stored(sessions: sessionmaker[Session]) -> None:
     with session_scope(sessions) as session:
-        user = accounts.create_user(session, email="Dev@Example.com ", role=Role.developer)
+        user = accounts.create_user(
+            session, email="Dev@Example.com ", role=Role.developer, credits_micros=0
+        )
         _, plaintext = accounts.issue_key(session, user, name="laptop")
     assert user.email == "dev@example.com"
     with sessions() as session:
@@ -59,7 +61,9 @@ def test_authenticate_checks_secret_revocation_and_disabled_users(
     sessions: sessionmaker[Session],
 ) -> None:
     with session_scope(sessions) as session:
-        user = accounts.create_user(session, email="a@example.com", role=Role.developer)
+        user = accounts.create_user(
+            session, email="a@example.com", role=Role.developer, credits_micros=0
+        )
         key, plaintext = accounts.issue_key(session, user, name="k")
     forged = plaintext[:-1] + ("A" if plaintext[-1] != "A" else "B")
     with session_scope(sessions) as session:
@@ -81,8 +85,12 @@ def test_authenticate_checks_secret_revocation_and_disabled_users(
 
 def test_scope_rules(sessions: sessionmaker[Session]) -> None:
     with session_scope(sessions) as session:
-        dev = accounts.create_user(session, email="d@example.com", role=Role.developer)
-        admin = accounts.create_user(session, email="a@example.com", role=Role.admin)
+        dev = accounts.create_user(
+            session, email="d@example.com", role=Role.developer, credits_micros=0
+        )
+        admin = accounts.create_user(
+            session, email="a@example.com", role=Role.admin, credits_micros=0
+        )
         dev_key, _ = accounts.issue_key(session, dev, name="all")
         assert "admin" not in dev_key.scopes and "keys" in dev_key.scopes
         admin_key, _ = accounts.issue_key(session, admin, name="all")
@@ -100,8 +108,8 @@ def test_scope_rules(sessions: sessionmaker[Session]) -> None:
 
 def test_duplicate_email_is_a_conflict(sessions: sessionmaker[Session]) -> None:
     with session_scope(sessions) as session:
-        accounts.create_user(session, email="a@example.com", role=Role.developer)
+        accounts.create_user(session, email="a@example.com", role=Role.developer, credits_micros=0)
     with pytest.raises(ConflictError, match="already exists"), session_scope(sessions) as session:
-        accounts.create_user(session, email="A@example.com", role=Role.admin)
+        accounts.create_user(session, email="A@example.com", role=Role.admin, credits_micros=0)
     with pytest.raises(InvalidInputError, match="not an email"), session_scope(sessions) as session:
-        accounts.create_user(session, email="nobody", role=Role.admin)
+        accounts.create_user(session, email="nobody", role=Role.admin, credits_micros=0)

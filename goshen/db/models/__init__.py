@@ -6,7 +6,12 @@ Every model module is imported here, so `Base.metadata` holds every table (Alemb
 
 from goshen.db.models.accounts import ApiKey, Role, User
 from goshen.db.models.base import NAMING_CONVENTION, Base, JSONType, UTCDateTime, utcnow
-from goshen.db.models.billing import CreditLedgerEntry, LedgerEntryKind, UsageEvent
+from goshen.db.models.billing import (
+    CreditBalance,
+    CreditLedgerEntry,
+    LedgerEntryKind,
+    UsageEvent,
+)
 from goshen.db.models.catalog import (
     Model,
     ModelKind,
@@ -25,6 +30,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "ApiKey",
     "Base",
+    "CreditBalance",
     "CreditLedgerEntry",
     "Dataset",
     "DatasetKind",

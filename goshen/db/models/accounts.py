@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import Boolean, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from goshen.db.models.base import Base, created_at_column, enum_type, id_column
@@ -26,6 +26,8 @@ class User(Base):
     role: Mapped[Role] = mapped_column(enum_type(Role), default=Role.developer)
     created_at: Mapped[datetime] = created_at_column()
     disabled_at: Mapped[datetime | None]
+    # Metered (held, captured) but never refused for want of credit, like admins.
+    unmetered: Mapped[bool] = mapped_column(Boolean, default=False)
     # Signs this user's webhooks (Standard Webhooks `whsec_...`); made on first use.
     webhook_secret: Mapped[str | None] = mapped_column(String(64))
 

@@ -8,7 +8,7 @@ from enum import StrEnum
 from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from goshen.db.models.base import Base, created_at_column, enum_type, id_column
+from goshen.db.models.base import Base, created_at_column, enum_type, id_column, utcnow
 from goshen.db.models.catalog import PricingUnit
 
 
@@ -18,6 +18,7 @@ class LedgerEntryKind(StrEnum):
     capture = "capture"
     release = "release"
     adjustment = "adjustment"
+    charge = "charge"
 
 
 class UsageEvent(Base):
@@ -45,20 +46,44 @@ class UsageEvent(Base):
 
 
 class CreditLedgerEntry(Base):
-    """Append-only credit ledger; a user's balance is the sum of their entries."""
+    """Append-only credit ledger (goshen.billing.ledger writes it).
+
+    Each entry moves two sums: `amount_micros` the balance, `held_micros` the open holds, so a
+    user's balance is the sum of one and their open holds the sum of the other. What an entry is
+    for is its `source` (`job:<id>`, `admin:<id>:<Idempotency-Key>`, `signup:<user id>`,
+    `expiry:<entry id>`): unique with its kind, so a cause that runs twice moves credit once.
+    """
 
     __tablename__ = "credit_ledger"
     __table_args__ = (
-        # Holds, captures and releases are keyed by job so a retried job moves credit once.
-        UniqueConstraint("job_id", "kind"),
-        Index("ix_credit_ledger_user_created", "user_id", "created_at"),
+        UniqueConstraint("source", "kind"),
+        Index("ix_credit_ledger_user_id", "user_id", "id"),
+        Index("ix_credit_ledger_user_expires", "user_id", "expires_at"),
     )
 
     id: Mapped[str] = id_column("led")
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(320))
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     kind: Mapped[LedgerEntryKind] = mapped_column(enum_type(LedgerEntryKind))
-    amount_micros: Mapped[int] = mapped_column(BigInteger)
-    memo: Mapped[str] = mapped_column(String(500), default="")
+    amount_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    held_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Grants only: from then on what is left of it stops counting.
+    expires_at: Mapped[datetime | None]
+    reason: Mapped[str] = mapped_column(String(500), default="")
     created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = created_at_column()
+
+
+class CreditBalance(Base):
+    """A user's ledger sums, updated in the transaction of every entry; its row is the lock
+    that makes checking and holding credit one step."""
+
+    __tablename__ = "credit_balances"
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    balance_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    held_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

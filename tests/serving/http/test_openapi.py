@@ -43,9 +43,19 @@ def test_every_error_is_documented_as_problem_json(document: dict[str, Any]) -> 
                 continue
             content = response["content"]
             assert list(content) == ["application/problem+json"], (method, path, status)
+            # Problems with members of their own have their own schema, a Problem's and more.
+            own = {("post", "/v1/generate", "402"): "InsufficientCreditProblem"}
+            schema = own.get((method, path, status), "Problem")
             assert content["application/problem+json"]["schema"] == {
-                "$ref": "#/components/schemas/Problem"
+                "$ref": f"#/components/schemas/{schema}"
             }
+    credit = document["components"]["schemas"]["InsufficientCreditProblem"]
+    assert set(problem["properties"]) < set(credit["properties"])
+    assert set(credit["required"]) == set(problem["required"]) | {
+        "balance",
+        "available",
+        "required",
+    }
 
 
 def test_each_kind_of_route_documents_the_statuses_it_answers(document: dict[str, Any]) -> None:

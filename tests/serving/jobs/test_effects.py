@@ -1,7 +1,8 @@
 """What a job's end causes is decided in one place (serving.jobs.effects.JobEffects.ended): its
 done events, its usage on success, its webhooks and its log line show up alike whichever way it
 ends — a worker's success or failure, a cancel through the API or by the worker, or recovery
-from a dead worker — on SQLite and PostgreSQL."""
+from a dead worker — on SQLite and PostgreSQL; so does its credit: captured for its cost on
+success, the rest of its hold released, and all of it released on any other end, once."""
 
 from __future__ import annotations
 
@@ -14,10 +15,21 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.db import session_scope
-from goshen.db.models import Job, JobEvent, JobStatus, Model, UsageEvent, WebhookDelivery, utcnow
+from goshen.db.models import (
+    CreditLedgerEntry,
+    Job,
+    JobEvent,
+    JobStatus,
+    Model,
+    UsageEvent,
+    User,
+    WebhookDelivery,
+    utcnow,
+)
 from serving.jobs import transitions
 from serving.jobs.claim import Claim, claim_batch
 from serving.jobs.effects import Completion, JobEffects
+from serving.jobs.submit import hold_credit
 from tests.fixtures.accounts import Account
 
 LEASE = 30.0
@@ -101,9 +113,23 @@ def running_job(
             webhook=WEBHOOK,
         )
         transitions.enqueue(session, job)
+        hold_credit(session, session.get_one(User, developer.user_id), job, catalog_model, 1)
     with session_scope(sessions) as session:
         (claim,) = claim_batch(session, "w1", job_effects, max_images=1, lease_seconds=LEASE)
     return claim
+
+
+def _credit_of(sessions: sessionmaker[Session], job_id: str) -> dict[str, tuple[int, int]]:
+    """The job's ledger entries: (amount, held) by kind."""
+    with sessions() as session:
+        rows = session.execute(
+            select(
+                CreditLedgerEntry.kind,
+                CreditLedgerEntry.amount_micros,
+                CreditLedgerEntry.held_micros,
+            ).where(CreditLedgerEntry.source == f"job:{job_id}")
+        ).all()
+    return {kind: (amount, held) for kind, amount, held in rows}
 
 
 def _effects_of(sessions: sessionmaker[Session], job_id: str) -> tuple[list[str], set[str], int]:
@@ -144,6 +170,9 @@ def test_every_end_causes_its_events_webhooks_and_log_line(
         {"start", "output", "logs", "completed"} if succeeded else {"start", "completed"}
     )
     assert usage == (1 if succeeded else 0)
+    # The hold (one image at 1,000) is captured for the cost (7) on success, released otherwise.
+    settled = {"capture": (-7, -7), "release": (0, -993)} if succeeded else {"release": (0, -1000)}
+    assert _credit_of(sessions, job.id) == {"hold": (0, 1000), **settled}
     assert [r.getMessage() for r in caplog.records if r.name == "serving.jobs.effects"] == [
         f"job {job.id} ended {status.value} (attempt 1)"
     ]
@@ -181,6 +210,11 @@ def test_an_end_written_twice_causes_each_effect_once(
         job = session.get_one(Job, running_job.job_id)
         job_effects.ended(session, job)  # an effect replayed on its own
     assert _effects_of(sessions, running_job.job_id)[2] == 1
+    assert _credit_of(sessions, running_job.job_id) == {
+        "hold": (0, 1000),
+        "capture": (-7, -7),
+        "release": (0, -993),
+    }
     with sessions() as session:
         rows = session.scalars(
             select(WebhookDelivery).where(WebhookDelivery.job_id == running_job.job_id)

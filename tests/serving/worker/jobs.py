@@ -9,9 +9,10 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.db import session_scope
-from goshen.db.models import Job, Model
+from goshen.db.models import Job, Model, User
 from goshen.runtimes.inputs import DigitsInput, batch_key
 from serving.jobs import transitions
+from serving.jobs.submit import hold_credit
 from tests.fixtures.accounts import Account
 
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -25,10 +26,13 @@ def queue_jobs(
     timeout: float | None = None,
     **model_input: Any,
 ) -> list[str]:
-    """Queue jobs the way POST /v1/generate does, without an API in between."""
+    """Queue jobs the way POST /v1/generate does (each with its credit hold), without an API in
+    between."""
     checked = DigitsInput.model_validate({"digit": 3, "seed": 1} | model_input)
     ids = []
     with session_scope(sessions) as session:
+        user = session.get(User, account.user_id)
+        assert user is not None
         for _ in range(count):
             job = Job(
                 user_id=account.user_id,
@@ -40,6 +44,7 @@ def queue_jobs(
                 timeout_seconds=timeout,
             )
             transitions.enqueue(session, job)
+            hold_credit(session, user, job, model, checked.num_images)
             ids.append(job.id)
     return ids
 

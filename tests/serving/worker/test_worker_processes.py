@@ -16,7 +16,18 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.config import Settings
-from goshen.db.models import Job, JobStatus, Model, UsageEvent, Worker, WorkerStatus, utcnow
+from goshen.db.models import (
+    CreditBalance,
+    CreditLedgerEntry,
+    Job,
+    JobStatus,
+    LedgerEntryKind,
+    Model,
+    UsageEvent,
+    Worker,
+    WorkerStatus,
+    utcnow,
+)
 from tests.fixtures.accounts import Account
 from tests.serving.worker.jobs import has_ended, queue_jobs, wait_for
 
@@ -163,8 +174,35 @@ def test_three_workers_finish_200_jobs_while_one_is_killed_mid_job(
         usage = session.execute(select(UsageEvent.job_id, func.count()).group_by(UsageEvent.job_id))
         counts = dict(usage.all())
     assert counts == {job_id: 1 for job_id in ids}
+    _assert_charged_once(sessions, developer, jobs, serving_settings.new_user_credits_micros)
     for job in jobs:
         assert len(job.output["images"]) == 1
         folder = serving_settings.artifacts_dir / "outputs" / developer.user_id / job.id
         files = [path.relative_to(folder).as_posix() for path in folder.rglob("*.png")]
         assert files == [f"{job.attempt}/0.png"]  # what earlier attempts wrote is gone
+
+
+def _assert_charged_once(
+    sessions: sessionmaker[Session], account: Account, jobs: list[Job], granted: int
+) -> None:
+    """Every job captured once, for its cost; no hold left open; the ledger sums to the cached
+    balance, which is what was granted less what the jobs cost."""
+    entry = CreditLedgerEntry
+    with sessions() as session:
+        captures = session.execute(
+            select(entry.job_id, func.count(), func.sum(entry.amount_micros))
+            .where(entry.kind == LedgerEntryKind.capture)
+            .group_by(entry.job_id)
+        ).all()
+        total, held = session.execute(
+            select(func.sum(entry.amount_micros), func.sum(entry.held_micros)).where(
+                entry.user_id == account.user_id
+            )
+        ).one()
+        cached = session.get(CreditBalance, account.user_id)
+    costs = {job.id: job.cost_micros for job in jobs}
+    assert {job_id: (count, -amount) for job_id, count, amount in captures} == {
+        job_id: (1, cost) for job_id, cost in costs.items()
+    }
+    assert all(costs.values()) and (total, held) == (granted - sum(costs.values()), 0)
+    assert cached is not None and (cached.balance_micros, cached.held_micros) == (total, held)
