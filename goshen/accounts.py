@@ -15,7 +15,7 @@ from goshen import keys
 from goshen.billing import ledger
 from goshen.db import access
 from goshen.db.models import ApiKey, Role, User, utcnow
-from goshen.errors import ConflictError, InvalidInputError
+from goshen.errors import ConflictError, InvalidInputError, NotFoundError
 
 Scope = Literal[
     "generate", "predict", "jobs", "models", "datasets", "training", "keys", "usage", "admin"
@@ -67,6 +67,14 @@ def create_user(
             amount_micros=credits_micros,
             reason="new-user credits (GOSHEN_NEW_USER_CREDITS)",
         )
+    return user
+
+
+def get_user(session: Session, user_id: str) -> User:
+    """A user by id; NotFoundError if there is none."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFoundError(f"no user with id {user_id}")
     return user
 
 

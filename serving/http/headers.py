@@ -7,6 +7,9 @@ from typing import Annotated
 from fastapi import Header
 from pydantic import WithJsonSchema
 
+# An Idempotency-Key: printable ASCII, as the IETF draft's examples and Stripe's keys are.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+
 # Event ids are positive 64-bit integers in the database.
 MAX_EVENT_ID = 2**63 - 1
 

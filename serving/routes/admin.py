@@ -6,11 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from goshen import accounts
 from goshen.db.models import ApiKey, User, utcnow
-from goshen.errors import ConflictError, NotFoundError
+from goshen.errors import ConflictError
 from goshen.ids import id_pattern
 from serving.http.dependencies import AdminPrincipal, PrincipalsDep, SessionDep, SettingsDep
 from serving.http.pagination import Cursor, Limit, Page, paginate
@@ -26,13 +25,6 @@ from serving.schemas import (
 )
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
-
-
-def _user(session: Session, user_id: str) -> User:
-    user = session.get(User, user_id)
-    if user is None:
-        raise NotFoundError(f"no user with id {user_id}")
-    return user
 
 
 @router.get("/users")
@@ -71,7 +63,7 @@ def create_user(
 
 @router.get("/users/{user_id}")
 def get_user(user_id: UserId, _admin: AdminPrincipal, session: SessionDep) -> UserPublic:
-    return UserPublic.model_validate(_user(session, user_id))
+    return UserPublic.model_validate(accounts.get_user(session, user_id))
 
 
 @router.patch(
@@ -87,7 +79,7 @@ def update_user(
 ) -> UserPublic:
     """Rename, change role, disable (all keys stop working) and re-enable a user, or mark it
     unmetered (never refused for want of credit)."""
-    user = _user(session, user_id)
+    user = accounts.get_user(session, user_id)
     if user.id == admin.user.id and (body.disabled or body.role not in (None, user.role)):
         raise ConflictError("you cannot disable or demote your own account; ask another admin")
     if body.name is not None:
@@ -114,7 +106,7 @@ def create_user_key(
 ) -> KeyCreated:
     """Issue a key for a user; its secret is in this response only."""
     key, plaintext = accounts.issue_key(
-        session, _user(session, user_id), name=body.name, scopes=body.scopes
+        session, accounts.get_user(session, user_id), name=body.name, scopes=body.scopes
     )
     session.commit()
     return KeyCreated.of(key, plaintext)

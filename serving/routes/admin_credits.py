@@ -10,25 +10,19 @@ from fastapi import APIRouter, Header, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from goshen import accounts
 from goshen.billing import ledger
 from goshen.db.models import CreditLedgerEntry, User, utcnow
-from goshen.errors import InvalidInputError, NotFoundError
+from goshen.errors import InvalidInputError
 from serving.http.dependencies import AdminPrincipal, ReadSessionDep, SessionDep
+from serving.http.headers import IDEMPOTENCY_KEY_PATTERN
 from serving.http.pagination import Cursor, Limit, Page
 from serving.http.paths import UserId
 from serving.routes.credits import balance_of, entries_of
-from serving.routes.generate import IDEMPOTENCY_KEY_PATTERN
 from serving.schemas import CreditBalancePublic, CreditCreate, CreditEntryPublic
 
 router = APIRouter(prefix="/v1/admin/users", tags=["admin"])
 LONGEST_EXPIRY = timedelta(days=100 * 365)
-
-
-def _user(session: Session, user_id: str) -> User:
-    user = session.get(User, user_id)
-    if user is None:
-        raise NotFoundError(f"no user with id {user_id}")
-    return user
 
 
 @router.post(
@@ -51,7 +45,7 @@ def add_credit_entry(
     ] = None,
 ) -> CreditEntryPublic:
     """Grant credit (optionally expiring) or adjust a balance, with a reason."""
-    user = _user(session, user_id)
+    user = accounts.get_user(session, user_id)
     now = utcnow()
     if body.expires_at is not None and not now < body.expires_at < now + LONGEST_EXPIRY:
         raise InvalidInputError(
@@ -122,7 +116,7 @@ def list_user_credit_entries(
     cursor: Cursor = None,
 ) -> Page[CreditEntryPublic]:
     """A user's ledger, newest first."""
-    _user(session, user_id)
+    accounts.get_user(session, user_id)
     return entries_of(session, user_id, limit=limit, cursor=cursor)
 
 
@@ -131,4 +125,4 @@ def get_user_credit_balance(
     user_id: UserId, _admin: AdminPrincipal, session: ReadSessionDep
 ) -> CreditBalancePublic:
     """A user's balance, held and available credit."""
-    return balance_of(session, _user(session, user_id))
+    return balance_of(session, accounts.get_user(session, user_id))

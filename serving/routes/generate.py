@@ -19,6 +19,7 @@ from serving.http.dependencies import (
     StoreDep,
     require_scope,
 )
+from serving.http.headers import IDEMPOTENCY_KEY_PATTERN
 from serving.http.openapi import problem_response
 from serving.jobs.reads import load_job, wait_until_done
 from serving.jobs.submit import submit
@@ -29,7 +30,6 @@ router = APIRouter(prefix="/v1", tags=["generation"])
 GeneratePrincipal = Annotated[Principal, Depends(require_scope("generate"))]
 MAX_WAIT_SECONDS = 60
 _PREFER_WAIT = re.compile(r"^\s*wait(?:\s*=\s*(\d+))?\s*$", re.IGNORECASE)
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
 
 def wait_seconds(prefer: str | None) -> int | None:
