@@ -61,6 +61,12 @@ def _run_alone(url_or_engine: str | Engine, action: Callable[[Config], None]) ->
             if postgres:
                 connection.exec_driver_sql(f"SELECT pg_advisory_lock({_ADVISORY_LOCK_ID})")
                 connection.commit()
+            else:
+                # SQLite's DDL is not transactional to Alembic, which then commits each revision
+                # on its own and keeps the version it read at the start in memory: another
+                # process could step in between two revisions. One transaction, begun here with
+                # the engine's BEGIN IMMEDIATE, holds the write lock across every revision.
+                connection.begin()
             try:
                 action(alembic_config(connection))
                 connection.commit()
