@@ -7,8 +7,11 @@ Every model module is imported here, so `Base.metadata` holds every table (Alemb
 from goshen.db.models.accounts import ApiKey, Role, User
 from goshen.db.models.base import NAMING_CONVENTION, Base, JSONType, UTCDateTime, utcnow
 from goshen.db.models.billing import (
+    ApiKeySpend,
     CreditBalance,
     CreditLedgerEntry,
+    Invoice,
+    InvoiceStatus,
     LedgerEntryKind,
     UsageEvent,
 )
@@ -29,6 +32,7 @@ from goshen.db.models.workers import Worker, WorkerStatus
 __all__ = [
     "NAMING_CONVENTION",
     "ApiKey",
+    "ApiKeySpend",
     "Base",
     "CreditBalance",
     "CreditLedgerEntry",
@@ -36,6 +40,8 @@ __all__ = [
     "DatasetKind",
     "DatasetStatus",
     "DeliveryStatus",
+    "Invoice",
+    "InvoiceStatus",
     "JSONType",
     "Job",
     "JobEvent",

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, String
+from sqlalchemy import BigInteger, Boolean, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from goshen.db.models.base import Base, created_at_column, enum_type, id_column
@@ -45,3 +45,5 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = created_at_column()
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # Most the key may spend in a calendar month (UTC); None: only the account's credit limits it.
+    monthly_spend_cap_micros: Mapped[int | None] = mapped_column(BigInteger)

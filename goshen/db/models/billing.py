@@ -59,6 +59,7 @@ class CreditLedgerEntry(Base):
         UniqueConstraint("source", "kind"),
         Index("ix_credit_ledger_user_id", "user_id", "id"),
         Index("ix_credit_ledger_user_expires", "user_id", "expires_at"),
+        Index("ix_credit_ledger_user_created", "user_id", "created_at"),
     )
 
     id: Mapped[str] = id_column("led")
@@ -71,6 +72,8 @@ class CreditLedgerEntry(Base):
     # Grants only: from then on what is left of it stops counting.
     expires_at: Mapped[datetime | None]
     reason: Mapped[str] = mapped_column(String(500), default="")
+    # The key whose request caused the entry (holds, captures, releases): its spend cap counts it.
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = created_at_column()
 
@@ -87,3 +90,54 @@ class CreditBalance(Base):
     balance_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     held_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ApiKeySpend(Base):
+    """What a key's requests spent in a month (UTC, `YYYY-MM`) and what they hold, updated in
+    the transaction of every ledger entry that names the key: its spend cap is checked against
+    the month's `spent_micros` plus the `held_micros` of all its rows."""
+
+    __tablename__ = "api_key_spend"
+
+    api_key_id: Mapped[str] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    spent_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    held_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class InvoiceStatus(StrEnum):
+    draft = "draft"
+    finalized = "finalized"
+
+
+class Invoice(Base):
+    """A user's statement for a month (UTC, `YYYY-MM`), written by the `invoices` asset: a draft
+    until the grace period after the month ends, then finalized and never changed again."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (
+        UniqueConstraint("user_id", "month"),
+        Index("ix_invoices_month", "month", "id"),
+    )
+
+    id: Mapped[str] = id_column("inv")
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    month: Mapped[str] = mapped_column(String(7))
+    status: Mapped[InvoiceStatus] = mapped_column(enum_type(InvoiceStatus))
+    opening_balance_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    closing_balance_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What the month cost (inference, training, storage), and the credit it added.
+    inference_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    training_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    storage_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits_added_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    line_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Artifact-store keys of the rendered invoice and its lines.
+    html_key: Mapped[str | None] = mapped_column(String(500))
+    parquet_key: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = created_at_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finalized_at: Mapped[datetime | None]

@@ -22,6 +22,8 @@ TABLES = {
     "usage_events",
     "credit_ledger",
     "credit_balances",
+    "api_key_spend",
+    "invoices",
     "datasets",
     "training_jobs",
     "webhook_deliveries",
