@@ -19,7 +19,7 @@ from serving.http.headers import IDEMPOTENCY_KEY_PATTERN
 from serving.http.pagination import Cursor, Limit, Page
 from serving.http.paths import UserId
 from serving.routes.credits import balance_of, entries_of
-from serving.schemas import CreditBalancePublic, CreditCreate, CreditEntryPublic
+from serving.schemas.billing import CreditBalancePublic, CreditCreate, CreditEntryPublic
 
 router = APIRouter(prefix="/v1/admin/users", tags=["admin"])
 LONGEST_EXPIRY = timedelta(days=100 * 365)

@@ -12,7 +12,7 @@ from goshen.billing import ledger
 from goshen.db.models import CreditLedgerEntry, Role, User
 from serving.http.dependencies import ReadSessionDep, require_scope
 from serving.http.pagination import Cursor, Limit, Page, page_of_owned
-from serving.schemas import CreditBalancePublic, CreditEntryPublic
+from serving.schemas.billing import CreditBalancePublic, CreditEntryPublic
 
 router = APIRouter(prefix="/v1/credits", tags=["credits"])
 UsagePrincipal = Annotated[Principal, Depends(require_scope("usage"))]
