@@ -114,6 +114,7 @@ def issue_key(
     name: str,
     scopes: Sequence[str] | None = None,
     granting: ApiKey | None = None,
+    monthly_spend_cap_micros: int | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key for `owner`; returns the row and the plaintext, which is never stored."""
     if owner.disabled_at is not None:
@@ -126,6 +127,7 @@ def issue_key(
         secret_hash=new.secret_hash,
         last4=new.last4,
         scopes=check_scopes(scopes, owner=owner, granting=granting),
+        monthly_spend_cap_micros=monthly_spend_cap_micros,
     )
     session.add(key)
     session.flush()

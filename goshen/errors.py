@@ -74,6 +74,25 @@ class RateLimitedError(GoshenError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class RateLimitExceededError(RateLimitedError):
+    """Over a rate limit (goshen.billing.rate_limits): `policy` names it, with its quota of
+    requests per window."""
+
+    title = "Rate limit exceeded"
+    type = "/problems/rate-limit-exceeded"
+
+    def __init__(
+        self, message: str, *, retry_after_seconds: int, policy: str, quota: int, window: int
+    ) -> None:
+        super().__init__(message, retry_after_seconds=retry_after_seconds)
+        self.policy = policy
+        self.quota = quota
+        self.window_seconds = window
+
+    def members(self) -> dict[str, int | str]:
+        return {"policy": self.policy, "quota": self.quota, "window_seconds": self.window_seconds}
+
+
 class InsufficientCreditError(GoshenError):
     """The account's available credit (balance less open holds) is short of what a request may
     cost; amounts in micro-credits."""
@@ -90,3 +109,27 @@ class InsufficientCreditError(GoshenError):
 
     def members(self) -> dict[str, int | str]:
         return {"balance": self.balance, "available": self.available, "required": self.required}
+
+
+class SpendCapExceededError(GoshenError):
+    """A request would take its API key past the key's monthly spend cap; the account's other
+    keys are not affected. Amounts in micro-credits."""
+
+    status_code = 402
+    title = "Spend cap exceeded"
+    type = "/problems/spend-cap-exceeded"
+
+    def __init__(self, message: str, *, cap: int, spent: int, held: int, required: int) -> None:
+        super().__init__(message)
+        self.cap = cap
+        self.spent = spent
+        self.held = held
+        self.required = required
+
+    def members(self) -> dict[str, int | str]:
+        return {
+            "cap": self.cap,
+            "spent": self.spent,
+            "held": self.held,
+            "required": self.required,
+        }

@@ -19,12 +19,13 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from goshen.billing import spend_caps
 from goshen.billing.consumption import Movement, expired_remainders
+from goshen.billing.money import credits
 from goshen.db import access
 from goshen.db.models import CreditBalance, CreditLedgerEntry, LedgerEntryKind, utcnow
 from goshen.errors import ConflictError, InsufficientCreditError
 
-MICROS_PER_CREDIT = 1_000_000
 _EXPIRY = "expiry:"
 
 
@@ -44,13 +45,6 @@ def job_source(job_id: str) -> str:
     return f"job:{job_id}"
 
 
-def credits(micros: int) -> str:
-    """Micro-credits as credits, for messages: 1500000 -> "1.5"."""
-    whole, fraction = divmod(abs(micros), MICROS_PER_CREDIT)
-    text = f"{whole}.{fraction:06d}".rstrip("0").rstrip(".")
-    return f"-{text}" if micros < 0 else text
-
-
 def post(
     session: Session,
     *,
@@ -63,8 +57,10 @@ def post(
     expires_at: datetime | None = None,
     reason: str = "",
     created_by: str | None = None,
+    api_key_id: str | None = None,
 ) -> bool:
-    """Append an entry unless one with its (source, kind) exists; True when it was added."""
+    """Append an entry unless one with its (source, kind) exists; True when it was added.
+    An entry naming the key that caused it counts toward that key's spend (spend_caps)."""
     _ensure_balance_row(session, user_id)
     values = {
         "user_id": user_id,
@@ -76,6 +72,7 @@ def post(
         "expires_at": expires_at,
         "reason": reason,
         "created_by": created_by,
+        "api_key_id": api_key_id,
     }
     added = access.insert_once(session, CreditLedgerEntry, values, ("source", "kind"))
     if added:
@@ -88,6 +85,14 @@ def post(
                 updated_at=utcnow(),
             )
         )
+        if api_key_id is not None:
+            spend_caps.move(
+                session,
+                api_key_id,
+                kind=kind,
+                amount_micros=amount_micros,
+                held_micros=held_micros,
+            )
     return added
 
 
@@ -148,47 +153,70 @@ def current(session: Session, user_id: str, now: datetime | None = None) -> Bala
 
 
 def hold(
-    session: Session, *, user_id: str, job_id: str, amount_micros: int, refuse_short: bool
+    session: Session,
+    *,
+    user_id: str,
+    amount_micros: int,
+    refuse_short: bool,
+    job_id: str | None = None,
+    source: str | None = None,
+    api_key_id: str | None = None,
+    spend_cap_micros: int | None = None,
 ) -> Balance:
-    """Hold what a job may cost; with `refuse_short`, InsufficientCreditError when available
-    credit is short. The sums before the hold."""
+    """Hold what a request may cost, for the job `job_id` or another `source` (a training job,
+    a chunk of /predict credit). With `refuse_short`, InsufficientCreditError when available
+    credit is short; SpendCapExceededError when the hold would take `api_key_id` past its
+    `spend_cap_micros` (whoever the account is). The sums before the hold."""
     before = lock(session, user_id)
     if refuse_short and before.available_micros < amount_micros:
         raise InsufficientCreditError(
-            f"this job may cost {credits(amount_micros)} credits and this account has "
+            f"this request may cost {credits(amount_micros)} credits and this account has "
             f"{credits(before.available_micros)} available (balance "
-            f"{credits(before.balance_micros)}, {credits(before.held_micros)} held by jobs that "
-            "have not ended); ask an admin for credit, or wait for running jobs to end",
+            f"{credits(before.balance_micros)}, {credits(before.held_micros)} held by requests "
+            "that have not ended); ask an admin for credit, or wait for running jobs to end",
             balance=before.balance_micros,
             available=before.available_micros,
             required=amount_micros,
         )
+    if api_key_id is not None and spend_cap_micros is not None:
+        spend_caps.check(
+            session, api_key_id, cap_micros=spend_cap_micros, amount_micros=amount_micros
+        )
     post(
         session,
         user_id=user_id,
-        source=job_source(job_id),
+        source=_source(job_id, source),
         kind=LedgerEntryKind.hold,
         held_micros=amount_micros,
         job_id=job_id,
+        api_key_id=api_key_id,
     )
     return before
 
 
-def settle(session: Session, *, user_id: str, job_id: str, cost_micros: int) -> int:
-    """End a job's hold: capture its cost (never more than the hold) and release the rest;
-    a job that did not succeed costs 0. What was captured; 0 for a job with no hold.
+def settle(
+    session: Session,
+    *,
+    user_id: str,
+    cost_micros: int,
+    job_id: str | None = None,
+    source: str | None = None,
+) -> int:
+    """End a hold: capture its cost (never more than the hold) and release the rest; a job
+    that did not succeed costs 0. What was captured; 0 when there is no hold.
 
-    Once only: a job whose hold already ended (a second end, whatever its outcome) moves no
-    credit. Grants that expired while the job held credit are written off first, while the
-    hold still reserves its part of them (see `lock`)."""
-    source = job_source(job_id)
-    held = session.scalar(
-        select(CreditLedgerEntry.held_micros).where(
+    Once only: a hold that already ended (a second end, whatever its outcome) moves no credit.
+    Grants that expired while the hold was open are written off first, while the hold still
+    reserves its part of them (see `lock`). The capture and release name the hold's key."""
+    source = _source(job_id, source)
+    found = session.execute(
+        select(CreditLedgerEntry.held_micros, CreditLedgerEntry.api_key_id).where(
             CreditLedgerEntry.source == source, CreditLedgerEntry.kind == LedgerEntryKind.hold
         )
-    )
-    if held is None:
+    ).one_or_none()
+    if found is None:
         return 0
+    held, api_key_id = found
     ended = session.scalar(
         select(CreditLedgerEntry.id).where(
             CreditLedgerEntry.source == source,
@@ -208,6 +236,7 @@ def settle(session: Session, *, user_id: str, job_id: str, cost_micros: int) -> 
             amount_micros=-captured,
             held_micros=-captured,
             job_id=job_id,
+            api_key_id=api_key_id,
         )
     if held > captured:
         post(
@@ -217,6 +246,7 @@ def settle(session: Session, *, user_id: str, job_id: str, cost_micros: int) -> 
             kind=LedgerEntryKind.release,
             held_micros=captured - held,
             job_id=job_id,
+            api_key_id=api_key_id,
         )
     return captured
 
@@ -280,6 +310,13 @@ def adjust(
     found = entry(session, source, LedgerEntryKind.adjustment)
     assert found is not None, "it was just written"
     return found, True
+
+
+def _source(job_id: str | None, source: str | None) -> str:
+    if source is not None:
+        return source
+    assert job_id is not None, "a hold is for a job or names its source"
+    return job_source(job_id)
 
 
 def _ensure_balance_row(session: Session, user_id: str) -> None:

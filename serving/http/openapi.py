@@ -25,7 +25,12 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from serving.http.problems import PROBLEM_JSON, InsufficientCreditProblem, Problem
+from serving.http.problems import (
+    PROBLEM_JSON,
+    InsufficientCreditProblem,
+    Problem,
+    SpendCapProblem,
+)
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
@@ -85,18 +90,19 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name in _FASTAPI_VALIDATION:
         schemas.pop(name, None)
-    for model in (Problem, InsufficientCreditProblem):
+    for model in (Problem, InsufficientCreditProblem, SpendCapProblem):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     return document
 
 
-def problem_response(description: str, schema: str) -> dict[str, Any]:
-    """A route's `responses=` entry for a problem whose body has its own schema (`schema`, one
-    of the problem models in serving.http.problems)."""
-    ref = {"$ref": f"#/components/schemas/{schema}"}
-    return {"description": description, "content": {PROBLEM_JSON: {"schema": ref}}}
+def problem_response(description: str, *schemas: str) -> dict[str, Any]:
+    """A route's `responses=` entry for problems whose bodies have schemas of their own (the
+    names of problem models in serving.http.problems; several: the body is one of them)."""
+    refs = [{"$ref": f"#/components/schemas/{schema}"} for schema in schemas]
+    schema = refs[0] if len(refs) == 1 else {"oneOf": refs}
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": schema}}}
 
 
 def _complete_operation(path: str, operation: dict[str, Any]) -> None:

@@ -60,6 +60,17 @@ class InsufficientCreditProblem(Problem):
     required: int = Field(description="what the request may cost at most, in micro-credits")
 
 
+class SpendCapProblem(Problem):
+    """402: the request would take its API key past the key's monthly spend cap; the account's
+    other keys are not affected."""
+
+    type: str = Field(default="/problems/spend-cap-exceeded")
+    cap: int = Field(description="the key's monthly spend cap, in micro-credits")
+    spent: int = Field(description="what the key spent this month (UTC), in micro-credits")
+    held: int = Field(description="what the key's unfinished requests hold, in micro-credits")
+    required: int = Field(description="what the request may cost at most, in micro-credits")
+
+
 def problem(
     status: int,
     detail: str,

@@ -107,7 +107,7 @@ def submit(
     )
     try:
         enqueue(session, job)
-        hold_credit(session, user, job, model, model_input.num_images)
+        hold_credit(session, principal, job, model, model_input.num_images)
         session.commit()
     except IntegrityError:
         # The same key, sent concurrently, made its job first.
@@ -119,9 +119,13 @@ def submit(
     return Submission(job, model, replayed=False)
 
 
-def hold_credit(session: Session, user: User, job: Job, model: Model, images: int) -> None:
+def hold_credit(
+    session: Session, principal: Principal, job: Job, model: Model, images: int
+) -> None:
     """Hold the most `job` (flushed) may cost, in the transaction that queues it: refused with
-    402 when the account's available credit is short, unless it is an admin's or unmetered."""
+    402 when the account's available credit is short (unless it is an admin's or unmetered),
+    or when it would take the key past its monthly spend cap."""
+    user = principal.user
     ledger.hold(
         session,
         user_id=user.id,
@@ -130,6 +134,8 @@ def hold_credit(session: Session, user: User, job: Job, model: Model, images: in
             model, images=images, timeout_seconds=job.timeout_seconds or 0
         ),
         refuse_short=not (user.role == Role.admin or user.unmetered),
+        api_key_id=principal.key.id,
+        spend_cap_micros=principal.key.monthly_spend_cap_micros,
     )
 
 

@@ -56,8 +56,10 @@ def wait_seconds(prefer: str | None) -> int | None:
     status_code=201,
     responses={
         402: problem_response(
-            "the account's available credit is short of the most this job may cost",
+            "the account's available credit is short of the most this job may cost, or the job "
+            "would take this API key past its monthly spend cap",
             "InsufficientCreditProblem",
+            "SpendCapProblem",
         ),
         404: {"description": "no such model, or not one this key may call"},
         409: {"description": "the model takes no jobs now (no live version, disabled, failed)"},

@@ -7,10 +7,11 @@ from sqlalchemy import select
 
 from goshen import accounts
 from goshen.db.models import ApiKey
+from goshen.errors import ConflictError
 from serving.http.dependencies import KeysPrincipal, PrincipalsDep, SessionDep
 from serving.http.pagination import Cursor, Limit, Page, paginate
 from serving.http.paths import KeyId
-from serving.schemas import KeyCreate, KeyCreated, KeyPublic
+from serving.schemas import KeyCreate, KeyCreated, KeyPublic, KeyUpdate
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -19,7 +20,12 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 def create_key(body: KeyCreate, principal: KeysPrincipal, session: SessionDep) -> KeyCreated:
     """Create a key; its secret is in this response only."""
     key, plaintext = accounts.issue_key(
-        session, principal.user, name=body.name, scopes=body.scopes, granting=principal.key
+        session,
+        principal.user,
+        name=body.name,
+        scopes=body.scopes,
+        granting=principal.key,
+        monthly_spend_cap_micros=body.monthly_spend_cap_micros,
     )
     session.commit()
     return KeyCreated.of(key, plaintext)
@@ -36,6 +42,27 @@ def list_keys(
 @router.get("/{key_id}")
 def get_key(key_id: KeyId, principal: KeysPrincipal, session: SessionDep) -> KeyPublic:
     key = accounts.get_key(session, key_id, owner_id=principal.user.id)
+    return KeyPublic.model_validate(key)
+
+
+@router.patch("/{key_id}")
+def update_key(
+    key_id: KeyId,
+    body: KeyUpdate,
+    principal: KeysPrincipal,
+    session: SessionDep,
+    principals: PrincipalsDep,
+) -> KeyPublic:
+    """Rename a key or set its monthly spend cap (`null` removes it); a revoked key cannot
+    change. A new cap applies to the key's next request, in every API process."""
+    key = accounts.get_key(session, key_id, owner_id=principal.user.id)
+    if key.revoked_at is not None:
+        raise ConflictError(f"key {key.id} is revoked; revoked keys cannot change")
+    for field in body.model_fields_set:
+        setattr(key, field, getattr(body, field))
+    principals.announce(session, key.user_id)
+    session.commit()
+    principals.changed(key.user_id)
     return KeyPublic.model_validate(key)
 
 

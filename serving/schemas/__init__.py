@@ -11,6 +11,7 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
+    model_validator,
 )
 
 from goshen.accounts import Scope
@@ -36,6 +37,17 @@ Name = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), ONE_LINE
 ]
 Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=320), ONE_LINE]
+SpendCap = Annotated[
+    int | None,
+    Field(
+        strict=True,
+        ge=0,
+        le=10**15,
+        description="most this key may spend in a calendar month (UTC), in micro-credits "
+        "(1 credit = 1,000,000); past it the key gets 402 while the account's other keys keep "
+        "working; null: no cap",
+    ),
+]
 CATALOG_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 CatalogName = Annotated[str, StringConstraints(pattern=CATALOG_NAME_PATTERN)]
 Description = Annotated[str, StringConstraints(max_length=2000), MULTILINE]
@@ -53,6 +65,23 @@ class KeyCreate(RequestBody):
         max_length=20,
         description="scopes for the new key; default: every scope the owner and this key hold",
     )
+    monthly_spend_cap_micros: SpendCap = None
+
+
+class KeyUpdate(RequestBody):
+    """PATCH /v1/keys/{id}: the fields sent change; `monthly_spend_cap_micros: null` removes
+    the cap."""
+
+    name: Name | None = None
+    monthly_spend_cap_micros: SpendCap = None
+
+    @model_validator(mode="after")
+    def _something(self) -> KeyUpdate:
+        if not self.model_fields_set:
+            raise ValueError("send at least one of name, monthly_spend_cap_micros")
+        if "name" in self.model_fields_set and self.name is None:
+            raise ValueError("name cannot be null; leave it out to keep it")
+        return self
 
 
 class PublicBody(BaseModel):
@@ -69,6 +98,7 @@ class KeyPublic(PublicBody):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    monthly_spend_cap_micros: int | None
 
 
 class KeyCreated(KeyPublic):

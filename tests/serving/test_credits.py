@@ -110,13 +110,20 @@ def test_a_refusal_queues_nothing_and_a_cancel_releases_the_hold(
     assert [entry["kind"] for entry in rest["data"]] == ["grant"] and not rest["has_more"]
 
 
-def test_the_402_is_documented_with_its_own_schema(client: TestClient) -> None:
+def test_the_402s_are_documented_with_their_own_schemas(client: TestClient) -> None:
     document = client.get("/openapi.json").json()
     answer = document["paths"]["/v1/generate"]["post"]["responses"]["402"]
     schema = answer["content"]["application/problem+json"]["schema"]
-    assert schema == {"$ref": "#/components/schemas/InsufficientCreditProblem"}
-    members = document["components"]["schemas"]["InsufficientCreditProblem"]["properties"]
+    assert schema == {
+        "oneOf": [
+            {"$ref": "#/components/schemas/InsufficientCreditProblem"},
+            {"$ref": "#/components/schemas/SpendCapProblem"},
+        ]
+    }
+    schemas = document["components"]["schemas"]
+    members = schemas["InsufficientCreditProblem"]["properties"]
     assert {"balance", "available", "required", "type", "detail"} <= set(members)
+    assert {"cap", "spent", "held", "required"} <= set(schemas["SpendCapProblem"]["properties"])
 
 
 def test_admins_and_unmetered_accounts_are_metered_but_never_refused(

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from goshen import accounts
 from goshen.billing import ledger
+from goshen.billing.money import MICROS_PER_CREDIT, credits
 from goshen.db import session_scope
 from goshen.db.models import (
     CreditBalance,
@@ -25,7 +26,7 @@ from goshen.db.models import (
 from goshen.errors import ConflictError, InsufficientCreditError
 from tests.fixtures.accounts import Account
 
-CREDIT = ledger.MICROS_PER_CREDIT
+CREDIT = MICROS_PER_CREDIT
 
 
 @pytest.fixture
@@ -217,7 +218,7 @@ def test_a_replayed_grant_returns_the_first_entry(
 
 
 def test_credits_reads_micro_credits_as_credits() -> None:
-    assert [ledger.credits(m) for m in (0, 1, 1_500_000, -2_000_000)] == [
+    assert [credits(m) for m in (0, 1, 1_500_000, -2_000_000)] == [
         "0",
         "0.000001",
         "1.5",

@@ -14,8 +14,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from goshen.accounts import Principal
 from goshen.db import session_scope
 from goshen.db.models import (
+    ApiKey,
     CreditLedgerEntry,
     Job,
     JobEvent,
@@ -113,7 +115,10 @@ def running_job(
             webhook=WEBHOOK,
         )
         transitions.enqueue(session, job)
-        hold_credit(session, session.get_one(User, developer.user_id), job, catalog_model, 1)
+        principal = Principal(
+            session.get_one(User, developer.user_id), session.get_one(ApiKey, developer.key_id)
+        )
+        hold_credit(session, principal, job, catalog_model, 1)
     with session_scope(sessions) as session:
         (claim,) = claim_batch(session, "w1", job_effects, max_images=1, lease_seconds=LEASE)
     return claim

@@ -8,8 +8,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from goshen.accounts import Principal
 from goshen.db import session_scope
-from goshen.db.models import Job, Model, User
+from goshen.db.models import ApiKey, Job, Model, User
 from goshen.runtimes.inputs import DigitsInput, batch_key
 from serving.jobs import transitions
 from serving.jobs.submit import hold_credit
@@ -31,8 +32,9 @@ def queue_jobs(
     checked = DigitsInput.model_validate({"digit": 3, "seed": 1} | model_input)
     ids = []
     with session_scope(sessions) as session:
-        user = session.get(User, account.user_id)
-        assert user is not None
+        principal = Principal(
+            session.get_one(User, account.user_id), session.get_one(ApiKey, account.key_id)
+        )
         for _ in range(count):
             job = Job(
                 user_id=account.user_id,
@@ -44,7 +46,7 @@ def queue_jobs(
                 timeout_seconds=timeout,
             )
             transitions.enqueue(session, job)
-            hold_credit(session, user, job, model, checked.num_images)
+            hold_credit(session, principal, job, model, checked.num_images)
             ids.append(job.id)
     return ids
 
