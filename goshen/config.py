@@ -18,6 +18,12 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 # SQLAlchemy's URL grammar up to `://`: the backend, then an optional `+driver`. Checked here
 # without SQLAlchemy so that settings load in installs that never open the database.
 _DATABASE_URL_SCHEME = re.compile(r"([\w+]+)://")
+# A rate limit: a quota per window of `multiple` units ("600/minute", "100 per 10 seconds"), the
+# single-limit subset of the `limits` library's notation, checked here without it.
+RATE_LIMIT = re.compile(
+    r"(?P<quota>\d{1,9})\s*(?:/|per)\s*(?P<multiple>\d{1,6})?\s*"
+    r"(?P<unit>second|minute|hour|day)s?"
+)
 
 
 class Environment(StrEnum):
@@ -85,8 +91,18 @@ class Settings(BaseSettings):
     mlflow_workers: int = Field(default=1, ge=1, le=64)
 
     training_price_micros_per_second: int = Field(default=100, ge=0)
+    # Off: a deployment without credits; usage is metered, nothing is held, charged or refused.
+    billing_enabled: bool = True
+    # The most credit one API process holds at a time for one key's /predict requests.
+    predict_credit_chunk_micros: int = Field(default=1_000_000, ge=1, le=10**12)
+    # Storage per GB (10^9 bytes) kept a month, charged when the month's invoice is finalized.
+    storage_price_datasets_micros_per_gb_month: int = Field(default=100_000, ge=0)
+    storage_price_models_micros_per_gb_month: int = Field(default=150_000, ge=0)
+    invoice_grace_days: int = Field(default=3, ge=0, le=27)
     # Credits (not micro-credits) every new user is granted; at most 6 decimal places.
     new_user_credits: Decimal = Field(default=Decimal(10), ge=0, le=10**9, decimal_places=6)
+    # The signing secret of the Stripe webhook endpoint that sends top-ups; unset: no top-ups.
+    stripe_webhook_secret: str | None = Field(default=None, repr=False)
 
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
     worker_max_batch_size: int = Field(default=8, ge=1, le=64)
@@ -102,6 +118,18 @@ class Settings(BaseSettings):
     job_retry_base_seconds: float = Field(default=2.0, ge=0, le=3600)
     job_timeout_seconds: float = Field(default=600.0, gt=0, le=24 * 3600)
     max_active_jobs_per_user: int = Field(default=100, ge=1)
+
+    # Rate limits, each "<quota>/<window>" (serving.http.rate_limits): per API key and route
+    # class, and failed authentications per client address. Off: nothing is counted.
+    rate_limits_enabled: bool = True
+    rate_limit_generate: str = "600/minute"
+    rate_limit_predict: str = "60000/minute"
+    rate_limit_default: str = "3000/minute"
+    rate_limit_failed_auth: str = "30/minute"
+    # Where every API process keeps the counts (unset: each process in its own memory).
+    redis_url: str | None = None
+    redis_key_prefix: str = Field(default="goshen", pattern=r"^[\w.:-]{1,64}$")
+    redis_timeout_seconds: float = Field(default=0.25, gt=0, le=10)
 
     predict_max_batch_size: int = Field(default=64, ge=1, le=4096)
     predict_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
@@ -143,6 +171,28 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else value
 
+    @field_validator(
+        "rate_limit_generate", "rate_limit_predict", "rate_limit_default", "rate_limit_failed_auth"
+    )
+    @classmethod
+    def _is_rate_limit(cls, value: str) -> str:
+        rate = RATE_LIMIT.fullmatch(value.strip().lower())
+        if rate is None or int(rate.group("quota")) < 1 or rate.group("multiple") == "0":
+            raise ValueError(
+                f"{value!r} is not a rate limit; write '<quota>/<window>' with a quota of at "
+                "least 1, such as 600/minute, 100/10 seconds or 5000 per hour"
+            )
+        return value.strip().lower()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _is_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "must start with redis://, rediss:// or unix://, e.g. redis://127.0.0.1:6379/0"
+            )
+        return value or None
+
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, value: str) -> str:
@@ -150,6 +200,19 @@ class Settings(BaseSettings):
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @field_validator("stripe_webhook_secret")
+    @classmethod
+    def _is_stripe_signing_secret(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # set but empty, as a deployment template leaves it: no top-ups
+        if not re.fullmatch(r"whsec_\S+", value):
+            raise ValueError(
+                "must be the signing secret of your Stripe webhook endpoint, which starts with "
+                "whsec_ (Stripe Dashboard: Developers, Webhooks, the endpoint, Signing secret); "
+                "not an API key"
+            )
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

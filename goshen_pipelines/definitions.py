@@ -2,6 +2,9 @@
 
 import dagster as dg
 
+from goshen_pipelines.defs.billing import assets as billing
+from goshen_pipelines.defs.billing import checks as billing_checks
+from goshen_pipelines.defs.billing import schedules as billing_schedules
 from goshen_pipelines.defs.datasets import assets as datasets
 from goshen_pipelines.defs.jobs import digits_models_job, training_run_job
 from goshen_pipelines.defs.registry import assets as registry
@@ -12,8 +15,15 @@ from goshen_pipelines.resources import ArtifactStorage, MLflowTracking, Platform
 from goshen_pipelines.resources.io import AssetStorage
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([datasets, training, registry]),
-    jobs=[digits_models_job, training_run_job],
+    assets=dg.load_assets_from_modules([datasets, training, registry, billing]),
+    asset_checks=dg.load_asset_checks_from_modules([billing_checks]),
+    jobs=[
+        digits_models_job,
+        training_run_job,
+        billing_schedules.billing_daily_job,
+        billing_schedules.invoices_job,
+    ],
+    schedules=[billing_schedules.billing_daily_schedule, billing_schedules.invoices_schedule],
     sensors=[
         datasets.uploaded_dataset_sensor,
         training_sensors.training_job_sensor,

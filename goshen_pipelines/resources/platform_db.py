@@ -28,6 +28,7 @@ class PlatformDatabase(dg.ConfigurableResource["PlatformDatabase"]):
     )
 
     _engine: Engine | None = PrivateAttr(default=None)
+    _read_engine: Engine | None = PrivateAttr(default=None)
 
     @property
     def url(self) -> str:
@@ -43,12 +44,27 @@ class PlatformDatabase(dg.ConfigurableResource["PlatformDatabase"]):
         return self._engine
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        for engine in (self._engine, self._read_engine):
+            if engine is not None:
+                engine.dispose()
+        self._engine = self._read_engine = None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session that commits when the block ends and rolls back if it raises."""
         with session_scope(make_sessionmaker(self.engine)) as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only session whose queries all see one snapshot of the database (REPEATABLE
+        READ on PostgreSQL; a WAL read transaction on SQLite), for rollups and their checks."""
+        if self._read_engine is None:
+            migrated = self.engine  # a read-only engine cannot migrate
+            if migrated.dialect.name == "sqlite":
+                self._read_engine = make_engine(self.url, read_only=True)
+            else:
+                options = {"postgresql_readonly": True, "isolation_level": "REPEATABLE READ"}
+                self._read_engine = make_engine(self.url, read_only=True, execution_options=options)
+        with session_scope(make_sessionmaker(self._read_engine)) as session:
             yield session

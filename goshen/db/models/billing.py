@@ -22,12 +22,16 @@ class LedgerEntryKind(StrEnum):
 
 
 class UsageEvent(Base):
-    """Append-only metering: one row per (job, kind), or per synchronous request."""
+    """Append-only metering: one row per (job, kind) or (training job, kind), or per
+    synchronous request."""
 
     __tablename__ = "usage_events"
     __table_args__ = (
         UniqueConstraint("job_id", "kind"),
+        UniqueConstraint("training_job_id", "kind"),
         Index("ix_usage_events_user_created", "user_id", "created_at"),
+        # Rollups and admin usage read a range across every user.
+        Index("ix_usage_events_created_at", "created_at"),
     )
 
     id: Mapped[str] = id_column("use")
@@ -35,6 +39,9 @@ class UsageEvent(Base):
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    training_job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("training_jobs.id", ondelete="SET NULL")
+    )
     kind: Mapped[str] = mapped_column(String(40))
     quantity: Mapped[float] = mapped_column(Float)
     unit: Mapped[PricingUnit] = mapped_column(enum_type(PricingUnit))
@@ -60,6 +67,8 @@ class CreditLedgerEntry(Base):
         Index("ix_credit_ledger_user_id", "user_id", "id"),
         Index("ix_credit_ledger_user_expires", "user_id", "expires_at"),
         Index("ix_credit_ledger_user_created", "user_id", "created_at"),
+        # Sweeps by kind and age: holds of /predict chunks that no API process ended.
+        Index("ix_credit_ledger_kind_created", "kind", "created_at"),
     )
 
     id: Mapped[str] = id_column("led")

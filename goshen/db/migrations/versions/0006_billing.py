@@ -1,5 +1,5 @@
 """Billing: per-key monthly spend caps and what each key spent and holds, the key behind each
-ledger entry, and monthly invoices.
+ledger entry, monthly invoices, and training jobs' usage events.
 
 Revision ID: 0006
 Revises: 0005
@@ -18,6 +18,20 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("usage_events", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("training_job_id", sa.String(length=40), nullable=True))
+        batch_op.create_foreign_key(
+            batch_op.f("fk_usage_events_training_job_id_training_jobs"),
+            "training_jobs",
+            ["training_job_id"],
+            ["id"],
+            ondelete="SET NULL",
+        )
+        batch_op.create_unique_constraint(
+            batch_op.f("uq_usage_events_training_job_id_kind"), ["training_job_id", "kind"]
+        )
+        batch_op.create_index("ix_usage_events_created_at", ["created_at"], unique=False)
+
     op.create_table(
         "invoices",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -68,6 +82,7 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_credit_ledger_user_created", ["user_id", "created_at"], unique=False
         )
+        batch_op.create_index("ix_credit_ledger_kind_created", ["kind", "created_at"], unique=False)
         batch_op.create_foreign_key(
             batch_op.f("fk_credit_ledger_api_key_id_api_keys"),
             "api_keys",
@@ -78,10 +93,19 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("usage_events", schema=None) as batch_op:
+        batch_op.drop_index("ix_usage_events_created_at")
+        batch_op.drop_constraint(batch_op.f("uq_usage_events_training_job_id_kind"), type_="unique")
+        batch_op.drop_constraint(
+            batch_op.f("fk_usage_events_training_job_id_training_jobs"), type_="foreignkey"
+        )
+        batch_op.drop_column("training_job_id")
+
     with op.batch_alter_table("credit_ledger", schema=None) as batch_op:
         batch_op.drop_constraint(
             batch_op.f("fk_credit_ledger_api_key_id_api_keys"), type_="foreignkey"
         )
+        batch_op.drop_index("ix_credit_ledger_kind_created")
         batch_op.drop_index("ix_credit_ledger_user_created")
         batch_op.drop_column("api_key_id")
 
