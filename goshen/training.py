@@ -1,12 +1,20 @@
-"""Training jobs: what a request may ask for, what it will cost, and its state changes.
+"""Training jobs: what a request may ask for, what it may cost, and its state changes.
 
 The API writes a `queued` row; a Dagster sensor launches one run per row; the run reports
-progress, logs and its outcome back to the row through these functions.
+progress, logs and its outcome back to the row through these functions. `finish` is the one
+place a job's end is decided: what it cost is settled there (goshen.billing.training_charges).
+
+A job's time limit is its estimate (seconds per sample and epoch, measured on the digits
+models, times samples and epochs) twice over, plus a startup allowance (loading data, the MLflow
+run, ONNX export and checks). What is held at submit, `estimated_cost_micros`, is that limit at
+the training price: the most the job can cost, since a run past its limit is stopped and failed.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
@@ -14,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from goshen.billing import training_charges
 from goshen.db import access
 from goshen.db.models import (
     Dataset,
@@ -35,6 +44,9 @@ MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 TERMINAL = (TrainingStatus.succeeded, TrainingStatus.failed, TrainingStatus.canceled)
 # Rough CPU cost per sample and epoch, measured on the digits models (BENCHMARKS.md).
 SECONDS_PER_SAMPLE_EPOCH = {"diffusion": 0.004, "classification": 0.0002, "regression": 0.0002}
+# Room for an estimate that is off (a slower machine, a busy one) and for the run's fixed costs.
+TIME_LIMIT_FACTOR = 2
+STARTUP_SECONDS = 300
 
 
 class Task(StrEnum):
@@ -71,6 +83,30 @@ def estimate_seconds(task: Task, config: TrainingConfig, samples: int) -> float:
     return SECONDS_PER_SAMPLE_EPOCH[task] * max(samples, 1) * config.epochs
 
 
+def time_limit_seconds(task: Task, config: TrainingConfig, samples: int) -> int:
+    """The longest a run of this job may take before it is stopped and failed."""
+    return math.ceil(estimate_seconds(task, config, samples) * TIME_LIMIT_FACTOR) + STARTUP_SECONDS
+
+
+def samples_in(dataset: Dataset, task: Task) -> int:
+    """What an epoch goes through: images, or a table's rows."""
+    if task is Task.diffusion:
+        return dataset.file_count
+    rows = (dataset.stats or {}).get("rows", 1)
+    return int(rows)
+
+
+def time_limit(session: Session, job: TrainingJob) -> int:
+    """`job`'s time limit, as its submission priced it."""
+    if job.dataset_id is None:
+        raise NotFoundError(f"training job {job.id}'s dataset was deleted")
+    dataset = session.get(Dataset, job.dataset_id)
+    if dataset is None:
+        raise NotFoundError(f"training job {job.id}'s dataset was deleted")
+    task = Task(job.task)
+    return time_limit_seconds(task, TrainingConfig(**job.config), samples_in(dataset, task))
+
+
 def check_request(dataset: Dataset, task: Task, config: TrainingConfig) -> None:
     """Refuse a job that cannot train on this dataset, naming the field to fix."""
     if dataset.status not in (DatasetStatus.uploaded, DatasetStatus.ready):
@@ -102,15 +138,15 @@ def submit(
     config: TrainingConfig,
     price_micros_per_second: int,
 ) -> TrainingJob:
-    """A validated, priced `queued` training job; the Dagster sensor picks it up."""
+    """A validated, priced `queued` training job (flushed); the Dagster sensor picks it up once
+    the caller holds its credit (training_charges.hold) and commits."""
     if not MODEL_NAME.match(model_name):
         raise InvalidInputError(
             "model_name must be 2-63 lowercase letters, digits or '-'", field="model_name"
         )
     dataset = access.get_owned(session, Dataset, dataset_id, user.id, "dataset")
     check_request(dataset, task, config)
-    samples = dataset.file_count if task is Task.diffusion else (dataset.stats or {}).get("rows", 1)
-    seconds = estimate_seconds(task, config, samples)
+    seconds = time_limit_seconds(task, config, samples_in(dataset, task))
     job = TrainingJob(
         user_id=user.id,
         dataset_id=dataset.id,
@@ -118,7 +154,7 @@ def submit(
         model_name=model_name,
         config=config.model_dump(),
         registered_model=registered_model_name(user.id, model_name),
-        estimated_cost_micros=round(seconds * price_micros_per_second),
+        estimated_cost_micros=seconds * price_micros_per_second,
         logs="",
     )
     session.add(job)
@@ -135,23 +171,36 @@ def get(session: Session, job_id: str) -> TrainingJob:
     return access.get_owned(session, TrainingJob, job_id, None, "training job")
 
 
-def cancel(job: TrainingJob) -> TrainingJob:
-    """Queued jobs end at once; running ones are stopped by the sensor that watches this flag."""
+def cancel(
+    session: Session, job_id: str, user_id: str, *, price_micros_per_second: int
+) -> TrainingJob:
+    """Queued jobs end at once, uncharged; running ones are stopped by the sensor that watches
+    this flag, and charged the seconds they ran."""
+    job = get_owned(session, job_id, user_id)
+    session.refresh(job, with_for_update=True)
     if job.status in TERMINAL:
         raise ConflictError(f"training job {job.id} already ended {job.status}")
     job.cancel_requested = True
     if job.status == TrainingStatus.queued:
-        job.status = TrainingStatus.canceled
-        job.completed_at = utcnow()
+        session.flush()
+        finish(
+            session,
+            job.id,
+            TrainingStatus.canceled,
+            price_micros_per_second=price_micros_per_second,
+        )
     return job
 
 
-def mark_running(session: Session, job_id: str, dagster_run_id: str) -> None:
-    session.execute(
+def mark_running(session: Session, job_id: str, dagster_run_id: str) -> bool:
+    """Claim a queued job for a run; False when it is not queued (canceled before it began)."""
+    claimed = session.scalar(
         update(TrainingJob)
         .where(TrainingJob.id == job_id, TrainingJob.status == TrainingStatus.queued)
         .values(status=TrainingStatus.running, dagster_run_id=dagster_run_id, started_at=utcnow())
+        .returning(TrainingJob.id)
     )
+    return claimed is not None
 
 
 def append_log(
@@ -166,10 +215,35 @@ def append_log(
         job.progress = progress
 
 
-def finish(session: Session, job_id: str, status: TrainingStatus, **fields: Any) -> None:
-    """Record the outcome once; a job that already ended keeps its first outcome."""
-    session.execute(
-        update(TrainingJob)
-        .where(TrainingJob.id == job_id, TrainingJob.status.not_in(TERMINAL))
-        .values(status=status, completed_at=utcnow(), **fields)
+def finish(
+    session: Session,
+    job_id: str,
+    status: TrainingStatus,
+    *,
+    price_micros_per_second: int,
+    ended_at: datetime | None = None,
+    error: str | None = None,
+    registered_version: str | None = None,
+) -> bool:
+    """Record the outcome once and settle its charge in the same transaction: the seconds run
+    until `ended_at` (default now) at the price for a success or a user's cancel, nothing for a
+    failure. A job that already ended keeps its first outcome and charge; False then."""
+    job = session.get(TrainingJob, job_id, with_for_update=True, populate_existing=True)
+    if job is None:
+        raise NotFoundError(f"no training job with id {job_id}")
+    if job.status in TERMINAL:
+        return False
+    job.status = status
+    job.completed_at = utcnow()
+    if error is not None:
+        job.error = error
+    if registered_version is not None:
+        job.registered_version = registered_version
+    training_charges.settle(
+        session,
+        job,
+        ended_at=min(ended_at or job.completed_at, job.completed_at),
+        price_micros_per_second=price_micros_per_second,
     )
+    session.flush()
+    return True

@@ -1,4 +1,5 @@
-"""Training jobs: submit, watch (with a live log stream), cancel."""
+"""Training jobs: submit (holding the most the job may cost), watch (with a live log stream),
+cancel."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from goshen import training
 from goshen.accounts import Principal
+from goshen.billing import training_charges
 from goshen.db.models import TrainingJob
 from serving.http.dependencies import ReadSessionsDep, SessionDep, SettingsDep, require_scope
 from serving.http.headers import LastEventId
+from serving.http.openapi import problem_response
 from serving.http.pagination import Cursor, Limit, Page, page_of_owned
 from serving.http.paths import TrainingJobId
 from serving.schemas import TrainingJobCreate, TrainingJobPublic
@@ -30,6 +33,13 @@ KEEPALIVE_SECONDS = 15.0
     "",
     status_code=201,
     responses={
+        402: problem_response(
+            "the account's available credit is short of the most this job may cost (its time "
+            "limit at the training price), or the job would take this API key past its monthly "
+            "spend cap",
+            "InsufficientCreditProblem",
+            "SpendCapProblem",
+        ),
         404: {"description": "no dataset with that id that this key may see"},
         409: {"description": "the dataset is not ready to train on"},
     },
@@ -40,7 +50,9 @@ def submit_training_job(
     session: SessionDep,
     settings: SettingsDep,
 ) -> TrainingJobPublic:
-    """Validate, price and queue a training job; a Dagster run starts it shortly."""
+    """Validate, price and queue a training job, holding the most it may cost (its
+    `estimated_cost_micros`); a Dagster run starts it shortly. It is charged the seconds it runs
+    when it succeeds or is canceled, nothing when the platform fails it."""
     job = training.submit(
         session,
         principal.user,
@@ -50,6 +62,7 @@ def submit_training_job(
         config=body.config,
         price_micros_per_second=settings.training_price_micros_per_second,
     )
+    training_charges.hold(session, principal, job, billing_enabled=settings.billing_enabled)
     session.commit()
     return TrainingJobPublic.model_validate(job)
 
@@ -72,10 +85,16 @@ def get_training_job(
 
 @router.post("/{job_id}/cancel", responses={409: {"description": "the job already ended"}})
 def cancel_training_job(
-    job_id: TrainingJobId, principal: TrainingPrincipal, session: SessionDep
+    job_id: TrainingJobId, principal: TrainingPrincipal, session: SessionDep, settings: SettingsDep
 ) -> TrainingJobPublic:
-    """Queued jobs end at once; a running job's Dagster run is terminated within seconds."""
-    job = training.cancel(training.get_owned(session, job_id, principal.user.id))
+    """Queued jobs end at once, uncharged; a running job's Dagster run is terminated within
+    seconds, and charged the seconds it ran."""
+    job = training.cancel(
+        session,
+        job_id,
+        principal.user.id,
+        price_micros_per_second=settings.training_price_micros_per_second,
+    )
     session.commit()
     return TrainingJobPublic.model_validate(job)
 

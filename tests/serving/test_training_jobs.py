@@ -124,7 +124,13 @@ def test_logs_stream_as_server_sent_events(
         training.mark_running(session, job_id, "run-1")
         training.append_log(session, job_id, "epoch 1/2 loss=0.5", {"epoch": 1, "epochs": 2})
         training.append_log(session, job_id, "epoch 2/2 loss=0.3", {"epoch": 2, "epochs": 2})
-        training.finish(session, job_id, TrainingStatus.succeeded, registered_version="1")
+        training.finish(
+            session,
+            job_id,
+            TrainingStatus.succeeded,
+            price_micros_per_second=1,
+            registered_version="1",
+        )
     response = client.get(f"/v1/training-jobs/{job_id}/logs", headers=developer.headers)
     assert response.headers["content-type"].startswith("text/event-stream")
     events = [block for block in response.text.split("\n\n") if block]
@@ -159,7 +165,9 @@ def test_finish_keeps_the_first_outcome(
         )
         job_id = job.id
     with session_scope(sessions) as session:
-        training.finish(session, job_id, TrainingStatus.canceled)
-        training.finish(session, job_id, TrainingStatus.succeeded)
+        assert training.finish(session, job_id, TrainingStatus.canceled, price_micros_per_second=1)
+        assert not training.finish(
+            session, job_id, TrainingStatus.succeeded, price_micros_per_second=1
+        )
     with sessions() as session:
         assert session.get(TrainingJob, job_id).status == TrainingStatus.canceled

@@ -15,7 +15,11 @@ import dagster as dg
 from goshen import catalog, registry, training
 from goshen.catalog import DIGITS_CLASSIFIER, DIGITS_DIFFUSION
 from goshen.db.models import TrainingStatus
-from goshen_pipelines.defs.training.assets import TrainedModel, training_job_partitions
+from goshen_pipelines.defs.training.assets import (
+    TrainedModel,
+    training_job_partitions,
+    training_price,
+)
 from goshen_pipelines.lib import export, publishing
 from goshen_pipelines.lib.classifier import TrainedTabularModel
 from goshen_pipelines.lib.diffusion import TrainedDiffusion
@@ -231,7 +235,8 @@ def training_run_production(
     platform_db: PlatformDatabase,
     mlflow: MLflowTracking,
 ) -> dg.MaterializeResult[Any]:
-    """The job's model promoted when it earns it; the job ends succeeded with its version."""
+    """The job's model promoted when it earns it; the job ends succeeded with its version,
+    charged the seconds its run took."""
     result = _promote(training_run_onnx, mlflow, platform_db)
     version = training_run_onnx.published.version
     with platform_db.session() as session:
@@ -242,6 +247,7 @@ def training_run_production(
             session,
             context.partition_key,
             TrainingStatus.succeeded,
+            price_micros_per_second=training_price(),
             registered_version=version.version,
         )
     return result

@@ -8,8 +8,9 @@ import numpy as np
 
 from goshen import training
 from goshen.catalog import DIGITS_CLASSIFIER, DIGITS_DIFFUSION
-from goshen.db.models import TrainingJob, TrainingStatus
-from goshen.errors import NotFoundError
+from goshen.config import load_settings
+from goshen.db.models import TrainingJob, TrainingStatus, utcnow
+from goshen.errors import ConflictError, NotFoundError
 from goshen.runtimes.diffusion import sample_images, to_png_grid
 from goshen_pipelines.lib import ingest, runs
 from goshen_pipelines.lib.arrays import image_arrays, table_arrays
@@ -141,26 +142,53 @@ def digits_diffusion(
     return _output(TrainedModel(trained, run_id, tags), mlflow, metadata)
 
 
+def training_price() -> int:
+    """The training price when a job ends (GOSHEN_TRAINING_PRICE_MICROS_PER_SECOND)."""
+    return load_settings().training_price_micros_per_second
+
+
 class TrainingCanceled(Exception):
     """The job's cancel was requested while it trained."""
 
 
+class TrainingTimedOut(Exception):
+    """The run passed the job's time limit, the most its hold pays for."""
+
+
 def _job_reporter(
-    context: dg.AssetExecutionContext, platform_db: PlatformDatabase, job_id: str
+    context: dg.AssetExecutionContext, platform_db: PlatformDatabase, job_id: str, limit: int
 ) -> runs.Report:
-    """Log lines and progress to the job row; stop training once a cancel is requested."""
+    """Log lines and progress to the job row; stop training once a cancel is requested (the
+    user pays for the seconds run) or the job's time limit passed (failed, uncharged)."""
 
     def report(line: str, progress: dict[str, Any]) -> None:
         context.log.info(line)
         with platform_db.session() as session:
             training.append_log(session, job_id, line, progress)
-            canceled = training.get(session, job_id).cancel_requested
+            job = training.get(session, job_id)
+            canceled, started = job.cancel_requested, job.started_at
         if canceled:
-            with platform_db.session() as session:
-                training.finish(session, job_id, TrainingStatus.canceled)
+            _end(platform_db, job_id, TrainingStatus.canceled)
             raise TrainingCanceled(f"training job {job_id} was canceled")
+        if started is not None and (utcnow() - started).total_seconds() > limit:
+            error = (
+                f"training job {job_id} ran past its time limit of {limit} s (twice its "
+                f"estimate plus {training.STARTUP_SECONDS} s) and was stopped, uncharged; the "
+                "estimate is off for this dataset: try fewer epochs"
+            )
+            _end(platform_db, job_id, TrainingStatus.failed, error)
+            raise TrainingTimedOut(error)
 
     return report
+
+
+def _end(
+    platform_db: PlatformDatabase, job_id: str, status: TrainingStatus, error: str | None = None
+) -> None:
+    with platform_db.session() as session:
+        training.finish(
+            session, job_id, status, price_micros_per_second=training_price(), error=error
+        )
 
 
 @dg.asset(
@@ -180,13 +208,15 @@ def training_run(
         job = session.get(TrainingJob, job_id)
         if job is None:
             raise NotFoundError(f"no training job with id {job_id}")
-        training.mark_running(session, job_id, context.run.run_id)
+        if not training.mark_running(session, job_id, context.run.run_id):
+            raise ConflictError(f"training job {job_id} is {job.status}, not queued; not training")
         if job.dataset_id is None:
             raise NotFoundError(f"training job {job_id}'s dataset was deleted")
         data = load_canonical(session, artifact_store.store, job.dataset_id)
         task, config = training.Task(job.task), training.TrainingConfig(**job.config)
         experiment, dataset_id = f"training/{job.user_id}", job.dataset_id
-    report = _job_reporter(context, platform_db, job_id)
+        limit = training.time_limit(session, job)
+    report = _job_reporter(context, platform_db, job_id, limit)
     tags = {**_tags(context, dataset_id), "training_job_id": job_id}
     with runs.tracked_run(experiment, job_id, tags, config.model_dump()) as run_id:
         with platform_db.session() as session:

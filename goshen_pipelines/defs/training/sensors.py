@@ -2,8 +2,12 @@
 
 The API only writes rows. `training_job_sensor` launches one run per new row (its run key is the
 job id, so a row can never launch twice); `training_cancel_sensor` terminates the runs of jobs
-whose cancel was requested; the run-status sensors write each run's outcome back to its row.
+whose cancel was requested; the run-status sensors write each run's outcome back to its row
+(goshen.training.finish, which settles its charge: a canceled run pays for the seconds until the
+run stopped, a failed one nothing).
 """
+
+from datetime import UTC, datetime
 
 import dagster as dg
 from sqlalchemy import select
@@ -12,7 +16,7 @@ from goshen import training
 from goshen.db.access import ids_since
 from goshen.db.models import TrainingJob, TrainingStatus
 from goshen_pipelines.defs.jobs import training_run_job
-from goshen_pipelines.defs.training.assets import training_job_partitions
+from goshen_pipelines.defs.training.assets import training_job_partitions, training_price
 from goshen_pipelines.resources import PlatformDatabase
 
 BATCH = 25
@@ -76,16 +80,27 @@ def _cancel(instance: dg.DagsterInstance, run_id: str) -> bool:
 
 
 def _record_outcome(
-    run: dg.DagsterRun,
+    context: dg.RunStatusSensorContext,
     platform_db: PlatformDatabase,
     status: TrainingStatus,
     error: str | None = None,
 ) -> None:
+    run = context.dagster_run
     job_id = run.tags.get("dagster/partition")
     if job_id is None:
         return
+    # The sensor may see the run's end a while after it: the seconds run end when the run did.
+    end_time = context.instance.get_run_stats(run.run_id).end_time
+    ended_at = datetime.fromtimestamp(end_time, UTC) if end_time is not None else None
     with platform_db.session() as session:
-        training.finish(session, job_id, status, error=error)
+        training.finish(
+            session,
+            job_id,
+            status,
+            price_micros_per_second=training_price(),
+            ended_at=ended_at,
+            error=error,
+        )
 
 
 @dg.run_failure_sensor(
@@ -94,9 +109,9 @@ def _record_outcome(
 def training_failure_sensor(
     context: dg.RunFailureSensorContext, platform_db: PlatformDatabase
 ) -> None:
-    """A failed run fails its job, with the run's error."""
+    """A failed run fails its job, with the run's error; its hold is released uncharged."""
     message = context.failure_event.message or "the training run failed; see its Dagster logs"
-    _record_outcome(context.dagster_run, platform_db, TrainingStatus.failed, message[:2000])
+    _record_outcome(context, platform_db, TrainingStatus.failed, message[:2000])
 
 
 @dg.run_status_sensor(
@@ -107,5 +122,6 @@ def training_failure_sensor(
 def training_canceled_sensor(
     context: dg.RunStatusSensorContext, platform_db: PlatformDatabase
 ) -> None:
-    """A terminated run ends its job `canceled`."""
-    _record_outcome(context.dagster_run, platform_db, TrainingStatus.canceled)
+    """A terminated run ends its job `canceled`: charged the seconds it ran when its user
+    canceled it, nothing when an operator stopped it (goshen.billing.training_charges)."""
+    _record_outcome(context, platform_db, TrainingStatus.canceled)

@@ -1,4 +1,5 @@
-"""A training job from the API to a registered model, through the sensor and a Dagster run.
+"""A training job from the API to a registered model, through the sensor and a Dagster run,
+charged the seconds it ran when it succeeds or is canceled and nothing when its run fails.
 
 The API, the platform database (PostgreSQL) and MLflow (a tracking server on
 loopback) are real; the Dagster run executes in-process on an ephemeral instance, the way the
@@ -16,16 +17,21 @@ import mlflow
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from goshen import registry
+from goshen import registry, training
+from goshen.billing import training_charges
 from goshen.config import Settings
 from goshen.db import session_scope
-from goshen.db.models import TrainingJob
+from goshen.db.models import CreditBalance, CreditLedgerEntry, TrainingJob, UsageEvent
 from goshen_pipelines.definitions import defs
 from goshen_pipelines.defs.jobs import training_run_job
-from goshen_pipelines.defs.training.sensors import run_key, training_job_sensor
+from goshen_pipelines.defs.training.sensors import (
+    run_key,
+    training_failure_sensor,
+    training_job_sensor,
+)
 from goshen_pipelines.lib.digits import load_digit_images
 from goshen_pipelines.resources import ArtifactStorage, MLflowTracking, PlatformDatabase
 from tests.fixtures.accounts import Account
@@ -99,17 +105,72 @@ class Daemon:
         self.cursor = result.cursor or self.cursor
         job = defs.resolve_job_def(training_run_job.name)
         for request in result.run_requests or []:
-            job.execute_in_process(
+            run = job.execute_in_process(
                 partition_key=request.partition_key,
                 instance=self.instance,
                 resources=self.resources,
                 raise_on_error=False,
             )
+            if not run.success:
+                self._report_failure(run)
         return list(result.run_requests or [])
+
+    def _report_failure(self, result: dg.ExecuteInProcessResult) -> None:
+        """What the daemon's run-failure sensor does when it sees the failed run."""
+        run = self.instance.get_run_by_id(result.run_id)
+        assert run is not None
+        with dg.build_run_status_sensor_context(
+            sensor_name=training_failure_sensor.name,
+            dagster_event=result.get_run_failure_event(),
+            dagster_instance=self.instance,
+            dagster_run=run,
+            resources=self.resources,
+        ) as context:
+            training_failure_sensor(context.for_run_failure())
+
+
+def _charges(sessions: sessionmaker[Session], job_id: str, user_id: str) -> dict[str, int]:
+    """The job's ledger entries (kind -> held micros moved) and its training usage, with the
+    user's ledger checked against the cached balance."""
+    entry = CreditLedgerEntry
+    with sessions() as session:
+        moved = session.execute(
+            select(entry.kind, entry.held_micros).where(
+                entry.source == training_charges.source(job_id)
+            )
+        ).all()
+        sums = session.execute(
+            select(func.sum(entry.amount_micros), func.sum(entry.held_micros)).where(
+                entry.user_id == user_id
+            )
+        ).one()
+        cached = session.get_one(CreditBalance, user_id)
+        usage = session.scalars(
+            select(UsageEvent.cost_micros).where(
+                UsageEvent.user_id == user_id, UsageEvent.kind == "training"
+            )
+        ).all()
+    assert (cached.balance_micros, cached.held_micros) == tuple(sums)
+    assert cached.held_micros == 0
+    return {str(kind): held for kind, held in moved} | {"usage": sum(usage), "events": len(usage)}
+
+
+def _charged_for_its_seconds(job: dict, charges: dict[str, int]) -> None:
+    """What the job cost is the seconds it ran at the price, captured once from its hold."""
+    cost = job["cost_micros"]
+    assert job["gpu_seconds"] > 0 and 0 < cost < job["estimated_cost_micros"]
+    assert cost == round(job["gpu_seconds"] * Settings().training_price_micros_per_second)
+    assert charges == {
+        "hold": job["estimated_cost_micros"],
+        "capture": -cost,
+        "release": cost - job["estimated_cost_micros"],
+        "usage": cost,
+        "events": 1,
+    }
 
 
 def test_api_job_trains_through_the_sensor_and_loads_as_production(
-    client: TestClient, developer: Account, resources: dict
+    client: TestClient, developer: Account, resources: dict, sessions: sessionmaker[Session]
 ) -> None:
     job_id = _submit(client, developer, "zeros-and-ones")
     daemon = Daemon(resources)
@@ -119,6 +180,7 @@ def test_api_job_trains_through_the_sensor_and_loads_as_production(
     job = client.get(f"/v1/training-jobs/{job_id}", headers=developer.headers).json()
     assert job["status"] == "succeeded", job
     assert job["dagster_run_id"] and job["mlflow_run_id"] and job["registered_version"]
+    _charged_for_its_seconds(job, _charges(sessions, job_id, developer.user_id))
     logs = client.get(f"/v1/training-jobs/{job_id}/logs", headers=developer.headers).text
     assert "event: log\ndata: epoch 1/1 " in logs and " loss=" in logs and "event: done" in logs
 
@@ -143,7 +205,43 @@ def test_a_cancel_during_training_ends_the_job_canceled(
         session.execute(
             update(TrainingJob).where(TrainingJob.id == job_id).values(cancel_requested=True)
         )
-    Daemon(resources).tick()
+    Daemon(resources).tick()  # its run then fails, and the failure sensor sees the job ended
     job = client.get(f"/v1/training-jobs/{job_id}", headers=developer.headers).json()
     assert job["status"] == "canceled"
     assert job["registered_version"] is None
+    _charged_for_its_seconds(job, _charges(sessions, job_id, developer.user_id))
+
+
+def test_a_failed_run_charges_nothing(
+    client: TestClient, developer: Account, resources: dict, sessions: sessionmaker[Session]
+) -> None:
+    job_id = _submit(client, developer, "lost-its-data")
+    # The platform loses the job's dataset: its run fails after it started.
+    with session_scope(sessions) as session:
+        session.execute(update(TrainingJob).where(TrainingJob.id == job_id).values(dataset_id=None))
+    Daemon(resources).tick()
+    job = client.get(f"/v1/training-jobs/{job_id}", headers=developer.headers).json()
+    assert job["status"] == "failed" and job["error"]
+    assert job["cost_micros"] == 0
+    charges = _charges(sessions, job_id, developer.user_id)
+    held = job["estimated_cost_micros"]
+    assert charges == {"hold": held, "release": -held, "usage": 0, "events": 0}
+
+
+def test_a_run_past_its_time_limit_is_stopped_uncharged(
+    client: TestClient,
+    developer: Account,
+    resources: dict,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job_id = _submit(client, developer, "too-slow")
+    # A limit the first epoch is sure to pass, as a run whose estimate was far off would.
+    monkeypatch.setattr(training, "time_limit", lambda session, job: 0)
+    Daemon(resources).tick()
+    job = client.get(f"/v1/training-jobs/{job_id}", headers=developer.headers).json()
+    assert job["status"] == "failed" and "time limit of 0 s" in job["error"]
+    assert job["cost_micros"] == 0 and job["registered_version"] is None
+    charges = _charges(sessions, job_id, developer.user_id)
+    held = job["estimated_cost_micros"]
+    assert charges == {"hold": held, "release": -held, "usage": 0, "events": 0}
