@@ -21,6 +21,7 @@ TrainingJobId = Annotated[
 DatasetId = Annotated[str, Path(pattern=id_pattern("ds"), description="a dataset id, `ds_...`")]
 KeyId = Annotated[str, Path(pattern=id_pattern("key"), description="an API key id, `key_...`")]
 UserId = Annotated[str, Path(pattern=id_pattern("usr"), description="a user id, `usr_...`")]
+InvoiceId = Annotated[str, Path(pattern=id_pattern("inv"), description="an invoice id, `inv_...`")]
 ModelName = Annotated[
     str,
     Path(pattern=CATALOG_NAME_PATTERN, description="a catalog model name, as GET /v1/models lists"),

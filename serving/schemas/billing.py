@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
-from goshen.db.models import LedgerEntryKind
+from goshen.db.models import InvoiceStatus, LedgerEntryKind
 from goshen.text import ONE_LINE
 from serving.schemas import PublicBody, RequestBody
 
@@ -65,3 +65,28 @@ class CreditBalancePublic(BaseModel):
     held_micros: int = Field(description="held by jobs that have not ended")
     available_micros: int = Field(description="the balance less what is held: what jobs may use")
     unmetered: bool = Field(description="never refused for want of credit (admins too)")
+
+
+class InvoicePublic(BaseModel):
+    """A user's statement for a UTC month; its files download by signed, expiring URL."""
+
+    id: str
+    user_id: str
+    month: str = Field(description="the UTC month, `YYYY-MM`")
+    status: InvoiceStatus = Field(
+        description="`draft` until the grace period after the month, then `finalized` for good"
+    )
+    opening_balance_micros: int
+    closing_balance_micros: int
+    inference_micros: int = Field(description="generation and predictions, in micro-credits")
+    training_micros: int
+    storage_micros: int
+    total_micros: int = Field(description="what the month cost: inference, training and storage")
+    credits_added_micros: int = Field(description="grants and adjustments in the month")
+    line_count: int
+    html_url: str | None = Field(description="the rendered invoice; null until it is written")
+    parquet_url: str | None = Field(description="its lines as Parquet; null until written")
+    urls_expire_at: datetime = Field(description="when `html_url` and `parquet_url` stop working")
+    created_at: datetime
+    updated_at: datetime
+    finalized_at: datetime | None
