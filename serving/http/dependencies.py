@@ -10,8 +10,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from goshen import accounts
+from goshen import accounts, keys
 from goshen.accounts import Principal
+from goshen.billing.rate_limits import RouteClass, route_class
 from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import utcnow
@@ -81,22 +82,28 @@ async def get_principal(
     Cached in memory (serving.http.principal_cache: a revocation anywhere drops the cache before the
     next request), else read through the read-only engine, so authentication never waits for
     the write lock; the once-a-minute last_used_at is a write of its own. Async, so a cached
-    key costs no hop to a worker thread.
+    key costs no hop to a worker thread. The request then counts against the key's rate limit
+    for its route's class (serving.http.rate_limits).
     """
     if credentials is None:
         raise _unauthorized("missing API key: send `Authorization: Bearer gsk_...`")
-    return await principal_for(request, credentials.credentials)
+    principal = await principal_for(request, credentials.credentials)
+    counted_as = route_class(request.method, request.scope["path"])
+    await api_state(request).rate_limits.admit(request.scope, principal.key.id, counted_as)
+    return principal
 
 
-async def authenticate(request: Request, scope: str) -> Principal:
+async def authenticate(request: Request, scope: str, counted_as: RouteClass) -> Principal:
     """What `require_scope(scope)` checks, called directly by the hottest route (/predict),
-    where FastAPI's dependency resolution would cost more than the prediction."""
+    where FastAPI's dependency resolution would cost more than the prediction; the request
+    counts against the key's `counted_as` rate limit."""
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key:
         raise _unauthorized("missing API key: send `Authorization: Bearer gsk_...`")
     principal = await principal_for(request, key.strip())
     if not principal.has_scope(scope):
         raise HTTPException(403, f"this API key lacks the '{scope}' scope")
+    await api_state(request).rate_limits.admit(request.scope, principal.key.id, counted_as)
     return principal
 
 
@@ -104,10 +111,28 @@ async def principal_for(request: Request, plaintext: str) -> Principal:
     """The principal of a presented key: from the cache, else the read-only engine."""
     principal = api_state(request).principals.get(plaintext)
     if principal is None:
-        principal = await run_in_threadpool(_look_up, request, plaintext)
+        principal = await _look_up_unless_refused(request, plaintext)
     if accounts.needs_touch(principal.key):
         await run_in_threadpool(_touch, request, principal.key.id)
         principal.key.last_used_at = utcnow()
+    return principal
+
+
+async def _look_up_unless_refused(request: Request, plaintext: str) -> Principal:
+    """Look a key up, counting a failure against the client's address; past the address's
+    failed-authentication limit, only keys this process has seen authenticate are looked up
+    (serving.http.rate_limits), so that guessing learns nothing more."""
+    rate_limits = api_state(request).rate_limits
+    # Behind a proxy, the proxy's address unless uvicorn's --forwarded-allow-ips trusts it.
+    address = request.client.host if request.client else "unknown"
+    key_hash = keys.hash_key(plaintext)
+    await rate_limits.refuse_address(address, key_hash)
+    try:
+        principal = await run_in_threadpool(_look_up, request, plaintext)
+    except HTTPException:
+        await rate_limits.count_failure(address)
+        raise
+    rate_limits.remember(key_hash)
     return principal
 
 

@@ -5,7 +5,8 @@ Routes declare the answers that are theirs (a 409 when a job already ended, a 42
 ones every route of a kind shares are added here from what the route is, so none is forgotten:
 
 - an API key in `Authorization` (the route's security): 401 without a valid one, 403 when it
-  lacks the route's scope or is not an admin's;
+  lacks the route's scope or is not an admin's, 429 over the key's rate limit or its address's
+  failed authentications (serving.http.rate_limits);
 - an id or name in the path: 404 when it names nothing this key may see, a malformed one included;
 - a body: 400 when it cannot be parsed (JSON nested too deep, a number too large), 413 past the
   size limit, 415 in another content type, 422 when a field is wrong;
@@ -29,6 +30,7 @@ from serving.http.problems import (
     PROBLEM_JSON,
     InsufficientCreditProblem,
     Problem,
+    RateLimitProblem,
     SpendCapProblem,
 )
 
@@ -48,6 +50,25 @@ NOT_JSON = "the body is not JSON: send it with Content-Type: application/json"
 INVALID = "a parameter or a field of the body is invalid: `errors` names each and what to fix"
 SERVER_ERROR = "an unexpected error: quote the `request_id`, which the server's log holds too"
 UNAVAILABLE = "a dependency (the database, the registry, the store) does not answer for now"
+RATE_LIMITED = (
+    "over this API key's rate limit for the route's class, or over the failed authentications "
+    "allowed from the client's address: try again after `Retry-After` seconds"
+)
+_RATE_LIMIT_HEADERS = {
+    "Retry-After": {
+        "description": "seconds until a retry may succeed",
+        "schema": {"type": "integer"},
+    },
+    "RateLimit-Policy": {
+        "description": "the policy exceeded (draft-ietf-httpapi-ratelimit-headers), e.g. "
+        '`"generate";q=600;w=60`',
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {
+        "description": 'what remains of it, e.g. `"generate";r=0;t=12`',
+        "schema": {"type": "string"},
+    },
+}
 
 # (the creating operation's path, the path parameter, the field of its 201 answer that fills it,
 # the path of what it created): linked to every operation on that path and below it.
@@ -90,7 +111,7 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name in _FASTAPI_VALIDATION:
         schemas.pop(name, None)
-    for model in (Problem, InsufficientCreditProblem, SpendCapProblem):
+    for model in (Problem, InsufficientCreditProblem, SpendCapProblem, RateLimitProblem):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -116,6 +137,7 @@ def _complete_operation(path: str, operation: dict[str, Any]) -> None:
     if operation.get("security"):
         add(401, UNAUTHORIZED)
         add(403, FORBIDDEN_ADMIN if path.startswith("/v1/admin/") else FORBIDDEN)
+        _add_rate_limited(responses)
     if any(parameter["in"] == "path" for parameter in parameters):
         add(404, NOT_FOUND)
     if body is not None:
@@ -134,6 +156,17 @@ def _complete_operation(path: str, operation: dict[str, Any]) -> None:
     for status, response in responses.items():
         if int(status) >= 400 and _describes_no_body(response):
             response["content"] = {PROBLEM_JSON: {"schema": _PROBLEM_REF}}
+
+
+def _add_rate_limited(responses: dict[str, Any]) -> None:
+    """429 with its headers; a route's own 429 (a cap) keeps its description and the generic
+    Problem schema, which the rate limit's body fits too."""
+    own = responses.get("429")
+    if own is None:
+        responses["429"] = problem_response(RATE_LIMITED, "RateLimitProblem")
+    else:
+        own["description"] = f"{own['description']}; or {RATE_LIMITED}"
+    responses["429"].setdefault("headers", {}).update(_RATE_LIMIT_HEADERS)
 
 
 def _describes_no_body(response: dict[str, Any]) -> bool:

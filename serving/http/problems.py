@@ -17,7 +17,14 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from goshen.errors import GoshenError, InvalidInputError, RateLimitedError, UnavailableError
+from goshen.billing.rate_limits import Policy
+from goshen.errors import (
+    GoshenError,
+    InvalidInputError,
+    RateLimitedError,
+    RateLimitExceededError,
+    UnavailableError,
+)
 
 PROBLEM_JSON = "application/problem+json"
 # How long a client should wait before trying again when the database does not answer.
@@ -69,6 +76,19 @@ class SpendCapProblem(Problem):
     spent: int = Field(description="what the key spent this month (UTC), in micro-credits")
     held: int = Field(description="what the key's unfinished requests hold, in micro-credits")
     required: int = Field(description="what the request may cost at most, in micro-credits")
+
+
+class RateLimitProblem(Problem):
+    """429: over a rate limit; `Retry-After`, `RateLimit-Policy` and `RateLimit` say when to
+    try again."""
+
+    type: str = Field(default="/problems/rate-limit-exceeded")
+    policy: str = Field(
+        description="the limit: `generate`, `predict` or `default` (per API key), or "
+        "`failed-auth` (failed authentications per client address)"
+    )
+    quota: int = Field(description="requests the policy allows per window")
+    window_seconds: int = Field(description="the policy's window, in seconds")
 
 
 def problem(
@@ -198,6 +218,13 @@ async def _goshen_error(_request: Request, exc: Exception) -> JSONResponse:
     headers = None
     if isinstance(exc, RateLimitedError | UnavailableError):
         headers = {"Retry-After": str(exc.retry_after_seconds)}
+    if isinstance(exc, RateLimitExceededError):
+        policy = Policy(exc.policy, exc.quota, exc.window_seconds)
+        headers = {
+            **(headers or {}),
+            "RateLimit-Policy": policy.policy_field,
+            "RateLimit": policy.state_field(0, exc.retry_after_seconds),
+        }
     return problem(
         exc.status_code,
         str(exc),
