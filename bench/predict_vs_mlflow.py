@@ -175,6 +175,8 @@ def goshen_environment(home: Path, tracking_uri: str, port: int) -> dict[str, st
         "GOSHEN_API_PORT": str(port),
         "GOSHEN_MLFLOW_TRACKING_URI": tracking_uri,
         "GOSHEN_LOG_LEVEL": "WARNING",
+        # /predict is charged: credit enough that no run ends in 402s.
+        "GOSHEN_NEW_USER_CREDITS": "1000000000",
     }
 
 

@@ -23,13 +23,16 @@ from serving.http.metrics import ApiMetrics, install_metrics
 from serving.http.openapi import install_openapi
 from serving.http.principal_cache import PrincipalCache
 from serving.http.problems import install_problem_handlers
+from serving.http.rate_limits import RateLimitPolicyHeader, RateLimits
 from serving.http.state import ApiState
 from serving.jobs.effects import JobEffects
 from serving.jobs.watch import JobWatcher
+from serving.predict.credit import PredictCredit
 from serving.predict.metering import UsageRecorder
 from serving.predict.models import PredictModels
 from serving.routes import (
     admin,
+    admin_billing,
     admin_credits,
     admin_models,
     credits,
@@ -37,12 +40,15 @@ from serving.routes import (
     files,
     generate,
     health,
+    invoices,
     jobs,
     keys,
     model_uploads,
     models,
     predict,
+    stripe_webhook,
     training,
+    usage,
     webhooks,
 )
 
@@ -91,6 +97,12 @@ def build_state(settings: Settings, metrics: ApiMetrics) -> ApiState:
         catalog=CatalogCache(read_sessions),
         predict_models=PredictModels(settings, RegistrySync(settings), metrics),
         usage=UsageRecorder(sessions),
+        predict_credit=(
+            PredictCredit(sessions, chunk_micros=settings.predict_credit_chunk_micros)
+            if settings.billing_enabled
+            else None
+        ),
+        rate_limits=RateLimits(settings),
     )
 
 
@@ -102,6 +114,8 @@ def running(state: ApiState) -> Iterator[None]:
     # out of the cyclic collector's passes, whose full sweeps of it stall every request.
     gc.freeze()
     state.usage.start()
+    if state.predict_credit is not None:
+        state.predict_credit.start()
     # In the background, entries awaiting their alias follow the registry and live ONNX models
     # load, and both keep following from then on; /readyz answers 503 until the first pass ran
     # and the public live models have loaded.
@@ -118,6 +132,8 @@ def running(state: ApiState) -> Iterator[None]:
     finally:
         reconciler_stop.set()
         reconciler.join(timeout=10)
+        if state.predict_credit is not None:
+            state.predict_credit.stop()
         state.usage.stop()
         state.predict_models.close()
         state.job_watcher.stop()
@@ -147,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_request_bytes,
         exempt=(("POST", "/v1/datasets"), ("POST", "/v1/models")),
     )
+    app.add_middleware(RateLimitPolicyHeader)
     metrics = install_metrics(app)
     install_problem_handlers(app)
     routers = (
@@ -155,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keys,
         admin,
         admin_credits,
+        admin_billing,
         admin_models,
         files,
         datasets,
@@ -165,6 +183,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate,
         jobs,
         credits,
+        usage,
+        invoices,
+        stripe_webhook,
     )
     for router in (module.router for module in routers):
         # FastAPI would answer a text/plain body to a JSON route with 422s about its fields.

@@ -12,8 +12,10 @@ from goshen.storage import ArtifactStore
 from serving.catalog.cache import CatalogCache
 from serving.http.metrics import ApiMetrics
 from serving.http.principal_cache import PrincipalCache
+from serving.http.rate_limits import RateLimits
 from serving.jobs.effects import JobEffects
 from serving.jobs.watch import JobWatcher
+from serving.predict.credit import PredictCredit
 from serving.predict.metering import UsageRecorder
 from serving.predict.models import PredictModels
 
@@ -35,3 +37,5 @@ class ApiState:
     catalog: CatalogCache
     predict_models: PredictModels
     usage: UsageRecorder
+    predict_credit: PredictCredit | None  # None: billing is off
+    rate_limits: RateLimits

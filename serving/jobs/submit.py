@@ -107,7 +107,14 @@ def submit(
     )
     try:
         enqueue(session, job)
-        hold_credit(session, principal, job, model, model_input.num_images)
+        hold_credit(
+            session,
+            principal,
+            job,
+            model,
+            model_input.num_images,
+            billing_enabled=settings.billing_enabled,
+        )
         session.commit()
     except IntegrityError:
         # The same key, sent concurrently, made its job first.
@@ -120,11 +127,19 @@ def submit(
 
 
 def hold_credit(
-    session: Session, principal: Principal, job: Job, model: Model, images: int
+    session: Session,
+    principal: Principal,
+    job: Job,
+    model: Model,
+    images: int,
+    *,
+    billing_enabled: bool = True,
 ) -> None:
     """Hold the most `job` (flushed) may cost, in the transaction that queues it: refused with
     402 when the account's available credit is short (unless it is an admin's or unmetered),
-    or when it would take the key past its monthly spend cap."""
+    or when it would take the key past its monthly spend cap. Nothing with billing off."""
+    if not billing_enabled:
+        return
     user = principal.user
     ledger.hold(
         session,

@@ -20,11 +20,13 @@ from starlette.concurrency import run_in_threadpool
 
 from goshen import catalog
 from goshen.accounts import Principal
+from goshen.billing.rate_limits import RouteClass
 from goshen.db.models import Model, ModelKind, ModelStatus
 from goshen.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from serving.catalog.cache import CatalogCache
 from serving.http.content_type import require_json
 from serving.http.dependencies import ApiStateDep, api_state, authenticate
+from serving.http.openapi import problem_response
 from serving.http.paths import ModelName
 from serving.predict.metering import UsageRecorder
 from serving.predict.models import LOAD_RETRY_SECONDS, ModelLoadError
@@ -90,6 +92,12 @@ def _body_inputs(raw: bytes) -> Any:
     },
     responses={
         200: {"description": '`{"outputs": {...}}`; classifiers add `labels` and `probabilities`'},
+        402: problem_response(
+            "the account's available credit is short of what this request may cost, or it "
+            "would take this API key past its monthly spend cap",
+            "InsufficientCreditProblem",
+            "SpendCapProblem",
+        ),
         404: {"description": "no such model, or not one this key may call"},
         409: {"description": "the model is not deployed (undeployed, failed or deploying)"},
         422: {"description": "an input is missing, unknown, or of the wrong shape or dtype"},
@@ -98,9 +106,11 @@ def _body_inputs(raw: bytes) -> Any:
 async def predict(name: ModelName, request: Request, state: ApiStateDep) -> Response:
     """Run the model's live ONNX version on the inputs; each caller gets exactly its own rows.
 
+    What the request may cost is taken from credit before the model runs (402 when short).
+
     Needs a key with the `predict` scope.
     """
-    principal = await authenticate(request, "predict")
+    principal = await authenticate(request, "predict", RouteClass.predict)
     if _CATALOG_NAME.fullmatch(name) is None:  # what FastAPI's validation of the path would do
         raise NotFoundError(f"no model named {name!r}; model names match {CATALOG_NAME_PATTERN}")
     require_json(request)
@@ -121,8 +131,17 @@ async def predict(name: ModelName, request: Request, state: ApiStateDep) -> Resp
     loaded.last_used = time.monotonic()
     feeds = loaded.onnx.check_inputs(inputs, max_rows=state.settings.predict_max_rows)
     rows = loaded.onnx.rows(feeds)
-    outputs, seconds = await loaded.batcher.predict(feeds, rows)
-    _meter(state.usage, model, principal, rows, seconds)
+    credit = state.predict_credit
+    reserved = await credit.reserve(principal, model, rows) if credit is not None else 0
+    try:
+        outputs, seconds = await loaded.batcher.predict(feeds, rows)
+    except BaseException:
+        if credit is not None:
+            credit.settle(principal, reserved, 0)  # nothing ran for this caller: no charge
+        raise
+    cost = _meter(state.usage, model, principal, rows, seconds)
+    if credit is not None:
+        credit.settle(principal, reserved, cost)
     return Response(loaded.onnx.answer(outputs), media_type="application/json")
 
 
@@ -143,9 +162,9 @@ async def _callable_model(cache: CatalogCache, name: str, user_id: str) -> Model
 
 def _meter(
     usage: UsageRecorder, model: Model, principal: Principal, rows: int, seconds: float
-) -> None:
+) -> int:
     """One usage event per request; a per-image price counts the rows, a per-second one this
-    request's share (by rows) of the model call that computed it."""
+    request's share (by rows) of the model call that computed it. What the request cost."""
     quantity, cost = catalog.price(model, images=rows, seconds=seconds)
     usage.record(
         user_id=principal.user.id,
@@ -159,3 +178,4 @@ def _meter(
         images=None,
         seconds=seconds,
     )
+    return cost

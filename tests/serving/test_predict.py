@@ -366,3 +366,45 @@ def test_a_patch_cannot_blank_required_fields(
         assert response.json()["errors"][0]["field"].endswith(field)
     back_to_defaults = api.patch(path, json={"max_batch_size": None}, headers=admin.headers)
     assert back_to_defaults.status_code == 200 and back_to_defaults.json()["max_batch_size"] is None
+
+
+def test_a_request_without_credit_is_a_402_before_the_model_runs_and_credit_is_charged(
+    api: TestClient,
+    developer: Account,
+    classifier: dict[str, Any],
+    sessions: sessionmaker[Session],
+) -> None:
+    """The classifier costs 250 micro-credits a request: what is served is captured once the
+    process ends its chunk, and an account that cannot pay gets the 402 problem."""
+    from goshen import accounts
+    from goshen.billing import ledger
+    from goshen.db import session_scope
+
+    with session_scope(sessions) as session:
+        user = accounts.create_user(
+            session,
+            email=f"{secrets.token_hex(4)}@example.com",
+            role=Role.developer,
+            credits_micros=0,
+        )
+        _, plaintext = accounts.issue_key(session, user, name="broke")
+    broke = Account(user.id, "", plaintext)
+    refused = _predict(api, broke, classifier["name"], {"features": ROWS[:1].tolist()})
+    assert refused.status_code == 402, refused.text
+    assert refused.json()["type"] == "/problems/insufficient-credit"
+    assert refused.json()["required"] == 250
+
+    for _ in range(3):
+        assert _predict(
+            api, developer, classifier["name"], {"features": ROWS[:1].tolist()}
+        ).is_success
+    state = api.app.state.api
+    state.predict_credit.stop()
+    state.usage.flush()
+    with sessions() as session:
+        assert session.scalar(select(func.count()).where(UsageEvent.user_id == user.id)) == 0, (
+            "a refused request is not metered"
+        )
+        balance = ledger.current(session, developer.user_id)
+        granted = api.app.state.api.settings.new_user_credits_micros
+        assert (balance.balance_micros, balance.held_micros) == (granted - 3 * 250, 0)
