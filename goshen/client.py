@@ -88,9 +88,25 @@ class GoshenClient:
         response = self._http.get("/readyz")
         return _json_object(response.json(), "GET /readyz")
 
-    def create_key(self, name: str, scopes: list[str] | None = None) -> dict[str, Any]:
+    def create_key(
+        self,
+        name: str,
+        scopes: list[str] | None = None,
+        monthly_spend_cap_micros: int | None = None,
+    ) -> dict[str, Any]:
         """A new key for the caller; the secret is in `["key"]`, returned this once only."""
-        return self._object("POST", "/v1/keys", json=_without_none(name=name, scopes=scopes))
+        body = _without_none(
+            name=name, scopes=scopes, monthly_spend_cap_micros=monthly_spend_cap_micros
+        )
+        return self._object("POST", "/v1/keys", json=body)
+
+    def update_key(self, key_id: str, **changes: Any) -> dict[str, Any]:
+        """Rename a key or set its `monthly_spend_cap_micros` (None removes the cap)."""
+        return self._object("PATCH", f"/v1/keys/{key_id}", json=changes)
+
+    def balance(self) -> dict[str, Any]:
+        """`balance_micros`, `held_micros` and `available_micros` of the caller's account."""
+        return self._object("GET", "/v1/credits/balance")
 
     def list_keys(self) -> list[dict[str, Any]]:
         return list(self.paginate("/v1/keys"))

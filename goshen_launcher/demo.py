@@ -15,22 +15,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from goshen import accounts, dagster_runs, registry
+from goshen.billing.money import credits
 from goshen.catalog import DIGITS_CLASSIFIER, DIGITS_DIFFUSION
 from goshen.client import GoshenAPIError, GoshenClient
 from goshen.config import Settings
 from goshen.db import make_engine, make_sessionmaker, session_scope
-from goshen.db.models import Role
+from goshen.db.models import Role, utcnow
 from goshen.runtimes.diffusion import to_png_grid
 
 DEMO_ADMIN_EMAIL = "admin@goshen.local"
 DEMO_DEVELOPER_EMAIL = "developer@goshen.local"
 DAGSTER_LOCATION = "goshen"  # workspace.yaml
 DIGITS_JOB = "digits_models"
+BILLING_JOB = "billing_daily"  # usage_daily and storage_daily for one UTC day
 GRID_ROWS = 8
 RUN_POLL_SECONDS = 2.0
 # Step transitions and the assets' own log lines (messages without an engine event type).
@@ -76,6 +79,7 @@ def walkthrough(settings: Settings, say: Callable[[str], None] = print) -> None:
     grid = generate_digits_grid(settings, developer_key, say)
     say(f"generated digits, one per column: {grid.path}")
     read_digits(settings, developer_key, grid, say)
+    roll_up_usage(settings, say)
 
 
 def key_walkthrough(settings: Settings, say: Callable[[str], None] = print) -> str:
@@ -155,6 +159,18 @@ def _worth_showing(message: dagster_runs.RunMessage) -> bool:
     return epoch is None or int(epoch[1]) % 5 == 0 or epoch[1] == epoch[2]
 
 
+def roll_up_usage(settings: Settings, say: Callable[[str], None] = print) -> None:
+    """Materialize today's usage and storage rollups in Dagster, as the daily schedule does
+    after midnight, so the demo's usage shows in the UI now."""
+    dagster = settings.local_url(settings.dagster_port)
+    today = utcnow().date().isoformat()
+    run_id = dagster_runs.launch_job(dagster, DAGSTER_LOCATION, BILLING_JOB, partition=today)
+    status = _follow_run(dagster, run_id, say)
+    if status != "SUCCESS":
+        raise RuntimeError(f"the Dagster run {run_id} ended {status}; see {dagster}/runs/{run_id}")
+    say(f"usage_daily for {today} is materialized: {dagster}/assets/usage_daily")
+
+
 @dataclass(frozen=True)
 class DigitsGrid:
     """The saved grid, and its images (N, H, W) in [0, 255] with the digit each was asked for."""
@@ -172,6 +188,8 @@ def generate_digits_grid(
 ) -> DigitsGrid:
     """Generate GRID_ROWS images of each digit through the API and save them as one grid."""
     with GoshenClient(settings.api_url, api_key, timeout=120) as developer:
+        before = developer.balance()
+        say(f"developer's credit: {_credit_line(before)}")
         jobs = [
             developer.generate(model, {"digit": digit, "num_images": GRID_ROWS, "seed": digit})
             for digit in range(10)
@@ -190,10 +208,17 @@ def generate_digits_grid(
                     for image in finished["output"]["images"]
                 ]
             )
+            say(
+                f"  {job['id']} (digit {len(columns) - 1}) cost "
+                f"{credits(finished['cost_micros'] or 0)} credits"
+            )
         metrics = finished["metrics"]
         say(
             f"10 jobs succeeded; the last ran {metrics['run_seconds']:.2f} s on {metrics['device']}"
         )
+        after = developer.balance()
+        spent = before["balance_micros"] - after["balance_micros"]
+        say(f"developer's credit: {_credit_line(after)} ({credits(spent)} credits spent)")
     rows = [columns[digit][row] for row in range(GRID_ROWS) for digit in range(10)]
     path = settings.home_dir / "demo-digits.png"
     images = np.stack(rows)
@@ -224,6 +249,13 @@ def read_digits(
         f"digit asked for, in one POST /v1/models/{model}/predict"
     )
     return share
+
+
+def _credit_line(balance: dict[str, Any]) -> str:
+    return (
+        f"balance {credits(balance['balance_micros'])} credits, "
+        f"{credits(balance['available_micros'])} available"
+    )
 
 
 def _pixels(png: bytes) -> np.ndarray:

@@ -79,6 +79,9 @@ def test_the_developer_generates_a_grid_of_digits_and_has_them_read_back(
     assert grid.images.shape == (10 * demo.GRID_ROWS, 8, 8)
     assert grid.asked.tolist()[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
     assert any("10 jobs succeeded" in line for line in said)
+    credit_lines = [line for line in said if line.startswith("developer's credit: ")]
+    assert len(credit_lines) == 2 and "spent)" in credit_lines[-1], said
+    assert sum(" cost " in line and line.endswith(" credits") for line in said) == 10, said
     assert 0.0 <= share <= 1.0
     assert said[-1].startswith("demo-judge read ") and f"of {10 * demo.GRID_ROWS} " in said[-1]
 

@@ -223,6 +223,9 @@ def test_demo_trains_the_digits_models_and_saves_a_grid_of_recognizable_digits(
     )
     assert served is not None, demo_platform.text()[-3000:]
     assert int(served.group(1)) >= 0.9 * int(served.group(2)), served.group(0)
+    # The developer's spending, and today's usage rollup in the Dagster UI.
+    assert "credits spent)" in demo_platform.text(), demo_platform.text()[-3000:]
+    _wait_for(lambda: "usage_daily for " in demo_platform.text(), demo_platform, "the usage rollup")
     demo_platform.process.send_signal(signal.SIGINT)
     assert demo_platform.process.wait(timeout=60) == 0, demo_platform.text()
 
