@@ -177,7 +177,7 @@ class Settings(BaseSettings):
     @classmethod
     def _is_rate_limit(cls, value: str) -> str:
         rate = RATE_LIMIT.fullmatch(value.strip().lower())
-        if rate is None or int(rate.group("quota")) < 1 or rate.group("multiple") == "0":
+        if rate is None or int(rate.group("quota")) < 1 or int(rate.group("multiple") or 1) == 0:
             raise ValueError(
                 f"{value!r} is not a rate limit; write '<quota>/<window>' with a quota of at "
                 "least 1, such as 600/minute, 100/10 seconds or 5000 per hour"

@@ -205,10 +205,13 @@ def settle(
     """End a hold: capture its cost (never more than the hold) and release the rest; a job
     that did not succeed costs 0. What was captured; 0 when there is no hold.
 
-    Once only: a hold that already ended (a second end, whatever its outcome) moves no credit.
-    Grants that expired while the hold was open are written off first, while the hold still
-    reserves its part of them (see `lock`). The capture and release name the hold's key."""
+    Once only: a hold that already ended (a second end, whatever its outcome) moves no credit;
+    the user's balance row is locked before the hold is read, so two concurrent ends (a worker
+    and recovery, a /predict chunk's process and a sweep) see each other. Grants that expired
+    while the hold was open are written off first, while the hold still reserves its part of
+    them (see `lock`). The capture and release name the hold's key."""
     source = _source(job_id, source)
+    lock(session, user_id)
     found = session.execute(
         select(CreditLedgerEntry.held_micros, CreditLedgerEntry.api_key_id).where(
             CreditLedgerEntry.source == source, CreditLedgerEntry.kind == LedgerEntryKind.hold
@@ -225,7 +228,6 @@ def settle(
     )
     if ended is not None:
         return 0
-    lock(session, user_id)
     captured = max(0, min(cost_micros, held))
     if captured:
         post(

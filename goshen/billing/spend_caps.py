@@ -4,7 +4,7 @@ A key may carry `monthly_spend_cap_micros`. Every ledger entry that names a key 
 for the current month (UTC) in `api_key_spend`, in the entry's transaction: captures and charges
 add to `spent_micros`, holds, captures and releases move `held_micros`. A hold is checked
 against the cap as spent this month plus everything the key holds now (holds placed last month
-included), so a key never spends past its cap, whatever its jobs end up costing. Checks run
+included), and a capture never exceeds its hold: a key never spends past its cap. Checks run
 under the user's balance lock (goshen.billing.ledger.lock), so a key's concurrent holds see
 each other.
 """

@@ -24,6 +24,7 @@ next chunk: the balance never goes below zero, since a capture never exceeds its
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import threading
@@ -32,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -40,7 +41,14 @@ from goshen import catalog
 from goshen.accounts import Principal
 from goshen.billing import ledger, spend_caps
 from goshen.db import session_scope
-from goshen.db.models import CreditLedgerEntry, LedgerEntryKind, Model, PricingUnit, Role, utcnow
+from goshen.db.models import (
+    LedgerEntryKind,
+    Model,
+    PredictCreditChunk,
+    PricingUnit,
+    Role,
+    utcnow,
+)
 from goshen.errors import GoshenError, InsufficientCreditError, SpendCapExceededError
 from goshen.ids import new_id
 
@@ -83,7 +91,9 @@ class PredictCredit:
         self._carried: dict[str, int] = {}  # spent past a chunk that ended: the next one pays
         self._unended: list[tuple[str, _Chunk]] = []  # chunks whose end failed, to retry
         self._lock = threading.Lock()  # the event loop and the rotating thread share the dicts
-        self._refilling: dict[str, threading.Lock] = {}
+        # One refill per key at a time, awaited on the event loop: requests waiting for it hold
+        # no worker thread.
+        self._refilling: dict[str, asyncio.Lock] = {}
         # Keys refused credit lately: until when, for requests reserving at least how much.
         self._refusals: dict[str, tuple[float, int, GoshenError]] = {}
         self._sequence = itertools.count(1)
@@ -107,14 +117,23 @@ class PredictCredit:
         runs). What was reserved, for `settle`."""
         reserved = reservation(model, rows)
         key_id = principal.key.id
+        if self._take(key_id, reserved):
+            return reserved
+        refilling = self._refilling.setdefault(key_id, asyncio.Lock())
+        async with refilling:
+            if not self._take(key_id, reserved):  # unless the refill before made room
+                await run_in_threadpool(self._refill, principal, reserved)
+        return reserved
+
+    def _take(self, key_id: str, reserved: int) -> bool:
+        """Reserve from the key's chunk if it has room; whether it had."""
         with self._lock:
             chunk = self._chunks.get(key_id)
-            if chunk is not None and chunk.left >= reserved:
-                chunk.used += reserved
-                chunk.last_used = time.monotonic()
-                return reserved
-        await run_in_threadpool(self._refill, principal, reserved)
-        return reserved
+            if chunk is None or chunk.left < reserved:
+                return False
+            chunk.used += reserved
+            chunk.last_used = time.monotonic()
+            return True
 
     def settle(self, principal: Principal, reserved: int, cost_micros: int) -> None:
         """Count what the request cost instead of what it reserved."""
@@ -129,43 +148,34 @@ class PredictCredit:
                 self._carried[key_id] = self._carried.get(key_id, 0) + cost_micros - reserved
 
     def _refill(self, principal: Principal, reserved: int) -> None:
-        """End the key's chunk and hold the next, with `reserved` of it taken; one refill per
-        key at a time, and none when another refill already made room. A refusal is
-        remembered for REFUSAL_SECONDS, so a client without credit costs no transaction per
-        request."""
+        """End the key's chunk and hold the next, with `reserved` of it taken (one refill per
+        key at a time: see `reserve`). A refusal is remembered for REFUSAL_SECONDS, so a client
+        without credit costs no transaction per request."""
         key_id = principal.key.id
         with self._lock:
-            refilling = self._refilling.setdefault(key_id, threading.Lock())
-        with refilling:
-            with self._lock:
-                chunk = self._chunks.get(key_id)
-                if chunk is not None and chunk.left >= reserved:
-                    chunk.used += reserved
-                    chunk.last_used = time.monotonic()
-                    return
-                refusal = self._refusals.get(key_id)
-                if refusal is not None and refusal[0] > time.monotonic() and refusal[1] <= reserved:
-                    raise refusal[2]
-                old = self._chunks.pop(key_id, None)
-                carried = self._carried.pop(key_id, 0)
-            try:
-                with session_scope(self.sessions) as session:
-                    over = _end(session, old) if old is not None else 0
-                    new = self._hold(session, principal, carried + over + reserved)
-            except BaseException as exc:
-                with self._lock:  # nothing was written: the old chunk goes on as it was
-                    if old is not None:
-                        self._chunks[key_id] = old
-                    if carried:
-                        self._carried[key_id] = self._carried.get(key_id, 0) + carried
-                    if isinstance(exc, InsufficientCreditError | SpendCapExceededError):
-                        until = time.monotonic() + REFUSAL_SECONDS
-                        self._refusals[key_id] = (until, reserved, exc)
-                raise
-            new.used = carried + over + reserved
-            with self._lock:
-                self._chunks[key_id] = new
-                self._refusals.pop(key_id, None)
+            refusal = self._refusals.get(key_id)
+            if refusal is not None and refusal[0] > time.monotonic() and refusal[1] <= reserved:
+                raise refusal[2]
+            old = self._chunks.pop(key_id, None)
+            carried = self._carried.pop(key_id, 0)
+        try:
+            with session_scope(self.sessions) as session:
+                over = _end(session, old) if old is not None else 0
+                new = self._hold(session, principal, carried + over + reserved)
+        except BaseException as exc:
+            with self._lock:  # nothing was written: the old chunk goes on as it was
+                if old is not None:
+                    self._chunks[key_id] = old
+                if carried:
+                    self._carried[key_id] = self._carried.get(key_id, 0) + carried
+                if isinstance(exc, InsufficientCreditError | SpendCapExceededError):
+                    until = time.monotonic() + REFUSAL_SECONDS
+                    self._refusals[key_id] = (until, reserved, exc)
+            raise
+        new.used = carried + over + reserved
+        with self._lock:
+            self._chunks[key_id] = new
+            self._refusals.pop(key_id, None)
 
     def _hold(self, session: Session, principal: Principal, need: int) -> _Chunk:
         """Hold the key's next chunk: the most it may, and at least `need`."""
@@ -189,6 +199,7 @@ class PredictCredit:
             api_key_id=key.id,
             spend_cap_micros=key.monthly_spend_cap_micros,
         )
+        session.add(PredictCreditChunk(source=source, user_id=user.id))
         return _Chunk(source, user.id, size)
 
     def _run(self) -> None:
@@ -197,8 +208,7 @@ class PredictCredit:
                 self._end_chunks(_due)
                 if time.monotonic() - self._last_sweep >= SWEEP_SECONDS:
                     self._last_sweep = time.monotonic()
-                    with session_scope(self.sessions) as session:
-                        release_stale_chunks(session, timedelta(seconds=STALE_SECONDS))
+                    release_stale_chunks(self.sessions, timedelta(seconds=STALE_SECONDS))
             except Exception:
                 log.exception("could not end predict credit chunks; retrying")
 
@@ -242,33 +252,26 @@ def _end(session: Session, chunk: _Chunk) -> int:
     captured (also when it was ended before: by this process, whose answer was lost, or by a
     sweep, which captured nothing)."""
     ledger.settle(session, user_id=chunk.user_id, source=chunk.source, cost_micros=chunk.used)
+    session.execute(delete(PredictCreditChunk).where(PredictCreditChunk.source == chunk.source))
     capture = ledger.entry(session, chunk.source, LedgerEntryKind.capture)
     captured = -capture.amount_micros if capture is not None else 0
     return max(0, chunk.used - captured)
 
 
-def release_stale_chunks(session: Session, older_than: timedelta) -> int:
+def release_stale_chunks(sessions: sessionmaker[Session], older_than: timedelta) -> int:
     """Release, uncharged, the /predict chunks that no process ended within `older_than` of
-    their hold (their process died); how many."""
+    their hold (their process died); how many. Each in a short transaction of its own, so a
+    sweep never holds the write lock (SQLite) or several users' balances (PostgreSQL) long."""
     cutoff = utcnow() - older_than
-    holds = session.execute(
-        select(CreditLedgerEntry.source, CreditLedgerEntry.user_id).where(
-            CreditLedgerEntry.kind == LedgerEntryKind.hold,
-            CreditLedgerEntry.created_at < cutoff,
-            CreditLedgerEntry.created_at >= cutoff - timedelta(days=7),
-            CreditLedgerEntry.source.startswith(SOURCE_PREFIX, autoescape=True),
-        )
-    ).all()
-    released = 0
-    for source, user_id in holds:
-        ended = session.scalar(
-            select(CreditLedgerEntry.id).where(
-                CreditLedgerEntry.source == source,
-                CreditLedgerEntry.kind.in_([LedgerEntryKind.capture, LedgerEntryKind.release]),
-            )
-        )
-        if ended is None:
+    with sessions() as session:
+        stale = session.execute(
+            select(PredictCreditChunk.source, PredictCreditChunk.user_id)
+            .where(PredictCreditChunk.created_at < cutoff)
+            .order_by(PredictCreditChunk.created_at)
+        ).all()
+    for source, user_id in stale:
+        with session_scope(sessions) as session:
             ledger.settle(session, user_id=user_id, source=source, cost_micros=0)
-            log.warning("released predict credit chunk %s that no process ended", source)
-            released += 1
-    return released
+            session.execute(delete(PredictCreditChunk).where(PredictCreditChunk.source == source))
+        log.warning("released predict credit chunk %s that no process ended", source)
+    return len(stale)

@@ -6,8 +6,9 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from goshen import accounts
+from goshen.accounts import Principal
 from goshen.db.models import ApiKey
-from goshen.errors import ConflictError
+from goshen.errors import ConflictError, PermissionDeniedError
 from serving.http.dependencies import KeysPrincipal, PrincipalsDep, SessionDep
 from serving.http.pagination import Cursor, Limit, Page, paginate
 from serving.http.paths import KeyId
@@ -16,9 +17,21 @@ from serving.schemas import KeyCreate, KeyCreated, KeyPublic, KeyUpdate
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
+def _uncapped(principal: Principal, doing: str) -> None:
+    """A key with a monthly spend cap may not make or lift caps: it could otherwise escape its
+    own (a new key without one, or PATCH its cap away)."""
+    if principal.key.monthly_spend_cap_micros is not None:
+        raise PermissionDeniedError(
+            f"this API key has a monthly spend cap, so it cannot {doing}; use a key of this "
+            "account without a cap"
+        )
+
+
 @router.post("", status_code=201)
 def create_key(body: KeyCreate, principal: KeysPrincipal, session: SessionDep) -> KeyCreated:
-    """Create a key; its secret is in this response only."""
+    """Create a key; its secret is in this response only. A key with a spend cap cannot
+    create keys (403)."""
+    _uncapped(principal, "create keys")
     key, plaintext = accounts.issue_key(
         session,
         principal.user,
@@ -54,7 +67,11 @@ def update_key(
     principals: PrincipalsDep,
 ) -> KeyPublic:
     """Rename a key or set its monthly spend cap (`null` removes it); a revoked key cannot
-    change. A new cap applies to the key's next request, in every API process."""
+    change, and only a key without a cap may set caps (403). A new cap applies to the key's
+    next request that needs credit held (a /predict process may spend what it already holds
+    for the key, a chunk of at most GOSHEN_PREDICT_CREDIT_CHUNK_MICROS, for up to 30 s)."""
+    if "monthly_spend_cap_micros" in body.model_fields_set:
+        _uncapped(principal, "set spend caps")
     key = accounts.get_key(session, key_id, owner_id=principal.user.id)
     if key.revoked_at is not None:
         raise ConflictError(f"key {key.id} is revoked; revoked keys cannot change")

@@ -56,8 +56,9 @@ def test_a_key_past_its_cap_gets_402_while_another_key_of_the_account_works(
 def test_a_cap_set_by_patch_applies_to_the_next_request_and_null_removes_it(
     client: TestClient, developer: Account, catalog_model: Model
 ) -> None:
+    manager = _capped_key(client, developer, cap=None)  # an uncapped key manages the caps
     url = f"/v1/keys/{developer.key_id}"
-    capped = client.patch(url, json={"monthly_spend_cap_micros": 0}, headers=developer.headers)
+    capped = client.patch(url, json={"monthly_spend_cap_micros": 0}, headers=manager)
     assert capped.status_code == 200, capped.text
     assert capped.json()["monthly_spend_cap_micros"] == 0
     refused = client.post("/v1/generate", json=_job(catalog_model), headers=developer.headers)
@@ -66,10 +67,30 @@ def test_a_cap_set_by_patch_applies_to_the_next_request_and_null_removes_it(
 
     renamed = client.patch(url, json={"name": "renamed"}, headers=developer.headers).json()
     assert (renamed["name"], renamed["monthly_spend_cap_micros"]) == ("renamed", 0)
-    lifted = client.patch(url, json={"monthly_spend_cap_micros": None}, headers=developer.headers)
+    lifted = client.patch(url, json={"monthly_spend_cap_micros": None}, headers=manager)
     assert lifted.json()["monthly_spend_cap_micros"] is None
     accepted = client.post("/v1/generate", json=_job(catalog_model), headers=developer.headers)
     assert accepted.status_code == 201, accepted.text
+
+
+def test_a_capped_key_cannot_escape_its_cap(
+    client: TestClient, developer: Account, catalog_model: Model
+) -> None:
+    """Neither by making a key without the cap nor by lifting its own: both are 403."""
+    capped = _capped_key(client, developer, cap=PRICE)
+    keys = client.get("/v1/keys", headers=capped).json()["data"]
+    own_id = next(key["id"] for key in keys if key["name"] == "capped")
+    made = client.post("/v1/keys", json={"name": "escape"}, headers=capped)
+    assert made.status_code == 403, made.text
+    assert "spend cap" in made.json()["detail"]
+    for cap in (None, 10 * PRICE):
+        lifted = client.patch(
+            f"/v1/keys/{own_id}", json={"monthly_spend_cap_micros": cap}, headers=capped
+        )
+        assert lifted.status_code == 403, lifted.text
+    assert client.get(f"/v1/keys/{own_id}", headers=capped).json()["monthly_spend_cap_micros"] == (
+        PRICE
+    )
 
 
 def test_bad_patches_say_what_to_fix(

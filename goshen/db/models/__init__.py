@@ -13,6 +13,7 @@ from goshen.db.models.billing import (
     Invoice,
     InvoiceStatus,
     LedgerEntryKind,
+    PredictCreditChunk,
     UsageEvent,
 )
 from goshen.db.models.catalog import (
@@ -51,6 +52,7 @@ __all__ = [
     "ModelKind",
     "ModelRuntime",
     "ModelStatus",
+    "PredictCreditChunk",
     "PricingUnit",
     "Role",
     "TrainingJob",

@@ -67,8 +67,6 @@ class CreditLedgerEntry(Base):
         Index("ix_credit_ledger_user_id", "user_id", "id"),
         Index("ix_credit_ledger_user_expires", "user_id", "expires_at"),
         Index("ix_credit_ledger_user_created", "user_id", "created_at"),
-        # Sweeps by kind and age: holds of /predict chunks that no API process ended.
-        Index("ix_credit_ledger_kind_created", "kind", "created_at"),
     )
 
     id: Mapped[str] = id_column("led")
@@ -150,3 +148,16 @@ class Invoice(Base):
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     finalized_at: Mapped[datetime | None]
+
+
+class PredictCreditChunk(Base):
+    """A chunk of credit an API process holds for /predict (serving.predict.credit), from its
+    hold to its end: what is here and old is what a process that died left held."""
+
+    __tablename__ = "predict_credit_chunks"
+    __table_args__ = (Index("ix_predict_credit_chunks_created_at", "created_at"),)
+
+    # The hold's ledger source.
+    source: Mapped[str] = mapped_column(String(320), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = created_at_column()

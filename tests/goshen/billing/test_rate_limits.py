@@ -37,7 +37,17 @@ def test_a_rate_is_a_quota_per_window_as_the_limits_library_reads_it(
 
 
 @pytest.mark.parametrize(
-    "rate", ["600", "minute", "600/fortnight", "0/minute", "10/0 seconds", "-1/minute", "1e3/hour"]
+    "rate",
+    [
+        "600",
+        "minute",
+        "600/fortnight",
+        "0/minute",
+        "10/0 seconds",
+        "5/00 minutes",
+        "-1/minute",
+        "1e3/hour",
+    ],
 )
 def test_a_malformed_rate_is_a_settings_error_naming_the_setting(rate: str) -> None:
     with pytest.raises(SettingsError, match=r"GOSHEN_RATE_LIMIT_PREDICT.*600/minute"):

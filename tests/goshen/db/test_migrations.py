@@ -24,6 +24,7 @@ TABLES = {
     "credit_balances",
     "api_key_spend",
     "invoices",
+    "predict_credit_chunks",
     "datasets",
     "training_jobs",
     "webhook_deliveries",

@@ -22,6 +22,7 @@ from goshen.db.models import (
     CreditLedgerEntry,
     LedgerEntryKind,
     Model,
+    PredictCreditChunk,
     Role,
     User,
     utcnow,
@@ -166,20 +167,18 @@ def test_a_dead_processs_chunks_are_released_uncharged_by_a_sweep(
     principal = _principal(sessions, credits_micros=100 * PRICE)
     dead = PredictCredit(sessions, chunk_micros=1_000_000)
     assert _serve(dead, principal, catalog_model, 2) == 2  # never stopped: its chunk stays held
+    assert release_stale_chunks(sessions, timedelta(minutes=10)) == 0  # not stale yet
     with session_scope(sessions) as session:
-        assert release_stale_chunks(session, timedelta(minutes=10)) == 0  # not stale yet
-        session.execute(
-            update(CreditLedgerEntry)
-            .where(CreditLedgerEntry.user_id == principal.user.id)
-            .values(created_at=utcnow() - timedelta(minutes=11))
-        )
-    with session_scope(sessions) as session:
-        assert release_stale_chunks(session, timedelta(minutes=10)) == 1
-    with session_scope(sessions) as session:
-        assert release_stale_chunks(session, timedelta(minutes=10)) == 0
+        session.execute(update(PredictCreditChunk).values(created_at=utcnow() - timedelta(days=30)))
+    assert release_stale_chunks(sessions, timedelta(minutes=10)) == 1
+    assert release_stale_chunks(sessions, timedelta(minutes=10)) == 0
     assert _ledger(sessions, principal.user.id) == (100 * PRICE, 0, 0)
     with sessions() as session:
         assert ledger.current(session, principal.user.id).available_micros == 100 * PRICE
+
+    # Were the process alive after all, ending its chunk later moves no credit twice.
+    dead.stop()
+    assert _ledger(sessions, principal.user.id) == (100 * PRICE, 0, 0)
 
 
 def test_reservations_follow_the_pricing_unit(catalog_model: Model) -> None:

@@ -1,5 +1,6 @@
 """Billing: per-key monthly spend caps and what each key spent and holds, the key behind each
-ledger entry, monthly invoices, and training jobs' usage events.
+ledger entry, monthly invoices, training jobs' usage events, and the /predict credit chunks
+API processes hold.
 
 Revision ID: 0006
 Revises: 0005
@@ -18,6 +19,21 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "predict_credit_chunks",
+        sa.Column("source", sa.String(length=320), nullable=False),
+        sa.Column("user_id", sa.String(length=40), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_predict_credit_chunks_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("source", name=op.f("pk_predict_credit_chunks")),
+    )
+    with op.batch_alter_table("predict_credit_chunks", schema=None) as batch_op:
+        batch_op.create_index("ix_predict_credit_chunks_created_at", ["created_at"], unique=False)
     with op.batch_alter_table("usage_events", schema=None) as batch_op:
         batch_op.add_column(sa.Column("training_job_id", sa.String(length=40), nullable=True))
         batch_op.create_foreign_key(
@@ -82,7 +98,6 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_credit_ledger_user_created", ["user_id", "created_at"], unique=False
         )
-        batch_op.create_index("ix_credit_ledger_kind_created", ["kind", "created_at"], unique=False)
         batch_op.create_foreign_key(
             batch_op.f("fk_credit_ledger_api_key_id_api_keys"),
             "api_keys",
@@ -93,6 +108,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("predict_credit_chunks")
     with op.batch_alter_table("usage_events", schema=None) as batch_op:
         batch_op.drop_index("ix_usage_events_created_at")
         batch_op.drop_constraint(batch_op.f("uq_usage_events_training_job_id_kind"), type_="unique")
@@ -105,7 +121,6 @@ def downgrade() -> None:
         batch_op.drop_constraint(
             batch_op.f("fk_credit_ledger_api_key_id_api_keys"), type_="foreignkey"
         )
-        batch_op.drop_index("ix_credit_ledger_kind_created")
         batch_op.drop_index("ix_credit_ledger_user_created")
         batch_op.drop_column("api_key_id")
 
