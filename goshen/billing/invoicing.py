@@ -159,10 +159,12 @@ def record(
 ) -> bool:
     """Insert or update the user's invoice row for the month; False when a finalized row was
     there (it never changes). Unchanged values write nothing."""
+    # Locked: two runs of the same month (the schedule and a manual one) finalize it once;
+    # were both to insert it, the second fails on (user, month) and its run is retried.
     row = session.scalar(
-        select(Invoice).where(
-            Invoice.user_id == statement.user_id, Invoice.month == statement.month
-        )
+        select(Invoice)
+        .where(Invoice.user_id == statement.user_id, Invoice.month == statement.month)
+        .with_for_update()
     )
     if row is None:
         row = Invoice(user_id=statement.user_id, month=statement.month)
