@@ -47,16 +47,22 @@ ROLLUP_SCHEMA = pa.schema(
         ("p95_run_seconds", pa.float64()),
     ]
 )
+# Both quantiles in one call: one sort of each group's seconds (faster in bench/usage_rollup.py).
 _ROLLUP_SQL = """
+WITH grouped AS (
 SELECT user_id, model_id, unit, kind,
        sum(quantity) AS quantity,
        CAST(sum(cost_micros) AS BIGINT) AS cost_micros,
        CAST(count(*) AS BIGINT) AS event_count,
        CAST(count(DISTINCT job_id) AS BIGINT) AS job_count,
-       quantile_cont(seconds, 0.5) AS p50_run_seconds,
-       quantile_cont(seconds, 0.95) AS p95_run_seconds
+       quantile_cont(seconds, [0.5, 0.95]) AS run_seconds_quantiles
 FROM events
 GROUP BY user_id, model_id, unit, kind
+)
+SELECT user_id, model_id, unit, kind, quantity, cost_micros, event_count, job_count,
+       run_seconds_quantiles[1] AS p50_run_seconds,
+       run_seconds_quantiles[2] AS p95_run_seconds
+FROM grouped
 ORDER BY user_id, model_id NULLS FIRST, unit, kind
 """
 
