@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -75,12 +76,11 @@ def read_month(session: Session, month: str, storage_days: list[pa.Table]) -> Mo
     activity = MonthActivity(month)
     for row in rollup_usage(read_events(session, start, end)).to_pylist():
         activity.usage.setdefault(row["user_id"], []).append(row)
-    for snapshot in storage_days:
-        for row in snapshot.to_pylist():
-            user_days = activity.byte_days.setdefault(row["user_id"], defaultdict(int))
-            user_costs = activity.storage_costs.setdefault(row["user_id"], defaultdict(int))
-            user_days[row["kind"]] += row["bytes"]
-            user_costs[row["kind"]] += row["cost_micros"]
+    for row in _storage_month(storage_days):
+        user_days = activity.byte_days.setdefault(row["user_id"], defaultdict(int))
+        user_costs = activity.storage_costs.setdefault(row["user_id"], defaultdict(int))
+        user_days[row["kind"]] += row["bytes"]
+        user_costs[row["kind"]] += row["cost_micros"]
     rows = session.execute(
         select(
             CreditLedgerEntry.user_id,
@@ -107,6 +107,20 @@ def read_month(session: Session, month: str, storage_days: list[pa.Table]) -> Mo
                 {"kind": kind, "amount_micros": amount, "reason": reason, "source": source}
             )
     return activity
+
+
+def _storage_month(storage_days: list[pa.Table]) -> list[dict[str, Any]]:
+    """The month's daily snapshots summed per user and kind, with Polars: byte-days (bytes
+    kept, summed over the days) and what they cost."""
+    if not storage_days:
+        return []
+    month = (
+        pl.concat([pl.DataFrame(day) for day in storage_days], how="vertical_relaxed")
+        .group_by("user_id", "kind")
+        .agg(pl.col("bytes").sum(), pl.col("cost_micros").sum())
+        .sort("user_id", "kind")
+    )
+    return month.to_dicts()
 
 
 def finalized_users(session: Session, month: str) -> set[str]:

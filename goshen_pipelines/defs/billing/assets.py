@@ -135,7 +135,7 @@ def storage_daily(
 
 @dg.asset(
     group_name="billing",
-    kinds={"duckdb", "parquet", "html"},
+    kinds={"duckdb", "polars", "parquet", "html"},
     partitions_def=monthly_partitions,
     deps=[dg.AssetDep("storage_daily"), dg.AssetDep("usage_daily")],
 )
