@@ -4,7 +4,6 @@ routes, admin grants and adjustments (Idempotency-Key), unmetered accounts."""
 
 from __future__ import annotations
 
-import secrets
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -14,27 +13,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from goshen import accounts
 from goshen.config import Settings
-from goshen.db import session_scope
 from goshen.db.models import CreditBalance, CreditLedgerEntry, LedgerEntryKind, Model, Role, utcnow
-from tests.fixtures.accounts import Account
+from tests.fixtures.accounts import Account, create_account
 
 PRICE = 1000  # catalog_model: 1,000 micro-credits per image
-
-
-def _account(
-    sessions: sessionmaker[Session], credits_micros: int, role: Role = Role.developer
-) -> Account:
-    with session_scope(sessions) as session:
-        user = accounts.create_user(
-            session,
-            email=f"{secrets.token_hex(4)}@example.com",
-            role=role,
-            credits_micros=credits_micros,
-        )
-        key, plaintext = accounts.issue_key(session, user, name="test")
-        return Account(user.id, key.id, plaintext)
 
 
 def _job(model: Model, images: int = 1) -> dict[str, object]:
@@ -61,7 +44,7 @@ def _sums(sessions: sessionmaker[Session], user_id: str) -> tuple[int, int, int]
 def test_100_concurrent_submissions_against_credit_for_10_accept_exactly_10(
     live_api: Settings, sessions: sessionmaker[Session], catalog_model: Model
 ) -> None:
-    account = _account(sessions, credits_micros=10 * PRICE)
+    account = create_account(sessions, credits_micros=10 * PRICE)
 
     def submit(_: int) -> httpx.Response:
         return httpx.post(
@@ -85,7 +68,7 @@ def test_100_concurrent_submissions_against_credit_for_10_accept_exactly_10(
 def test_a_refusal_queues_nothing_and_a_cancel_releases_the_hold(
     client: TestClient, sessions: sessionmaker[Session], catalog_model: Model
 ) -> None:
-    account = _account(sessions, credits_micros=3 * PRICE)
+    account = create_account(sessions, credits_micros=3 * PRICE)
     refused = client.post("/v1/generate", json=_job(catalog_model, 4), headers=account.headers)
     assert refused.status_code == 402 and refused.json()["required"] == 4 * PRICE
     assert "0.004 credits" in refused.json()["detail"]
@@ -132,11 +115,11 @@ def test_admins_and_unmetered_accounts_are_metered_but_never_refused(
     catalog_model: Model,
     admin: Account,
 ) -> None:
-    broke_admin = _account(sessions, credits_micros=0, role=Role.admin)
+    broke_admin = create_account(sessions, credits_micros=0, role=Role.admin)
     assert (
         client.post("/v1/generate", json=_job(catalog_model), headers=broke_admin.headers)
     ).status_code == 201
-    broke = _account(sessions, credits_micros=0)
+    broke = create_account(sessions, credits_micros=0)
     assert (
         client.post("/v1/generate", json=_job(catalog_model), headers=broke.headers).status_code
         == 402

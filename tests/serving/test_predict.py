@@ -22,7 +22,7 @@ from goshen.client import GoshenAPIError, GoshenClient
 from goshen.config import Settings
 from goshen.db.models import Model, Role, UsageEvent
 from serving.app import create_app
-from tests.fixtures.accounts import Account
+from tests.fixtures.accounts import Account, create_account
 from tests.fixtures.models import RegisteredModel, deploy_classifier
 
 ROWS = np.random.default_rng(1).random((5, 64), dtype=np.float32)
@@ -376,19 +376,9 @@ def test_a_request_without_credit_is_a_402_before_the_model_runs_and_credit_is_c
 ) -> None:
     """The classifier costs 250 micro-credits a request: what is served is captured once the
     process ends its chunk, and an account that cannot pay gets the 402 problem."""
-    from goshen import accounts
     from goshen.billing import ledger
-    from goshen.db import session_scope
 
-    with session_scope(sessions) as session:
-        user = accounts.create_user(
-            session,
-            email=f"{secrets.token_hex(4)}@example.com",
-            role=Role.developer,
-            credits_micros=0,
-        )
-        _, plaintext = accounts.issue_key(session, user, name="broke")
-    broke = Account(user.id, "", plaintext)
+    broke = create_account(sessions, credits_micros=0)
     refused = _predict(api, broke, classifier["name"], {"features": ROWS[:1].tolist()})
     assert refused.status_code == 402, refused.text
     assert refused.json()["type"] == "/problems/insufficient-credit"
@@ -402,9 +392,9 @@ def test_a_request_without_credit_is_a_402_before_the_model_runs_and_credit_is_c
     state.predict_credit.stop()
     state.usage.flush()
     with sessions() as session:
-        assert session.scalar(select(func.count()).where(UsageEvent.user_id == user.id)) == 0, (
-            "a refused request is not metered"
-        )
+        assert (
+            session.scalar(select(func.count()).where(UsageEvent.user_id == broke.user_id)) == 0
+        ), "a refused request is not metered"
         balance = ledger.current(session, developer.user_id)
         granted = api.app.state.api.settings.new_user_credits_micros
         assert (balance.balance_micros, balance.held_micros) == (granted - 3 * 250, 0)

@@ -8,7 +8,6 @@ Dagster side is exercised end to end in tests/goshen_pipelines/defs/test_trainin
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -19,7 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from goshen import accounts, training
+from goshen import training
 from goshen.billing import training_charges
 from goshen.config import Settings
 from goshen.db import session_scope
@@ -35,7 +34,7 @@ from goshen.db.models import (
     User,
 )
 from serving.app import create_app
-from tests.fixtures.accounts import Account
+from tests.fixtures.accounts import Account, create_account
 
 EPOCHS = 5
 IMAGES = 100
@@ -72,20 +71,6 @@ def submit(client: TestClient, sessions: sessionmaker[Session]) -> Callable[...,
         return client.post("/v1/training-jobs", json=body, headers=headers or account.headers)
 
     return post
-
-
-def _account(
-    sessions: sessionmaker[Session], credits_micros: int, role: Role = Role.developer
-) -> Account:
-    with session_scope(sessions) as session:
-        user = accounts.create_user(
-            session,
-            email=f"{secrets.token_hex(4)}@example.com",
-            role=role,
-            credits_micros=credits_micros,
-        )
-        key, plaintext = accounts.issue_key(session, user, name="test")
-        return Account(user.id, key.id, plaintext)
 
 
 def _entries(sessions: sessionmaker[Session], job_id: str) -> dict[str, tuple[int, int]]:
@@ -177,7 +162,7 @@ def test_submit_holds_the_time_limit_at_the_price(
 def test_short_credit_is_a_402_and_queues_nothing(
     client: TestClient, submit: Callable[..., Any], sessions: sessionmaker[Session]
 ) -> None:
-    short = _account(sessions, credits_micros=HOLD - 1)
+    short = create_account(sessions, credits_micros=HOLD - 1)
     refused = submit(short)
     assert refused.status_code == 402, refused.text
     assert refused.headers["content-type"] == "application/problem+json"
@@ -195,8 +180,8 @@ def test_short_credit_is_a_402_and_queues_nothing(
 def test_admins_and_unmetered_accounts_are_held_but_never_refused(
     submit: Callable[..., Any], sessions: sessionmaker[Session]
 ) -> None:
-    broke_admin = _account(sessions, credits_micros=0, role=Role.admin)
-    broke_unmetered = _account(sessions, credits_micros=0)
+    broke_admin = create_account(sessions, credits_micros=0, role=Role.admin)
+    broke_unmetered = create_account(sessions, credits_micros=0)
     with session_scope(sessions) as session:
         session.execute(
             update(User).where(User.id == broke_unmetered.user_id).values(unmetered=True)
@@ -389,7 +374,7 @@ def test_the_402_is_documented(client: TestClient) -> None:
 def test_with_billing_off_nothing_is_held_or_charged_but_usage_is_metered(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
-    broke = _account(sessions, credits_micros=0)
+    broke = create_account(sessions, credits_micros=0)
     off = settings.model_copy(update={"billing_enabled": False})
     with TestClient(create_app(off)) as client:
         created = client.post(

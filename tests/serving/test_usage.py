@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.db import session_scope
-from goshen.db.models import Job, Model, UsageEvent, utcnow
+from goshen.db.models import Model, utcnow
 from tests.fixtures.accounts import Account
+from tests.fixtures.usage import add_usage_event
 
 NOV_1 = datetime(2026, 11, 1, tzinfo=UTC)
 NOVEMBER = {"start": "2026-11-01", "end": "2026-11-30"}
@@ -29,27 +30,8 @@ def _seed(
     """Usage events of (when, cost, images, seconds); with `jobs`, each for a job of its own."""
     with session_scope(sessions) as session:
         for at, cost, images, seconds in events:
-            job_id = None
-            if jobs:
-                assert model is not None
-                job = Job(user_id=account.user_id, model_id=model.id, input={})
-                session.add(job)
-                session.flush()
-                job_id = job.id
-            session.add(
-                UsageEvent(
-                    user_id=account.user_id,
-                    api_key_id=account.key_id,
-                    model_id=model.id if model else None,
-                    job_id=job_id,
-                    kind="generation" if jobs else "prediction",
-                    quantity=1,
-                    unit="image",
-                    cost_micros=cost,
-                    images=images,
-                    seconds=seconds,
-                    created_at=at,
-                )
+            add_usage_event(
+                session, account, model, at, cost, job=jobs, images=images, seconds=seconds
             )
 
 

@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from goshen.billing import usage
 from goshen.billing.usage import GroupBy, UsageRange, UsageSums
 from goshen.db import session_scope
-from goshen.db.models import Job, Model, UsageEvent
+from goshen.db.models import Model
 from goshen.errors import InvalidInputError
 from tests.fixtures.accounts import Account
+from tests.fixtures.usage import add_usage_event
 
 NOW = datetime(2026, 12, 5, 13, 30, tzinfo=UTC)
 PLUS_TWO = timezone(timedelta(hours=2))
@@ -69,41 +70,6 @@ def test_a_leap_years_366_days_are_one_range() -> None:
     assert span.end - span.start == timedelta(days=366)
 
 
-def _event(
-    session: Session,
-    account: Account,
-    model: Model | None,
-    at: datetime,
-    cost: int,
-    *,
-    job: bool = False,
-    images: int | None = None,
-    seconds: float | None = None,
-) -> None:
-    job_id = None
-    if job:
-        assert model is not None
-        made = Job(user_id=account.user_id, model_id=model.id, input={})
-        session.add(made)
-        session.flush()
-        job_id = made.id
-    session.add(
-        UsageEvent(
-            user_id=account.user_id,
-            api_key_id=account.key_id,
-            model_id=model.id if model else None,
-            job_id=job_id,
-            kind="generation" if job else "prediction",
-            quantity=1,
-            unit="image",
-            cost_micros=cost,
-            images=images,
-            seconds=seconds,
-            created_at=at,
-        )
-    )
-
-
 def test_sums_by_day_model_and_user_equal_the_events(
     sessions: sessionmaker[Session],
     make_account: Callable[..., Account],
@@ -114,14 +80,14 @@ def test_sums_by_day_model_and_user_equal_the_events(
     day1, day2 = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC)
     with session_scope(sessions) as session:
         # A minute either side of midnight falls on two UTC days.
-        _event(session, alice, big, day2 - timedelta(minutes=1), 5_000, job=True, images=4)
-        _event(session, alice, big, day2 + timedelta(minutes=1), 7_000, job=True, images=2)
-        _event(session, alice, small, day2 + timedelta(hours=23), 10, seconds=0.25)
-        _event(session, alice, None, day2 + timedelta(hours=5), 1, seconds=1.5)
-        _event(session, bob, small, day1 + timedelta(hours=3), 300, seconds=2.0)
+        add_usage_event(session, alice, big, day2 - timedelta(minutes=1), 5_000, job=True, images=4)
+        add_usage_event(session, alice, big, day2 + timedelta(minutes=1), 7_000, job=True, images=2)
+        add_usage_event(session, alice, small, day2 + timedelta(hours=23), 10, seconds=0.25)
+        add_usage_event(session, alice, None, day2 + timedelta(hours=5), 1, seconds=1.5)
+        add_usage_event(session, bob, small, day1 + timedelta(hours=3), 300, seconds=2.0)
         # Outside [Nov 1, Nov 3): the day before, and the range's excluded end.
-        _event(session, alice, big, day1 - timedelta(microseconds=1), 1_000_000, job=True)
-        _event(session, alice, big, day2 + timedelta(days=1), 1_000_000, job=True)
+        add_usage_event(session, alice, big, day1 - timedelta(microseconds=1), 1_000_000, job=True)
+        add_usage_event(session, alice, big, day2 + timedelta(days=1), 1_000_000, job=True)
     span = UsageRange(day1, day2 + timedelta(days=1))
     with sessions() as session:
         if session.bind is not None and session.bind.dialect.name == "postgresql":

@@ -5,14 +5,12 @@ sums to the balance; spend caps; admins and unmetered accounts; a dead process's
 from __future__ import annotations
 
 import asyncio
-import secrets
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from goshen import accounts
 from goshen.accounts import Principal
 from goshen.billing import ledger
 from goshen.db import session_scope
@@ -29,6 +27,7 @@ from goshen.db.models import (
 )
 from goshen.errors import InsufficientCreditError, SpendCapExceededError
 from serving.predict.credit import PredictCredit, release_stale_chunks, reservation
+from tests.fixtures.accounts import create_account
 
 PRICE = 1000  # catalog_model: 1,000 micro-credits per image (a row, for /predict)
 
@@ -40,16 +39,11 @@ def _principal(
     role: Role = Role.developer,
     cap: int | None = None,
 ) -> Principal:
-    with session_scope(sessions) as session:
-        user = accounts.create_user(
-            session,
-            email=f"{secrets.token_hex(4)}@example.com",
-            role=role,
-            credits_micros=credits_micros,
-        )
-        key, _ = accounts.issue_key(session, user, name="test", monthly_spend_cap_micros=cap)
+    account = create_account(sessions, credits_micros, role, monthly_spend_cap_micros=cap)
     with sessions() as session:
-        return Principal(session.get_one(User, user.id), session.get_one(ApiKey, key.id))
+        return Principal(
+            session.get_one(User, account.user_id), session.get_one(ApiKey, account.key_id)
+        )
 
 
 def _serve(credit: PredictCredit, principal: Principal, model: Model, requests: int) -> int:
