@@ -21,12 +21,13 @@ from goshen.db.models.catalog import (
     ModelKind,
     ModelRuntime,
     ModelStatus,
+    ModelVersion,
     PricingUnit,
     Visibility,
 )
 from goshen.db.models.datasets import Dataset, DatasetKind, DatasetStatus
 from goshen.db.models.jobs import Job, JobEvent, JobStatus
-from goshen.db.models.training import TrainingJob, TrainingStatus
+from goshen.db.models.training import DeployPolicy, TrainingJob, TrainingStatus
 from goshen.db.models.webhooks import DeliveryStatus, WebhookDelivery
 from goshen.db.models.workers import Worker, WorkerStatus
 
@@ -41,6 +42,7 @@ __all__ = [
     "DatasetKind",
     "DatasetStatus",
     "DeliveryStatus",
+    "DeployPolicy",
     "Invoice",
     "InvoiceStatus",
     "JSONType",
@@ -52,6 +54,7 @@ __all__ = [
     "ModelKind",
     "ModelRuntime",
     "ModelStatus",
+    "ModelVersion",
     "PredictCreditChunk",
     "PricingUnit",
     "Role",

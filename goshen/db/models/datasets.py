@@ -41,5 +41,7 @@ class Dataset(Base):
     schema: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error: Mapped[str | None] = mapped_column(Text)
+    # While it ingests: what is done so far ({"stage", "done", "total", "unit", "percent"}).
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -20,6 +20,14 @@ class TrainingStatus(StrEnum):
     canceled = "canceled"
 
 
+class DeployPolicy(StrEnum):
+    """What a succeeded job's version does to its model's live version."""
+
+    auto = "auto"  # becomes live when its checks pass and its metric is not worse
+    pin = "pin"  # becomes live, pinned, when its checks pass, whatever its metric
+    none = "none"  # registered only; its owner deploys it when they choose
+
+
 class TrainingJob(Base):
     __tablename__ = "training_jobs"
     __table_args__ = (Index("ix_training_jobs_user_created", "user_id", "id"),)
@@ -30,6 +38,9 @@ class TrainingJob(Base):
     task: Mapped[str] = mapped_column(String(40))
     model_name: Mapped[str] = mapped_column(String(200))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    deploy: Mapped[DeployPolicy] = mapped_column(
+        enum_type(DeployPolicy), default=DeployPolicy.auto, server_default=DeployPolicy.auto
+    )
     status: Mapped[TrainingStatus] = mapped_column(
         enum_type(TrainingStatus), default=TrainingStatus.queued
     )

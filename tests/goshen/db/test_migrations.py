@@ -18,6 +18,7 @@ TABLES = {
     "users",
     "api_keys",
     "models",
+    "model_versions",
     "jobs",
     "usage_events",
     "credit_ledger",
