@@ -47,6 +47,14 @@ class DiffusionModelSpec:
     guidance_scale: float = 1.0
     num_inference_steps: int = 25
     scheduler: str = "ddpm"
+    # The class names by class index; None in specs written before models carried them.
+    class_names: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"a spec of {self.num_classes} classes names {len(self.class_names)} of them"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable form, for MLflow and the registry."""
@@ -54,7 +62,7 @@ class DiffusionModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionModelSpec:
-        """The inverse of `to_dict`."""
+        """The inverse of `to_dict`; older specs, without class names, read as before."""
         return cls(**data)
 
 

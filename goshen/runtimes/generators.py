@@ -22,13 +22,14 @@ from goshen.runtimes.diffusion import (
     image_seeds,
     sample_batch,
 )
-from goshen.runtimes.inputs import DigitsInput, GenerationInput
+from goshen.runtimes.inputs import DigitsInput, GenerationInput, LabeledImagesInput
 
 TORCH_WEIGHTS_FOLDER = "extra_files"
 
 
 class ClassConditionalGenerator:
-    """The platform's own digit generators: a class-conditional UNet and its scheduler."""
+    """The platform's own generators (digits, and models trained on labeled images): a
+    class-conditional UNet and its scheduler."""
 
     def __init__(self, denoiser: OnnxDenoiser | TorchDenoiser, spec: DiffusionModelSpec) -> None:
         self.denoiser: OnnxDenoiser | TorchDenoiser | None = denoiser
@@ -40,7 +41,7 @@ class ClassConditionalGenerator:
     ) -> list[list[Image.Image] | None]:
         if self.denoiser is None:
             raise RuntimeError("this generator is closed; load the model again")
-        requests = [_digits(request) for request in inputs]
+        requests = [_class_conditional(request) for request in inputs]
         first = requests[0]
         if any(r.batch_fields() != first.batch_fields() for r in requests):
             raise ValueError("requests of one batch must share steps and scheduler")
@@ -50,7 +51,7 @@ class ClassConditionalGenerator:
         for index, request in enumerate(requests):
             assert request.seed is not None, "the API fills in seeds before queueing"
             owners += [index] * request.num_images
-            labels += [request.digit] * request.num_images
+            labels += [self._class_index(request)] * request.num_images
             seeds += image_seeds(request.seed, request.num_images)
 
         def rows_to_stop(step: int, total: int) -> AbstractSet[int]:
@@ -78,10 +79,27 @@ class ClassConditionalGenerator:
     def close(self) -> None:
         self.denoiser = None
 
+    def _class_index(self, request: DigitsInput | LabeledImagesInput) -> int:
+        """The class a request asks for, by index; a label by name is looked up in the spec."""
+        if isinstance(request, DigitsInput):
+            return request.digit
+        if isinstance(request.label, int):
+            return request.label
+        names = self.spec.class_names or []
+        if request.label not in names:
+            raise ValueError(
+                f"label {request.label[:100]!r} is not a class of this model version; "
+                + (f"its classes are {names[:20]}" if names else "it carries no class names")
+            )
+        return names.index(request.label)
 
-def _digits(request: GenerationInput) -> DigitsInput:
-    if not isinstance(request, DigitsInput):
-        raise TypeError(f"a digits generator takes DigitsInput, got {type(request).__name__}")
+
+def _class_conditional(request: GenerationInput) -> DigitsInput | LabeledImagesInput:
+    if not isinstance(request, DigitsInput | LabeledImagesInput):
+        raise TypeError(
+            "a class-conditional generator takes DigitsInput or LabeledImagesInput, got "
+            f"{type(request).__name__}"
+        )
     return request
 
 

@@ -99,6 +99,21 @@ class ProbabilityHead(nn.Module):
         return torch.softmax(logits, dim=1)
 
 
+class ColumnStack(nn.Module):
+    """Wraps a model on the feature matrix so it takes one [B] tensor per feature column, of
+    any numeric dtype, cast to float32 and stacked in training order."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *columns: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(
+            torch.stack([column.to(torch.float32) for column in columns], dim=1)
+        )
+        return out
+
+
 @dataclass
 class TrainedTabularModel:
     """An eval-mode TabularNet, its validation metrics and per-epoch history."""
@@ -111,9 +126,11 @@ class TrainedTabularModel:
     metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
 
-    def export_module(self) -> nn.Module:
-        """Raw features [B, F] -> probabilities [B, C] (classification) or predictions [B]."""
-        return ProbabilityHead(self.net) if self.task == "classification" else self.net
+    def export_module(self, per_column: bool = False) -> nn.Module:
+        """Raw features [B, F] -> probabilities [B, C] (classification) or predictions [B];
+        `per_column`: F tensors [B], one per feature column in training order, instead."""
+        module = ProbabilityHead(self.net) if self.task == "classification" else self.net
+        return ColumnStack(module) if per_column else module
 
     @torch.inference_mode()
     def predict(self, features: np.ndarray) -> np.ndarray:

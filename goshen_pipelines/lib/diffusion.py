@@ -196,14 +196,19 @@ def train_diffusion(
     num_classes: int,
     config: DiffusionConfig | None = None,
     on_epoch_end: EpochCallback | None = None,
+    *,
+    class_names: list[str] | None = None,
 ) -> TrainedDiffusion:
     """Train a denoiser on images (N, H, W) in [0, 1] with labels in 0..num_classes-1.
 
     `on_epoch_end(epoch, metrics)` runs after each epoch (epochs count from 1); an exception
-    it raises stops training and propagates, which is how a caller cancels.
+    it raises stops training and propagates, which is how a caller cancels. `class_names`, by
+    label, go into the model's spec, where serving maps a requested class name to its label.
     """
     config = config or DiffusionConfig()
     _check_training_data(images, labels, num_classes)
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"got {len(class_names)} class names for {num_classes} classes")
     L.seed_everything(config.seed, workers=True, verbose=False)
     loader = _loader(images, labels, config)
     total_steps = config.epochs * len(loader)
@@ -218,6 +223,7 @@ def train_diffusion(
         guidance_scale=config.guidance_scale if module.null_class is not None else 1.0,
         num_inference_steps=config.num_inference_steps,
         scheduler=config.scheduler,
+        class_names=class_names,
     )
     return TrainedDiffusion(unet=unet, spec=spec, history=module.history)
 

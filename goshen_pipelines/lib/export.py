@@ -2,8 +2,10 @@
 
 Exported denoiser: inputs `sample` float32 [B, 1, H, W], `timestep` int64 [B] (diffusers'
 schedulers count timesteps in integers), `class_labels` int64 [B]; output `noise` [B, 1, H, W].
-Exported tabular model: input `features` float32 [B, F] of raw (unscaled) features; output
-`probabilities` float32 [B, C] for classifiers, `prediction` float32 [B] for regressors.
+Exported tabular model: input `features` float32 [B, F] of raw (unscaled) features, or, for a
+table, one input [B] per feature column, named as the column and typed as it (int64, float32 or
+float64), cast to float32 and stacked in training order inside the graph; output `probabilities`
+float32 [B, C] for classifiers, `prediction` float32 [B] for regressors.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from goshen_pipelines.lib.classifier import TrainedTabularModel
 OPSET = 17
 BATCH_AXIS = "batch"
 TABULAR_INPUT = "features"
+# A table's feature columns in training order: each one's name and the dtype its input takes.
+Columns = list[tuple[str, str]]
+COLUMN_DTYPES = ("int64", "float32", "float64")
 
 
 class DenoiserForExport(nn.Module):
@@ -69,7 +74,19 @@ def export_onnx(
             dynamo=False,
         )
     check_onnx(path)
+    _check_input_names(path, list(inputs))
     return path
+
+
+def _check_input_names(path: Path, names: list[str]) -> None:
+    """The exporter renames an input whose name a value inside the graph already has."""
+    graph = onnx.load(os.fspath(path), load_external_data=False).graph
+    exported = {value.name for value in graph.input}
+    clashing = [name for name in names if name not in exported]
+    if clashing:
+        raise ValueError(
+            f"input {clashing[0]!r} clashes with a name inside the exported graph; rename it"
+        )
 
 
 def check_onnx(path: str | os.PathLike[str]) -> None:
@@ -89,14 +106,31 @@ def denoiser_inputs(
     }
 
 
-def tabular_inputs(features: np.ndarray, batch_size: int = 3) -> dict[str, np.ndarray]:
-    """The first rows of a real feature matrix, so parity is checked where the model is used."""
-    return {TABULAR_INPUT: np.ascontiguousarray(features[:batch_size], dtype=np.float32)}
+def tabular_inputs(
+    features: np.ndarray, batch_size: int = 3, columns: Columns | None = None
+) -> dict[str, np.ndarray]:
+    """The first rows of a real feature matrix, so parity is checked where the model is used:
+    the matrix itself, or with `columns` one array per feature column of its dtype."""
+    rows = features[:batch_size]
+    if columns is None:
+        return {TABULAR_INPUT: np.ascontiguousarray(rows, dtype=np.float32)}
+    return {
+        name: np.ascontiguousarray(rows[:, index], dtype=dtype)
+        for index, (name, dtype) in enumerate(columns)
+    }
 
 
 def feature_range(features: np.ndarray) -> list[float]:
     """[min, max] over every training feature: the input range a served model publishes."""
     return [float(np.min(features)), float(np.max(features))]
+
+
+def input_ranges(features: np.ndarray, columns: Columns | None = None) -> dict[str, list[float]]:
+    """Each input's [min, max] over the training features, by input name (MLmodel metadata
+    `input_ranges`): one range for the matrix, or with `columns` one per feature column."""
+    if columns is None:
+        return {TABULAR_INPUT: feature_range(features)}
+    return {name: feature_range(features[:, index]) for index, (name, _) in enumerate(columns)}
 
 
 def export_denoiser(unet: UNet2DModel, path: str | os.PathLike[str], num_classes: int) -> Path:
@@ -106,11 +140,29 @@ def export_denoiser(unet: UNet2DModel, path: str | os.PathLike[str], num_classes
 
 
 def export_tabular_model(
-    model: TrainedTabularModel, path: str | os.PathLike[str], features: np.ndarray
+    model: TrainedTabularModel,
+    path: str | os.PathLike[str],
+    features: np.ndarray,
+    columns: Columns | None = None,
 ) -> Path:
-    """Export a trained classifier or regressor; `features` are real rows to trace with."""
+    """Export a trained classifier or regressor; `features` are real rows to trace with, and
+    `columns` (a table's, in training order) give it one input per column instead of `features`."""
     output = "probabilities" if model.task == "classification" else "prediction"
-    return export_onnx(model.export_module(), path, tabular_inputs(features), output)
+    if columns is not None:
+        _check_columns(columns, model.num_features)
+    module = model.export_module(per_column=columns is not None)
+    return export_onnx(module, path, tabular_inputs(features, columns=columns), output)
+
+
+def _check_columns(columns: Columns, num_features: int) -> None:
+    names = [name for name, _ in columns]
+    if len(names) != num_features:
+        raise ValueError(f"the model takes {num_features} features but got {len(names)} columns")
+    if "" in names:
+        raise ValueError("a feature column has an empty name; name it")
+    unsupported = {dtype for _, dtype in columns} - set(COLUMN_DTYPES)
+    if unsupported:
+        raise ValueError(f"column dtypes must be one of {COLUMN_DTYPES}, not {sorted(unsupported)}")
 
 
 def parity(

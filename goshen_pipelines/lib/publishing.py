@@ -69,11 +69,17 @@ def export_denoiser(trained: TrainedDiffusion, workdir: Path) -> tuple[Path, flo
 
 
 def export_tabular(
-    trained: TrainedTabularModel, features: np.ndarray, workdir: Path
+    trained: TrainedTabularModel,
+    features: np.ndarray,
+    workdir: Path,
+    columns: export.Columns | None = None,
 ) -> tuple[Path, float]:
-    path = export.export_tabular_model(trained, workdir / "model.onnx", features)
+    """The ONNX export (one input per column of `columns` when given) and its parity."""
+    path = export.export_tabular_model(trained, workdir / "model.onnx", features, columns)
     diff = max_parity(
-        trained.export_module(), path, lambda size: export.tabular_inputs(features, size)
+        trained.export_module(per_column=columns is not None),
+        path,
+        lambda size: export.tabular_inputs(features, size, columns),
     )
     return path, diff
 

@@ -28,7 +28,7 @@ from goshen.billing.pricing import most_a_job_can_cost
 from goshen.config import Settings
 from goshen.db.models import Job, JobStatus, Model, ModelKind, Role, User, utcnow
 from goshen.errors import ConflictError, InvalidInputError, RateLimitedError, UnavailableError
-from goshen.runtimes.inputs import GenerationInput, batch_key, input_model
+from goshen.runtimes.inputs import GenerationInput, batch_key, checked_input
 from serving.jobs.transitions import enqueue
 from serving.schemas import JobCreate
 from serving.webhooks.url_guard import check_webhook_url
@@ -166,9 +166,10 @@ def _replay(session: Session, user_id: str, key: str, fingerprint: str) -> Submi
 
 
 def validate_input(model: Model, body: JobCreate) -> GenerationInput:
-    """The request's input checked against the model's schema, its seed filled in."""
+    """The request's input checked against the model's schema (and its classes, when it has
+    some: the label is stored as the class name), its seed filled in."""
     try:
-        checked = input_model(model.runtime).model_validate(body.input)
+        checked = checked_input(model.runtime, model.classes, body.input)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**error, "loc": ("body", "input", *error["loc"])} for error in exc.errors()]

@@ -25,7 +25,7 @@ from goshen.db import session_scope
 from goshen.db.models import Model, utcnow
 from goshen.runtimes.base import ImageGenerator, ModelFormatError
 from goshen.runtimes.devices import PeakMemory
-from goshen.runtimes.inputs import input_model
+from goshen.runtimes.inputs import input_model_for
 from goshen.storage import ArtifactStore, artifact_key
 from serving.jobs import lease, transitions
 from serving.jobs.claim import Claim
@@ -62,7 +62,8 @@ def run_batch(context: WorkerContext, claims: Sequence[Claim]) -> None:
     with BatchReporter(context, claims) as reporter:
         try:
             generator = _generator(context, model, claims)
-            inputs = [input_model(model.runtime).model_validate(c.input) for c in claims]
+            parse = input_model_for(model.runtime, model.classes).model_validate
+            inputs = [parse(claim.input) for claim in claims]
             reporter.log(_start_line(generator, claims))
             with PeakMemory(generator.device) as memory:
                 results = generator.generate(inputs, reporter.on_step)

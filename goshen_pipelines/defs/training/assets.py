@@ -38,6 +38,9 @@ class TrainedModel:
     mlflow_run_id: str
     tags: dict[str, str]
     features: np.ndarray | None = None  # tabular models: real rows to export and check with
+    # Table jobs: each feature column's name and dtype, in training order; the export takes
+    # one input per column. None: one `features` matrix input (the digits classifier).
+    columns: list[tuple[str, str]] | None = None
 
 
 class DigitsDiffusionConfig(dg.Config):
@@ -73,13 +76,18 @@ def _sample_grid(trained: TrainedDiffusion) -> bytes:
 def _train_diffusion(
     images: np.ndarray,
     labels: np.ndarray,
-    num_classes: int,
+    class_names: list[str],
     config: DiffusionConfig,
     report: runs.Report | None,
 ) -> tuple[TrainedDiffusion, dict[str, Any]]:
     resized = resize_images(images, config.image_size)
     trained = train_diffusion(
-        resized, labels, num_classes, config, runs.epoch_logger(config.epochs, report)
+        resized,
+        labels,
+        len(class_names),
+        config,
+        runs.epoch_logger(config.epochs, report),
+        class_names=class_names,
     )
     png = _sample_grid(trained)
     runs.log_sample_grid(png)
@@ -221,8 +229,9 @@ def training_run(
     with runs.tracked_run(experiment, job_id, tags, config.model_dump()) as run_id:
         with platform_db.session() as session:
             training.get(session, job_id).mlflow_run_id = run_id
-        trained, features, metadata = _train_job(task, config, data, report)
-    return _output(TrainedModel(trained, run_id, tags, features), mlflow, metadata)
+        trained, table, metadata = _train_job(task, config, data, report)
+    features, columns = table if table is not None else (None, None)
+    return _output(TrainedModel(trained, run_id, tags, features, columns), mlflow, metadata)
 
 
 def _train_job(
@@ -230,9 +239,14 @@ def _train_job(
     config: training.TrainingConfig,
     data: ingest.CanonicalDataset,
     report: runs.Report,
-) -> tuple[TrainedDiffusion | TrainedTabularModel, np.ndarray | None, dict[str, Any]]:
+) -> tuple[
+    TrainedDiffusion | TrainedTabularModel,
+    tuple[np.ndarray, list[tuple[str, str]]] | None,
+    dict[str, Any],
+]:
+    """The trained model, a table's features and columns (None for images), and metadata."""
     if task is training.Task.diffusion:
-        images, labels, num_classes = image_arrays(data)
+        images, labels, class_names = image_arrays(data)
         diffusion_config = DiffusionConfig(
             epochs=config.epochs,
             batch_size=config.batch_size,
@@ -240,10 +254,10 @@ def _train_job(
             seed=config.seed,
             image_size=config.image_size,
         )
-        trained, metadata = _train_diffusion(images, labels, num_classes, diffusion_config, report)
+        trained, metadata = _train_diffusion(images, labels, class_names, diffusion_config, report)
         return trained, None, metadata
     assert config.target is not None, "the API requires a target for tabular tasks"
-    features, targets = table_arrays(data, config.target)
+    features, targets, columns = table_arrays(data, config.target)
     classifier_config = ClassifierConfig(
         task="classification" if task is training.Task.classification else "regression",
         epochs=config.epochs,
@@ -254,4 +268,4 @@ def _train_job(
     model = train_classifier(
         features, targets, classifier_config, runs.epoch_logger(config.epochs, report)
     )
-    return model, features, dict(model.metrics)
+    return model, (features, columns), dict(model.metrics)

@@ -96,3 +96,13 @@ def test_labels_outside_num_classes_are_refused() -> None:
     images = np.zeros((4, 8, 8), dtype=np.float32)
     with pytest.raises(ValueError, match=r"labels must lie in 0..1"):
         train_diffusion(images, np.array([0, 1, 2, 0]), 2, DiffusionConfig(epochs=1))
+
+
+def test_class_names_go_into_the_spec(digits: Digits, tiny_config: DiffusionConfig) -> None:
+    images, labels = digits
+    names = [f"digit {digit}" for digit in range(10)]
+    trained = train_diffusion(images[:64], labels[:64], 10, tiny_config, class_names=names)
+    assert trained.spec.class_names == names
+    assert json.loads(json.dumps(trained.spec.to_dict()))["class_names"] == names
+    with pytest.raises(ValueError, match="2 class names for 10 classes"):
+        train_diffusion(images[:64], labels[:64], 10, tiny_config, class_names=["a", "b"])
