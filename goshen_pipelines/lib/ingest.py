@@ -5,6 +5,10 @@ Images become one row each: `label` (class index; null when the dataset is unlab
 caller picks), `height`, `width`, and `source` (the image's name in the upload). Class names in
 index order go into the Parquet metadata under "goshen" and into the stats; labels that are all
 integers sort as numbers, so digit "3" is class 3. Tables keep their uploaded, typed columns.
+
+Given a `report` callback, ingestion tells how far it is (lib/progress.py): images in stages
+"decoding images" (files, to 90 %) and "writing parquet" (rows); tables in "reading rows" and
+"writing parquet" (rows, half each).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from goshen.errors import InvalidInputError
 from goshen.storage import ArtifactStore
 from goshen.uploads.manifest import IMAGES, MANIFEST, MANIFEST_VERSION
 from goshen_pipelines.lib.digits import DIGIT_SIZE, load_digit_images, resize_images
+from goshen_pipelines.lib.progress import Progress, Report
 
 CANONICAL = "canonical.parquet"
 DIGITS_CLASSES = [str(digit) for digit in range(10)]
@@ -61,10 +66,15 @@ def ingest_dataset(
     *,
     image_size: int = DIGIT_SIZE,
     target: str | None = None,
+    report: Report | None = None,
 ) -> IngestResult:
-    """Read the dataset stored under `prefix` and write its canonical Parquet to `destination`."""
-    dataset = read_stored_dataset(store, prefix, image_size=image_size, target=target)
-    return write_canonical(store, destination, dataset, target=target)
+    """Read the dataset stored under `prefix` and write its canonical Parquet to `destination`;
+    `report` hears how far it is, a few dozen times at most."""
+    progress = Progress(report)
+    dataset = read_stored_dataset(
+        store, prefix, image_size=image_size, target=target, progress=progress
+    )
+    return write_canonical(store, destination, dataset, target=target, progress=progress)
 
 
 def ingest_digits(
@@ -84,23 +94,39 @@ def digits_frame(image_size: int = DIGIT_SIZE) -> pl.DataFrame:
 
 
 def read_stored_dataset(
-    store: ArtifactStore, prefix: str, *, image_size: int = DIGIT_SIZE, target: str | None = None
+    store: ArtifactStore,
+    prefix: str,
+    *,
+    image_size: int = DIGIT_SIZE,
+    target: str | None = None,
+    progress: Progress | None = None,
 ) -> CanonicalDataset:
     """The canonical form of a dataset that goshen.uploads.store.store_dataset kept at `prefix`."""
+    progress = progress or Progress()
     manifest = json.loads(store.get(f"{prefix}/{MANIFEST}"))
     if manifest.get("version") != MANIFEST_VERSION:
         raise ValueError(f"{prefix}/{MANIFEST} has version {manifest.get('version')!r}")
     if manifest["kind"] == DatasetKind.images:
-        return _read_images(store, prefix, manifest, image_size)
-    frame = pl.read_parquet(io.BytesIO(store.get(f"{prefix}/{manifest['table']}")))
+        return _read_images(store, prefix, manifest, image_size, progress)
+    table = io.BytesIO(store.get(f"{prefix}/{manifest['table']}"))
+    progress.stage("reading rows", _row_count(table), "rows", until=50)
+    frame = pl.read_parquet(table)
+    progress.advance(frame.height)
     classes = [] if target is None else _target_classes(frame, target)
     return CanonicalDataset(frame, DatasetKind.tabular, classes)
 
 
 def write_canonical(
-    store: ArtifactStore, key: str, dataset: CanonicalDataset, *, target: str | None = None
+    store: ArtifactStore,
+    key: str,
+    dataset: CanonicalDataset,
+    *,
+    target: str | None = None,
+    progress: Progress | None = None,
 ) -> IngestResult:
     """Write the dataset as Parquet at `key`, its classes in the metadata; returns its stats."""
+    progress = progress or Progress()
+    progress.stage("writing parquet", dataset.frame.height, "rows", until=100)
     metadata = {"kind": dataset.kind.value, "classes": dataset.classes, "target": target}
     with tempfile.TemporaryDirectory(prefix="goshen-ingest-") as workdir:
         path = Path(workdir) / CANONICAL
@@ -108,6 +134,7 @@ def write_canonical(
         with path.open("rb") as file:
             stored = store.put(key, file, content_type="application/vnd.apache.parquet")
     counts = _class_counts(dataset, target)
+    progress.advance(dataset.frame.height)
     return IngestResult(
         key=key,
         kind=dataset.kind,
@@ -131,9 +158,14 @@ def read_canonical(store: ArtifactStore, key: str) -> CanonicalDataset:
 
 
 def _read_images(
-    store: ArtifactStore, prefix: str, manifest: dict[str, Any], image_size: int
+    store: ArtifactStore,
+    prefix: str,
+    manifest: dict[str, Any],
+    image_size: int,
+    progress: Progress,
 ) -> CanonicalDataset:
     entries = {entry["file"]: entry for entry in manifest["entries"]}
+    progress.stage("decoding images", len(entries), "files", until=90)
     classes = _sorted_classes({e["label"] for e in entries.values() if e["label"] is not None})
     index = {name: position for position, name in enumerate(classes)}
     labels, pixels, sources = [], [], []
@@ -150,8 +182,16 @@ def _read_images(
                     pixels.append(_grayscale_pixels(image, image_size))
                 labels.append(None if entry["label"] is None else index[entry["label"]])
                 sources.append(entry["source"])
+                progress.advance()
     frame = _image_frame(labels, np.stack(pixels), image_size, sources)
     return CanonicalDataset(frame, DatasetKind.images, classes)
+
+
+def _row_count(table: io.BytesIO) -> int:
+    """The rows of a Parquet table, from its footer; `table` is left at its start."""
+    rows: int = pl.scan_parquet(table).select(pl.len()).collect().item()
+    table.seek(0)
+    return rows
 
 
 def _grayscale_pixels(image: Image.Image, size: int) -> np.ndarray:

@@ -1,14 +1,19 @@
-"""A user's datasets: upload an image archive or a table, list, read and delete them."""
+"""A user's datasets: upload an image archive or a table, list, read, follow and delete them."""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from goshen.accounts import Principal
@@ -18,15 +23,29 @@ from goshen.errors import ConflictError
 from goshen.ids import new_id
 from goshen.storage import ArtifactStore, artifact_key
 from goshen.uploads.limits import UploadLimits
+from goshen.uploads.manifest import StoredDataset
 from goshen.uploads.store import store_dataset
-from serving.http.dependencies import SessionDep, SettingsDep, StoreDep, require_scope
+from serving.http.dependencies import (
+    ReadSessionDep,
+    ReadSessionsDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    require_scope,
+)
 from serving.http.multipart import multipart_form, received_upload
 from serving.http.pagination import Cursor, Limit, Page, page_of_owned
 from serving.http.paths import DatasetId
-from serving.schemas import ColumnName, DatasetCreate, DatasetPublic, Name
+from serving.schemas import ColumnName, Name
+from serving.schemas.datasets import DatasetCreate, DatasetPublic
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 DatasetsPrincipal = Annotated[Principal, Depends(require_scope("datasets"))]
+ENDED = (DatasetStatus.ready, DatasetStatus.failed)
+POLL_SECONDS = 0.5
+KEEPALIVE_SECONDS = 15.0
+# A stream ends after this even while the dataset still ingests; the client reconnects.
+MAX_STREAM_SECONDS = 300.0
 
 _UPLOAD_FORM = multipart_form(
     "a .zip, .tar or .tar.gz of PNG, JPEG, BMP or GIF images (optional top-level labels.csv of "
@@ -102,6 +121,7 @@ def _store_and_record(
             file_count=stored.file_count,
             schema=stored.schema,
             stats=stored.stats,
+            progress=_waiting(stored),
         )
         session.add(dataset)
         session.commit()
@@ -110,6 +130,15 @@ def _store_and_record(
         store.delete_prefix(prefix)
         raise
     return DatasetPublic.model_validate(dataset)
+
+
+def _waiting(stored: StoredDataset) -> dict[str, Any]:
+    """Progress until an ingestion run picks the dataset up (seconds: see the README)."""
+    if stored.kind is DatasetKind.images:
+        total, unit = stored.file_count, "files"
+    else:
+        total, unit = stored.stats["rows"], "rows"
+    return {"stage": "waiting to start", "done": 0, "total": total, "unit": unit, "percent": 0}
 
 
 @router.get("")
@@ -126,6 +155,64 @@ def get_dataset(
     dataset_id: DatasetId, principal: DatasetsPrincipal, session: SessionDep
 ) -> DatasetPublic:
     return DatasetPublic.model_validate(_owned(session, dataset_id, principal.user.id))
+
+
+@router.get(
+    "/{dataset_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+)
+def stream_dataset_events(
+    dataset_id: DatasetId,
+    principal: DatasetsPrincipal,
+    session: ReadSessionDep,
+    reads: ReadSessionsDep,
+) -> StreamingResponse:
+    """Server-sent events: `status` first and on each change, `progress` (as on GET) as
+    ingestion moves, and `done` with the dataset once it is ready or failed; the stream ends then.
+
+    A stream also ends after 5 minutes without `done`; reconnect to follow on. A comment line
+    keeps a quiet stream alive every 15 seconds.
+    """
+    _owned(session, dataset_id, principal.user.id)
+    session.close()  # the stream reads with short sessions of its own
+    events = _dataset_events(reads, dataset_id)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+async def _dataset_events(reads: sessionmaker[Session], dataset_id: str) -> AsyncIterator[str]:
+    status, progress = None, None
+    started = last_sent = time.monotonic()
+    while time.monotonic() - started < MAX_STREAM_SECONDS:
+        dataset = await run_in_threadpool(_read_dataset, reads, dataset_id)
+        if dataset is None:
+            return  # deleted while followed: a GET now answers 404
+        if dataset.status != status:
+            status = dataset.status
+            yield _event("status", json.dumps({"status": str(status)}))
+            last_sent = time.monotonic()
+        if dataset.progress is not None and dataset.progress != progress:
+            progress = dataset.progress
+            yield _event("progress", progress.model_dump_json())
+            last_sent = time.monotonic()
+        if status in ENDED:
+            yield _event("done", dataset.model_dump_json(by_alias=True))
+            return
+        if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()
+        await anyio.sleep(POLL_SECONDS)
+
+
+def _read_dataset(reads: sessionmaker[Session], dataset_id: str) -> DatasetPublic | None:
+    with reads() as session:
+        dataset = session.get(Dataset, dataset_id)
+        return None if dataset is None else DatasetPublic.model_validate(dataset)
+
+
+def _event(name: str, data: str) -> str:
+    return f"event: {name}\ndata: {data}\n\n"
 
 
 @router.delete(

@@ -6,25 +6,31 @@ This module's API runs with small upload limits, so every limit can be crossed w
 from __future__ import annotations
 
 import io
+import json
 import secrets
 import tarfile
+import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
+import httpx
 import polars as pl
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from goshen.client import GoshenClient
 from goshen.config import Settings
 from goshen.db import session_scope
-from goshen.db.models import Dataset, TrainingJob, TrainingStatus
+from goshen.db.models import Dataset, DatasetStatus, TrainingJob, TrainingStatus
 from serving.app import create_app
+from serving.routes import datasets as dataset_routes
 from tests.fixtures.accounts import Account
 
 PROBLEM = "application/problem+json"
@@ -295,8 +301,10 @@ def test_another_users_dataset_is_not_found(
 ) -> None:
     other = make_account()
     dataset_id = upload(client, other, b"a\n1\n").json()["id"]
-    for method in ("GET", "DELETE"):
-        response = client.request(method, f"/v1/datasets/{dataset_id}", headers=developer.headers)
+    for method, path in (("GET", ""), ("DELETE", ""), ("GET", "/events")):
+        response = client.request(
+            method, f"/v1/datasets/{dataset_id}{path}", headers=developer.headers
+        )
         assert response.status_code == 404 and response.headers["content-type"] == PROBLEM
     assert client.get("/v1/datasets", headers=developer.headers).json()["data"] == []
     assert client.get(f"/v1/datasets/{dataset_id}", headers=other.headers).status_code == 200
@@ -310,9 +318,10 @@ def test_a_key_without_the_datasets_scope_gets_403(
         upload(client, limited, b"a\n1\n"),
         client.get("/v1/datasets", headers=limited.headers),
         client.get("/v1/datasets/ds_01JD0000000000000000000000", headers=limited.headers),
+        client.get("/v1/datasets/ds_01JD0000000000000000000000/events", headers=limited.headers),
         client.delete("/v1/datasets/ds_01JD0000000000000000000000", headers=limited.headers),
     ]
-    assert [r.status_code for r in responses] == [403] * 4
+    assert [r.status_code for r in responses] == [403] * 5
     assert "'datasets' scope" in responses[0].json()["detail"]
 
 
@@ -333,3 +342,153 @@ def test_a_dataset_in_use_by_a_training_job_is_not_deleted(
     response = client.delete(f"/v1/datasets/{dataset_id}", headers=developer.headers)
     assert response.status_code == 409 and "training job" in response.json()["detail"]
     assert client.get(f"/v1/datasets/{dataset_id}", headers=developer.headers).status_code == 200
+
+
+def progress(stage: str, done: int, total: int, unit: str, percent: int) -> dict[str, Any]:
+    return {"stage": stage, "done": done, "total": total, "unit": unit, "percent": percent}
+
+
+def ingest_row(
+    sessions: sessionmaker[Session], dataset_id: str, steps: list[dict[str, Any]]
+) -> threading.Thread:
+    """Move the dataset's row as an ingestion run does, a step every 0.25 s (ten of the stream's
+    polls), in a thread."""
+
+    def run() -> None:
+        for values in steps:
+            time.sleep(0.25)
+            with session_scope(sessions) as session:
+                session.execute(update(Dataset).where(Dataset.id == dataset_id).values(**values))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def events_of(client: TestClient, account: Account, dataset_id: str) -> list[tuple[str, Any]]:
+    with client.stream(
+        "GET", f"/v1/datasets/{dataset_id}/events", headers=account.headers
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        blocks = response.read().decode().split("\n\n")
+    events = []
+    for block in filter(None, blocks):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def test_ingestion_progress_shows_on_get_and_streams_until_done(
+    client: TestClient,
+    developer: Account,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dataset_routes, "POLL_SECONDS", 0.02)
+    archive = zip_of({f"{i}.png": png() for i in range(4)})
+    dataset = upload(client, developer, archive).json()
+    assert dataset["progress"] == progress("waiting to start", 0, 4, "files", 0)
+
+    halfway = progress("decoding images", 2, 4, "files", 45)
+    ingest_row(sessions, dataset["id"], [{"status": DatasetStatus.validating, "progress": halfway}])
+    time.sleep(0.5)
+    fetched = client.get(f"/v1/datasets/{dataset['id']}", headers=developer.headers).json()
+    assert fetched["status"] == "validating" and fetched["progress"] == halfway
+
+    steps: list[dict[str, Any]] = [
+        {"progress": progress("decoding images", 4, 4, "files", 90)},
+        {"progress": progress("writing parquet", 4, 4, "rows", 100)},
+        {"status": DatasetStatus.ready},
+    ]
+    ingest_row(sessions, dataset["id"], steps)
+    events = events_of(client, developer, dataset["id"])
+
+    assert [data for kind, data in events if kind == "status"] == [
+        {"status": "validating"},
+        {"status": "ready"},
+    ]
+    assert [data["percent"] for kind, data in events if kind == "progress"] == [45, 90, 100]
+    assert events[-1][0] == "done"
+    done = events[-1][1]
+    assert done["id"] == dataset["id"] and done["status"] == "ready"
+    assert done["progress"]["percent"] == 100
+    # Once it ended, a stream answers where it is and ends at once.
+    again = events_of(client, developer, dataset["id"])
+    assert [kind for kind, _ in again] == ["status", "progress", "done"]
+
+
+def test_a_failed_ingestion_streams_done_with_the_reason(
+    client: TestClient,
+    developer: Account,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dataset_routes, "POLL_SECONDS", 0.02)
+    dataset = upload(client, developer, b"x,label\n1,a\n2,b\n").json()
+    assert dataset["progress"] == progress("waiting to start", 0, 2, "rows", 0)
+    failed = {"status": DatasetStatus.failed, "error": "target column 'y' is not in the table"}
+    ingest_row(sessions, dataset["id"], [{"status": DatasetStatus.validating}, failed])
+    events = events_of(client, developer, dataset["id"])
+    assert events[-2] == ("status", {"status": "failed"}) and events[-1][0] == "done"
+    assert events[-1][1]["status"] == "failed" and "'y'" in events[-1][1]["error"]
+    assert events[-1][1]["progress"] == dataset["progress"]  # where it stopped
+
+
+def test_a_stream_that_waits_long_keeps_alive_and_ends_in_bounded_time(
+    client: TestClient, developer: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dataset_routes, "POLL_SECONDS", 0.02)
+    monkeypatch.setattr(dataset_routes, "KEEPALIVE_SECONDS", 0.05)
+    monkeypatch.setattr(dataset_routes, "MAX_STREAM_SECONDS", 0.3)
+    dataset_id = upload(client, developer, b"a\n1\n").json()["id"]
+    started = time.monotonic()
+    with client.stream(
+        "GET", f"/v1/datasets/{dataset_id}/events", headers=developer.headers
+    ) as response:
+        body = response.read().decode()
+    assert time.monotonic() - started < 5
+    assert body.startswith("event: status\n") and ": keep-alive\n\n" in body
+    assert "event: done" not in body  # still waiting: the client reconnects
+
+
+def through(client: TestClient, request: httpx.Request) -> httpx.Response:
+    """The SDK's request, answered by the app in this process (the test client buffers it)."""
+    answer = client.request(
+        request.method, str(request.url), headers=dict(request.headers), content=request.read()
+    )
+    return httpx.Response(
+        answer.status_code, headers=answer.headers.multi_items(), content=answer.content
+    )
+
+
+def test_the_sdk_waits_for_a_dataset_to_be_ready(
+    client: TestClient,
+    developer: Account,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+) -> None:
+    monkeypatch.setattr(dataset_routes, "POLL_SECONDS", 0.02)
+    monkeypatch.setattr(dataset_routes, "MAX_STREAM_SECONDS", 0.4)  # it reconnects past this
+    path = tmp_path / "table.csv"
+    path.write_bytes(b"x,label\n1,a\n2,b\n")
+    transport = httpx.MockTransport(lambda request: through(client, request))
+    with GoshenClient("http://testserver", developer.key, transport=transport) as sdk:
+        dataset = sdk.upload_dataset(path, "table", target="label")
+        assert sdk.get_dataset(dataset["id"])["progress"]["stage"] == "waiting to start"
+        steps: list[dict[str, Any]] = [
+            {"status": DatasetStatus.validating},
+            {"progress": progress("reading rows", 2, 2, "rows", 50)},
+            {"progress": progress("writing parquet", 2, 2, "rows", 100)},
+            {"status": DatasetStatus.ready},
+        ]
+        ingest_row(sessions, dataset["id"], steps)
+        seen: list[int] = []
+        ready = sdk.wait_for_dataset(dataset["id"], on_progress=lambda p: seen.append(p["percent"]))
+        assert ready["status"] == "ready" and ready["progress"]["percent"] == 100
+        assert seen == sorted(seen) and seen[-1] == 100
+
+        other = sdk.upload_dataset(path, "never ingested")
+        with pytest.raises(TimeoutError, match=other["id"]):
+            sdk.wait_for_dataset(other["id"], timeout=0.5)

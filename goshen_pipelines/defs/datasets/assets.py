@@ -6,8 +6,8 @@ import dagster as dg
 
 from goshen.db.access import ids_since
 from goshen.db.models import Dataset, DatasetStatus
-from goshen_pipelines.lib import ingest
-from goshen_pipelines.lib.datasets import DIGITS_KEY, ingest_uploaded
+from goshen.errors import GoshenError
+from goshen_pipelines.lib import datasets, ingest
 from goshen_pipelines.resources import ArtifactStorage, PlatformDatabase
 
 dataset_partitions = dg.DynamicPartitionsDefinition(name="dataset")
@@ -63,8 +63,18 @@ def _metadata(result: ingest.IngestResult) -> dict[str, Any]:
 )
 def digits_dataset(artifact_store: ArtifactStorage) -> dg.MaterializeResult:  # type: ignore[type-arg]  # dagster takes only the bare class on assets with checks
     """scikit-learn's bundled handwritten digits (1,797 8x8 images), ready to train on offline."""
-    result = ingest.ingest_digits(artifact_store.store, DIGITS_KEY)
+    result = ingest.ingest_digits(artifact_store.store, datasets.DIGITS_KEY)
     return dg.MaterializeResult(metadata=_metadata(result), check_results=_check_results(result))
+
+
+def _failure_reason(exc: Exception, run_id: str) -> str:
+    """What the dataset's owner reads: a fault of their data as said, none of the platform's."""
+    if isinstance(exc, GoshenError | ValueError):
+        return str(exc)
+    return (
+        f"ingestion stopped on the platform's side (Dagster run {run_id}); upload the dataset "
+        "again, and ask an admin if it fails again"
+    )
 
 
 @dg.asset(
@@ -78,9 +88,38 @@ def uploaded_dataset(
     artifact_store: ArtifactStorage,
     platform_db: PlatformDatabase,
 ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # dagster takes only the bare class on assets with checks
-    """An uploaded dataset, validated and written as canonical Parquet; its row becomes ready."""
+    """An uploaded dataset, validated and written as canonical Parquet; its row becomes ready.
+
+    Each step commits on its own, so the API shows the row validating, its progress as it
+    moves, and then ready, or failed with the reason.
+    """
+    dataset_id = context.partition_key
     with platform_db.session() as session:
-        result = ingest_uploaded(session, artifact_store.store, context.partition_key)
+        dataset = datasets.start_ingest(session, dataset_id)
+        prefix, destination = dataset.storage_prefix, datasets.canonical_key(dataset)
+
+    def report(progress: dict[str, Any]) -> None:
+        context.log.info(
+            f"{progress['stage']}: {progress['done']}/{progress['total']} {progress['unit']} "
+            f"({progress['percent']}%)"
+        )
+        with platform_db.session() as session:
+            datasets.save_progress(session, dataset_id, progress)
+
+    try:
+        result = ingest.ingest_dataset(
+            artifact_store.store,
+            prefix,
+            destination,
+            image_size=datasets.CANONICAL_IMAGE_SIZE,
+            report=report,
+        )
+    except Exception as exc:
+        with platform_db.session() as session:
+            datasets.fail_ingest(session, dataset_id, _failure_reason(exc, context.run_id))
+        raise
+    with platform_db.session() as session:
+        datasets.finish_ingest(session, dataset_id, result)
     return dg.MaterializeResult(metadata=_metadata(result), check_results=_check_results(result))
 
 

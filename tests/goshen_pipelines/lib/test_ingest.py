@@ -6,6 +6,7 @@ import io
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -148,3 +149,52 @@ def test_a_table_keeps_its_typed_columns_and_describes_its_target(
     assert regression.classes == [] and regression.label_balance is None
     with pytest.raises(InvalidInputError, match="'z' is not in the table"):
         ingest_dataset(store, PREFIX, DESTINATION, target="z")
+
+
+def _reports_of(store: LocalArtifactStore, **options: Any) -> list[dict[str, Any]]:
+    reports: list[dict[str, Any]] = []
+    ingest_dataset(store, PREFIX, DESTINATION, report=reports.append, **options)
+    return reports
+
+
+def _assert_moves_forward_to_100(reports: list[dict[str, Any]]) -> None:
+    percents = [report["percent"] for report in reports]
+    assert percents == sorted(percents) and percents[0] == 0 and percents[-1] == 100
+    assert len(set(percents)) > 2  # it moved between the start and the end
+
+
+def test_an_image_archive_reports_its_files_decoded_then_its_rows_written(
+    store: LocalArtifactStore, stored: Callable[[bytes], None]
+) -> None:
+    files = {f"set/{i % 2}/{i}.png": image_bytes(Image.new("L", (8, 8), i)) for i in range(200)}
+    stored(zip_of(files))
+    reports = _reports_of(store, image_size=4)
+    _assert_moves_forward_to_100(reports)
+    decoding = [r for r in reports if r["stage"] == "decoding images"]
+    assert {(r["unit"], r["total"]) for r in decoding} == {("files", 200)}
+    done = [r["done"] for r in decoding]
+    assert done == sorted(done) and done[0] == 0 and done[-1] == 200
+    # Every 5 % at most, not per file: a report per file would be 200 of them.
+    assert len(decoding) <= 22
+    assert reports[-1] == {
+        "stage": "writing parquet",
+        "done": 200,
+        "total": 200,
+        "unit": "rows",
+        "percent": 100,
+    }
+
+
+def test_a_table_reports_its_rows_read_then_written(
+    store: LocalArtifactStore, stored: Callable[[bytes], None]
+) -> None:
+    stored(b"x,label\n" + b"".join(b"%d,%d\n" % (i, i % 3) for i in range(1000)))
+    reports = _reports_of(store, target="label")
+    _assert_moves_forward_to_100(reports)
+    assert [(r["stage"], r["done"], r["unit"]) for r in reports] == [
+        ("reading rows", 0, "rows"),
+        ("reading rows", 1000, "rows"),
+        ("writing parquet", 0, "rows"),
+        ("writing parquet", 1000, "rows"),
+    ]
+    assert {r["total"] for r in reports} == {1000}
