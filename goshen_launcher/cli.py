@@ -6,7 +6,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from goshen.config import Settings, SettingsError, load_settings
 from goshen.errors import GoshenError
@@ -128,35 +127,9 @@ def _admin_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _models_add_pipeline(settings: Settings, args: argparse.Namespace) -> int:
-    import mlflow
+    from goshen_launcher.add_pipeline import add_pipeline
 
-    from goshen import catalog, registry
-    from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
-    from goshen.db.models import PricingUnit, Visibility
-    from goshen.tracking import running_tracking_server
-
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        migrate.upgrade(engine)
-        with running_tracking_server(settings) as uri:
-            mlflow.set_tracking_uri(uri)
-            mlflow.set_registry_uri(uri)
-            registered = registry.log_diffusers_pipeline(Path(args.folder), args.name)
-        with session_scope(make_sessionmaker(engine)) as session:
-            catalog.add_pipeline_entry(
-                session,
-                name=args.name,
-                registered_model=registered.name,
-                version=registered.version,
-                description=args.description,
-                pricing_unit=PricingUnit(args.unit),
-                price_micros=args.price_micros,
-                visibility=Visibility.private if args.private else Visibility.public,
-            )
-    finally:
-        engine.dispose()
-    print(f"registered {registered.name} v{registered.version}; generate with model {args.name}")
-    return 0
+    return add_pipeline(settings, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,11 +175,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="register a diffusers text-to-image pipeline folder in MLflow and serve it",
     )
     pipeline.add_argument("folder", help="a saved pipeline (model_index.json, safetensors)")
-    pipeline.add_argument("--name", required=True, help="catalog and registered model name")
-    pipeline.add_argument("--description", default="")
-    pipeline.add_argument("--unit", choices=["image", "second", "request"], default="image")
-    pipeline.add_argument("--price-micros", type=int, default=0, help="per unit, in micro-credits")
-    pipeline.add_argument("--private", action="store_true", help="not listed for other users")
+    pipeline.add_argument(
+        "--name",
+        required=True,
+        help="catalog and registered model name; an existing pipeline entry's name adds a "
+        "version to it and serves it",
+    )
+    pipeline.add_argument("--description", help="new entries: empty by default")
+    pipeline.add_argument(
+        "--unit", choices=["image", "second", "request"], help="new entries: image by default"
+    )
+    pipeline.add_argument(
+        "--price-micros", type=int, help="per unit, in micro-credits; new entries: 0 by default"
+    )
+    pipeline.add_argument(
+        "--owner", metavar="EMAIL", help="a private entry of this user's, named <user id>.NAME"
+    )
+    pipeline.add_argument("--private", action="store_true", help="with --owner (which implies it)")
+    pipeline.add_argument(
+        "--no-deploy",
+        action="store_true",
+        help="register a new version of an existing entry only; it keeps serving what it served",
+    )
     pipeline.set_defaults(run=_models_add_pipeline)
 
     admin = commands.add_parser("admin", help="administration").add_subparsers(

@@ -8,10 +8,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
+from goshen import catalog, pipeline_entries
 from goshen.config import Settings
-from goshen.db import make_engine, migrate
+from goshen.db import make_engine, migrate, session_scope
+from goshen.db.models import (
+    Model,
+    ModelKind,
+    ModelRuntime,
+    ModelVersion,
+    PricingUnit,
+    User,
+    Visibility,
+)
+from goshen.errors import ConflictError
+from goshen_launcher.add_pipeline import add_pipeline
+from goshen_launcher.cli import build_parser
 from serving.app import create_app
 from tests.fixtures.accounts import Account
 
@@ -123,3 +140,168 @@ def test_a_pipeline_folder_becomes_a_callable_model(
         env=env,
     )
     assert refused.returncode == 2 and "model_index.json" in refused.stderr
+
+
+def add_pipeline_cli(
+    folder: Path, name: str, *flags: str, settings: Settings
+) -> subprocess.CompletedProcess[str]:
+    env = {"GOSHEN_MLFLOW_TRACKING_URI": settings.resolved_mlflow_tracking_uri}
+    return goshen(
+        "models", "add-pipeline", str(folder), "--name", name, *flags, settings=settings, env=env
+    )
+
+
+def registered_versions(mlflow_server: str, registered_model: str) -> list[str]:
+    found = MlflowClient(mlflow_server).search_model_versions(f"name='{registered_model}'")
+    return sorted((str(version.version) for version in found), key=int)
+
+
+def recorded_versions(sessions: sessionmaker[Session], model_name: str) -> list[str]:
+    with sessions() as session:
+        rows = session.scalars(
+            select(ModelVersion).join(Model).where(Model.name == model_name)
+        ).all()
+        assert {(row.source, row.checks_passed) for row in rows} <= {("pipeline", None)}
+        return sorted((row.version for row in rows), key=int)
+
+
+def entry(sessions: sessionmaker[Session], name: str) -> Model:
+    with sessions() as session:
+        model = session.scalar(select(Model).where(Model.name == name))
+        assert model is not None
+        return model
+
+
+def test_adding_a_pipeline_again_rolls_its_new_version_out(
+    serving_settings: Settings,
+    sessions: sessionmaker[Session],
+    tiny_sd_pipeline: Path,
+    mlflow_server: str,
+) -> None:
+    name = f"tiny-sd-{secrets.token_hex(3)}"
+    first = add_pipeline_cli(tiny_sd_pipeline, name, settings=serving_settings)
+    assert first.returncode == 0, first.stderr
+    second = add_pipeline_cli(
+        tiny_sd_pipeline, name, "--price-micros", "3000", settings=serving_settings
+    )
+    assert second.returncode == 0, second.stderr
+    assert f"registered version 2 of {name}; model {name} serves it, replacing version 1" in (
+        second.stdout
+    )
+    model = entry(sessions, name)
+    assert (model.pinned_version, model.live_version, model.previous_version) == ("2", "2", "1")
+    assert (model.price_micros, model.visibility, model.owner_id) == (3000, "public", None)
+
+    held = add_pipeline_cli(tiny_sd_pipeline, name, "--no-deploy", settings=serving_settings)
+    assert held.returncode == 0, held.stderr
+    assert f"registered version 3 of {name}, registered only" in held.stdout
+    assert "still serves version 2" in held.stdout
+    model = entry(sessions, name)
+    assert (model.pinned_version, model.live_version, model.previous_version) == ("2", "2", "1")
+    assert (model.status, model.price_micros) == ("ready", 3000)
+    assert registered_versions(mlflow_server, name) == ["1", "2", "3"]
+    assert recorded_versions(sessions, name) == ["1", "2", "3"]
+
+
+def test_an_owner_gets_a_private_entry_named_for_them(
+    serving_settings: Settings,
+    sessions: sessionmaker[Session],
+    tiny_sd_pipeline: Path,
+    mlflow_server: str,
+    developer: Account,
+) -> None:
+    with sessions() as session:
+        email = session.get_one(User, developer.user_id).email
+    name = f"tiny-sd-{secrets.token_hex(3)}"
+    owned = f"{developer.user_id}.{name}"
+    added = add_pipeline_cli(
+        tiny_sd_pipeline, name, "--owner", email, "--private", settings=serving_settings
+    )
+    assert added.returncode == 0, added.stderr
+    assert f"model {owned} (private to {email}) serves it" in added.stdout
+    model = entry(sessions, owned)
+    assert (model.owner_id, model.visibility, model.registered_model) == (
+        developer.user_id,
+        Visibility.private,
+        owned,
+    )
+    assert (model.pinned_version, model.live_version) == ("1", "1")
+    assert registered_versions(mlflow_server, owned) == recorded_versions(sessions, owned) == ["1"]
+
+    unknown = add_pipeline_cli(
+        tiny_sd_pipeline, name, "--owner", "nobody@example.com", settings=serving_settings
+    )
+    assert unknown.returncode == 2
+    assert "no user with email nobody@example.com" in unknown.stderr
+
+
+def test_refused_pipelines_register_nothing(
+    serving_settings: Settings,
+    sessions: sessionmaker[Session],
+    tiny_sd_pipeline: Path,
+    mlflow_server: str,
+    developer: Account,
+) -> None:
+    name = f"tiny-sd-{secrets.token_hex(3)}"
+    private = add_pipeline_cli(tiny_sd_pipeline, name, "--private", settings=serving_settings)
+    assert private.returncode == 2 and "--private needs --owner EMAIL" in private.stderr
+    held = add_pipeline_cli(tiny_sd_pipeline, name, "--no-deploy", settings=serving_settings)
+    assert held.returncode == 2 and f"no model {name!r} to keep serving" in held.stderr
+    assert registered_versions(mlflow_server, name) == []
+
+    classifier = f"classifier-{secrets.token_hex(3)}"
+    theirs = f"tiny-sd-{secrets.token_hex(3)}"
+    with session_scope(sessions) as session:
+        session.add(
+            Model(
+                name=classifier,
+                kind=ModelKind.onnx,
+                runtime=ModelRuntime.onnx,
+                registered_model=classifier,
+                pricing_unit=PricingUnit.request,
+            )
+        )
+        catalog.add_pipeline_entry(
+            session,
+            name=theirs,
+            registered_model=theirs,
+            version="1",
+            description="",
+            pricing_unit=PricingUnit.image,
+            price_micros=0,
+            visibility=Visibility.private,
+            owner_id=developer.user_id,
+        )
+    not_pipeline = add_pipeline_cli(tiny_sd_pipeline, classifier, settings=serving_settings)
+    assert not_pipeline.returncode == 2
+    assert "is not a diffusers pipeline (its runtime is onnx)" in not_pipeline.stderr
+    another_owner = add_pipeline_cli(tiny_sd_pipeline, theirs, settings=serving_settings)
+    assert another_owner.returncode == 2 and "belongs to another owner" in another_owner.stderr
+    assert registered_versions(mlflow_server, classifier) == []
+    assert registered_versions(mlflow_server, theirs) == []
+    assert entry(sessions, theirs).live_version == "1"
+
+
+def test_a_version_the_catalog_cannot_record_is_deleted(
+    serving_settings: Settings,
+    sessions: sessionmaker[Session],
+    tiny_sd_pipeline: Path,
+    mlflow_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def lost_the_name(*_args: object, **_kwargs: object) -> Model:
+        raise ConflictError("the catalog already has a model named that")
+
+    monkeypatch.setattr(pipeline_entries, "add_entry", lost_the_name)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # see goshen() above
+    name = f"tiny-sd-{secrets.token_hex(3)}"
+    args = build_parser().parse_args(
+        ["models", "add-pipeline", str(tiny_sd_pipeline), "--name", name]
+    )
+    with pytest.raises(ConflictError):
+        add_pipeline(serving_settings, args)
+    assert f"the just-registered version 1 of {name} was deleted" in capsys.readouterr().err
+    assert registered_versions(mlflow_server, name) == []
+    with sessions() as session:
+        assert session.scalar(select(Model).where(Model.name == name)) is None
