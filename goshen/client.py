@@ -5,33 +5,37 @@ with GoshenClient("http://127.0.0.1:8000", api_key="gsk_...") as goshen:
     job = goshen.generate("digits-diffusion", {"digit": 7, "num_images": 4}, wait=60)
     png = goshen.download(job["output"]["images"][0]["url"])
     digits = goshen.predict("digits-classifier", {"features": rows})  # labels, probabilities
+
+Training jobs and the models they make (train, wait_for_training_job, deploy_model, ...) are
+GoshenClient's too, from goshen.client_models.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
 import httpx
 
+from goshen.client_http import (
+    GoshenAPIError,
+    JobEvent,
+    _json_object,
+    _problem,
+    _server_sent_events,
+    _until,
+    _without_none,
+)
+from goshen.client_models import TrainedModelCalls
+
+__all__ = ["GoshenAPIError", "GoshenClient", "JobEvent"]
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
 
-class GoshenAPIError(Exception):
-    """The API answered with a problem (RFC 9457); `problem` holds its fields."""
-
-    def __init__(self, status_code: int, problem: dict[str, Any]) -> None:
-        self.status_code = status_code
-        self.problem = problem
-        detail = problem.get("detail") or problem.get("title") or "request failed"
-        super().__init__(f"{status_code}: {detail}")
-
-
-class GoshenClient:
+class GoshenClient(TrainedModelCalls):
     """A thin, typed-enough wrapper: one method per API operation, errors as GoshenAPIError."""
 
     def __init__(
@@ -139,8 +143,9 @@ class GoshenClient:
     def admin_revoke_key(self, key_id: str) -> dict[str, Any]:
         return self._object("DELETE", f"/v1/admin/keys/{key_id}")
 
-    def list_models(self) -> list[dict[str, Any]]:
-        return list(self.paginate("/v1/models"))
+    def list_models(self, owner: str | None = None) -> list[dict[str, Any]]:
+        """The models you may call: public ones and your own; `owner="me"`: only your own."""
+        return list(self.paginate("/v1/models", **_without_none(owner=owner)))
 
     def get_model(self, name: str) -> dict[str, Any]:
         """A catalog model: its input JSON Schema, examples, pricing and status."""
@@ -249,6 +254,54 @@ class GoshenClient:
             pass
         return self.get_job(job_id)
 
+    def upload_dataset(
+        self,
+        path: str | os.PathLike[str],
+        name: str,
+        *,
+        kind: str | None = None,
+        target: str | None = None,
+    ) -> dict[str, Any]:
+        """Upload an image archive or a CSV/Parquet table; it is `uploaded`, and ingests next
+        (`wait_for_dataset`)."""
+        with open(path, "rb") as file:
+            return self._object(
+                "POST",
+                "/v1/datasets",
+                data=_without_none(name=name, kind=kind, target=target),
+                files={"file": (os.path.basename(path), file, "application/octet-stream")},
+                timeout=max(self._http.timeout.read or 0, 300),
+            )
+
+    def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        """A dataset: its status (uploaded, validating, ready, failed) and ingestion progress."""
+        return self._object("GET", f"/v1/datasets/{dataset_id}")
+
+    def wait_for_dataset(
+        self,
+        dataset_id: str,
+        *,
+        timeout: float | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Follow the dataset's events until it is ready or failed; the dataset as it ended
+        (check its `status`). `on_progress` gets each progress object (stage, done, total, unit,
+        percent); past `timeout` seconds, TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:  # the server ends a stream after a few minutes; follow on
+            with self._http.stream(
+                "GET", f"/v1/datasets/{dataset_id}/events", timeout=None
+            ) as response:
+                if response.is_error:
+                    response.read()
+                    raise GoshenAPIError(response.status_code, _problem(response))
+                lines = _until(response.iter_lines(), deadline, f"dataset {dataset_id}")
+                for event in _server_sent_events(lines):
+                    if event.kind == "progress" and on_progress is not None:
+                        on_progress(event.data)
+                    elif event.kind == "done":
+                        return event.data
+
     def download(self, url: str) -> bytes:
         """An output file by its signed link (the link itself is the credential)."""
         response = httpx.get(url, timeout=self._http.timeout)
@@ -265,46 +318,3 @@ class GoshenClient:
 def _listed(value: Any) -> Any:
     """Arrays (numpy, torch, ...) as the nested lists JSON carries."""
     return value.tolist() if hasattr(value, "tolist") else value
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    """One server-sent event of a job: `kind` is status, progress, log, output or done."""
-
-    id: int
-    kind: str
-    data: dict[str, Any]
-
-
-def _server_sent_events(lines: Iterator[str]) -> Iterator[JobEvent]:
-    event_id, kind, data = 0, "message", ""
-    for line in lines:
-        if line.startswith("id:"):
-            event_id = int(line[3:].strip())
-        elif line.startswith("event:"):
-            kind = line[6:].strip()
-        elif line.startswith("data:"):
-            data += line[5:].strip()
-        elif not line and data:
-            yield JobEvent(event_id, kind, json.loads(data))
-            if kind == "done":
-                return
-            kind, data = "message", ""
-
-
-def _without_none(**fields: Any) -> dict[str, Any]:
-    return {name: value for name, value in fields.items() if value is not None}
-
-
-def _json_object(body: Any, call: str) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise TypeError(f"{call} answered {body!r:.200}, not a JSON object; is this a Goshen API?")
-    return body
-
-
-def _problem(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {"status": response.status_code, "detail": response.text[:500]}
-    return body if isinstance(body, dict) else {"status": response.status_code, "detail": body}
