@@ -19,6 +19,7 @@ from goshen.db.models import (
     ModelKind,
     ModelRuntime,
     ModelStatus,
+    ModelVersion,
     PricingUnit,
     Visibility,
 )
@@ -126,6 +127,7 @@ def add_pipeline_entry(
     pricing_unit: PricingUnit,
     price_micros: int,
     visibility: Visibility,
+    owner_id: str | None = None,
 ) -> Model:
     """A catalog entry serving a registered diffusers text-to-image pipeline at `version`."""
     if session.scalar(select(Model.id).where(Model.name == name)) is not None:
@@ -141,27 +143,65 @@ def add_pipeline_entry(
         price_micros=price_micros,
         visibility=visibility,
         status=ModelStatus.ready,
+        owner_id=owner_id,
     )
     session.add(model)
     session.flush()
     return model
 
 
+def owned_name(user_id: str, model_name: str) -> str:
+    """The catalog (and MLflow registry) name of a model its owner named `model_name`."""
+    return f"{user_id}.{model_name}"
+
+
+def candidate_names(name: str, user_id: str) -> list[str]:
+    """What `name` may mean to this caller, first match wins: a plain name is their own model
+    of that name, else the public entry; a qualified one (`usr_....name`) is that entry."""
+    if "." in name:
+        return [name]
+    return [owned_name(user_id, name), name]
+
+
 def visible_to(user_id: str) -> ColumnElement[bool]:
     """A filter for the catalog entries a user may call: public ones and their own."""
-    return or_(Model.visibility == Visibility.public, Model.owner_id == user_id)
+    return and_(
+        Model.deleted_at.is_(None),
+        or_(Model.visibility == Visibility.public, Model.owner_id == user_id),
+    )
 
 
 def is_visible(model: Model, user_id: str) -> bool:
     """The Python form of `visible_to`, for entries read from a cache."""
+    if model.deleted_at is not None:
+        return False
     return model.visibility == Visibility.public or model.owner_id == user_id
 
 
 def get_visible(session: Session, name: str, user_id: str) -> Model:
-    """The entry called `name`, if this user may see it; NotFoundError otherwise."""
-    model = session.scalar(select(Model).where(Model.name == name, visible_to(user_id)))
-    if model is None:
-        raise NotFoundError(f"no model named {name!r}; GET /v1/models lists the ones you can call")
+    """The entry `name` means to this user (candidate_names), if they may see it;
+    NotFoundError otherwise."""
+    names = candidate_names(name, user_id)
+    found = {
+        model.name: model
+        for model in session.scalars(
+            select(Model).where(Model.name.in_(names), visible_to(user_id))
+        )
+    }
+    for candidate in names:
+        if candidate in found:
+            return found[candidate]
+    raise NotFoundError(f"no model named {name!r}; GET /v1/models lists the ones you can call")
+
+
+def get_owned(session: Session, name: str, user_id: str) -> Model:
+    """The entry `name` means to this user if they own it; NotFoundError for anything else
+    (another account's model reads as missing, never as forbidden)."""
+    model = get_visible(session, name, user_id)
+    if model.owner_id != user_id:
+        raise NotFoundError(
+            f"no model of yours named {name!r}; GET /v1/models?owner=me lists the ones you own"
+        )
     return model
 
 
@@ -175,6 +215,11 @@ def check_callable(model: Model) -> str | None:
 def not_deployed(model: Model) -> str:
     """Why an entry takes no calls, as its callers see it. Why a deploy failed is for admins
     (GET /v1/admin/models/{name}): the registry's error may name its internals."""
+    if model.status == ModelStatus.disabled and model.owner_id is not None:
+        return (
+            f"model {model.name} is not deployed: its owner undeployed it or has not deployed "
+            f"it yet (POST /v1/models/{model.name}/deploy serves it)"
+        )
     if model.status == ModelStatus.disabled:
         return (
             f"model {model.name} is not deployed: an admin undeployed it "
@@ -202,7 +247,31 @@ def set_live_version(session: Session, registered_model: str, alias: str, versio
         if model.status == ModelStatus.deploying:
             model.status = ModelStatus.ready
         model.status_error = None
+        publish_version(session, model)
     return len(entries)
+
+
+def version_record(session: Session, model: Model) -> ModelVersion | None:
+    """What the platform recorded of the version an entry serves (None: nothing recorded)."""
+    version = serving_version(model)
+    if version is None:
+        return None
+    return session.scalar(
+        select(ModelVersion).where(
+            ModelVersion.model_id == model.id, ModelVersion.version == version
+        )
+    )
+
+
+def publish_version(session: Session, model: Model) -> None:
+    """Publish what the version an entry serves takes (its input schema, examples and class
+    names), where the platform recorded it (model_versions); others keep their runtime's."""
+    recorded = version_record(session, model)
+    if recorded is None or recorded.input_schema is None:
+        return
+    model.input_schema = recorded.input_schema
+    model.examples = recorded.examples or []
+    model.classes = recorded.classes
 
 
 def awaiting_alias() -> ColumnElement[bool]:
@@ -225,7 +294,12 @@ def start_serving(session: Session, model_id: str, alias: str, version: str) -> 
         .values(live_version=version, status=ModelStatus.ready, status_error=None)
         .returning(Model.id)
     )
-    return changed is not None
+    if changed is None:
+        return False
+    model = session.get(Model, model_id, populate_existing=True)
+    if model is not None:
+        publish_version(session, model)
+    return True
 
 
 def price(model: Model, *, images: int, seconds: float) -> tuple[float, int]:

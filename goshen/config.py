@@ -88,9 +88,16 @@ class Settings(BaseSettings):
     mlflow_backend_store_uri: str | None = None
     mlflow_artifacts_destination: str | None = None
     dagster_home: Path | None = None
+    # Where people open the Dagster and MLflow UIs (links on training jobs); default: the
+    # embedded Dagster, the tracking server (without any credentials in its URI).
+    dagster_url: str | None = None
+    mlflow_url: str | None = None
     mlflow_workers: int = Field(default=1, ge=1, le=64)
 
     training_price_micros_per_second: int = Field(default=100, ge=0)
+    # What calls to customers' trained models cost (the operator's price; owners set none).
+    trained_model_image_price_micros: int = Field(default=1_000, ge=0, le=10**12)
+    trained_model_request_price_micros: int = Field(default=100, ge=0, le=10**12)
     # Off: a deployment without credits; usage is metered, nothing is held, charged or refused.
     billing_enabled: bool = True
     # The most credit one API process holds at a time for one key's /predict requests.
@@ -164,7 +171,9 @@ class Settings(BaseSettings):
             raise ValueError(f"uses {backend!r}; Goshen runs on 'postgresql' or 'sqlite'")
         return value
 
-    @field_validator("public_url", "s3_endpoint_url", "mlflow_tracking_uri")
+    @field_validator(
+        "public_url", "s3_endpoint_url", "mlflow_tracking_uri", "dagster_url", "mlflow_url"
+    )
     @classmethod
     def _is_http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -282,6 +291,10 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_mlflow_artifacts_destination(self) -> str:
         return self.mlflow_artifacts_destination or str(self.home_dir / "mlflow" / "artifacts")
+
+    @property
+    def resolved_dagster_url(self) -> str:
+        return self.dagster_url or f"http://{_url_host(self.host)}:{self.dagster_port}"
 
     @cached_property
     def resolved_dagster_home(self) -> Path:

@@ -28,6 +28,7 @@ from goshen.errors import InvalidInputError, NotFoundError
 from goshen.registry_rest import NOT_FOUND_CODES
 from goshen.registry_rest import RegistryUnavailableError as RegistryUnavailableError
 from goshen.registry_rest import bound_mlflow_client as bound_mlflow_client
+from goshen.registry_rest import delete_alias as delete_alias
 from goshen.registry_rest import ping as ping
 from goshen.registry_rest import registered_model_exists as registered_model_exists
 from goshen.registry_rest import shown as shown
@@ -142,6 +143,17 @@ def promote(
             client.set_registered_model_alias(name, PREVIOUS, live_version)
         client.set_registered_model_alias(name, PRODUCTION, version)
     return PromotionDecision(promoted, version, live_version, reason)
+
+
+def point_production(client: MlflowClient, name: str, version: str) -> None:
+    """Move `production` to `version` whatever its metric (a pinning deploy); the old live
+    version becomes `previous`."""
+    live = version_by_alias(client, name, PRODUCTION)
+    if live is not None and str(live.version) == version:
+        return
+    if live is not None:
+        client.set_registered_model_alias(name, PREVIOUS, str(live.version))
+    client.set_registered_model_alias(name, PRODUCTION, version)
 
 
 def _metric(version: ModelVersion) -> float:

@@ -62,14 +62,30 @@ def version_for_alias(tracking_uri: str, name: str, alias: str, timeout: float) 
         ) from None
 
 
+def delete_alias(tracking_uri: str, name: str, alias: str, timeout: float) -> None:
+    """Remove `name@alias` (nothing when it does not exist); one bounded REST call."""
+    params = {"name": name, "alias": alias}
+    _rest_get(tracking_uri, "registered-models/alias", params, timeout, method="DELETE")
+
+
 def _rest_get(
-    tracking_uri: str, endpoint: str, params: dict[str, str], timeout: float
+    tracking_uri: str,
+    endpoint: str,
+    params: dict[str, str],
+    timeout: float,
+    *,
+    method: str = "GET",
 ) -> httpx.Response | None:
-    """GET an MLflow REST endpoint with MLflow's own credentials; None when it does not exist."""
+    """Call (GET by default) an MLflow REST endpoint with MLflow's own credentials; None when
+    what it names does not exist."""
+    # MLflow's server reads a GET's fields from the query string and any other's from its body.
+    query = method == "GET"
     try:
-        response = httpx.get(
+        response = httpx.request(
+            method,
             f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/{endpoint}",
-            params=params,
+            params=params if query else None,
+            json=None if query else params,
             headers=_mlflow_auth_headers(),
             timeout=timeout,
         )

@@ -19,18 +19,23 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from goshen import catalog
 from goshen.billing import training_charges
 from goshen.db import access
 from goshen.db.models import (
     Dataset,
     DatasetKind,
     DatasetStatus,
+    DeployPolicy,
+    Model,
+    ModelRuntime,
     TrainingJob,
     TrainingStatus,
     User,
+    Visibility,
     utcnow,
 )
 from goshen.errors import ConflictError, InvalidInputError, NotFoundError
@@ -75,8 +80,9 @@ class TrainingConfig(BaseModel):
 
 
 def registered_model_name(user_id: str, model_name: str) -> str:
-    """Users share one MLflow registry; their models are named per user so they never collide."""
-    return f"{user_id}.{model_name}"
+    """Users share one MLflow registry; their models are named per user so they never collide
+    (and the catalog names their entries the same way)."""
+    return catalog.owned_name(user_id, model_name)
 
 
 def estimate_seconds(task: Task, config: TrainingConfig, samples: int) -> float:
@@ -109,7 +115,8 @@ def time_limit(session: Session, job: TrainingJob) -> int:
 
 def check_request(dataset: Dataset, task: Task, config: TrainingConfig) -> None:
     """Refuse a job that cannot train on this dataset, naming the field to fix."""
-    if dataset.status not in (DatasetStatus.uploaded, DatasetStatus.ready):
+    # A dataset still ingesting is ingested by the run itself if its own run has not finished.
+    if dataset.status == DatasetStatus.failed:
         raise ConflictError(f"dataset {dataset.id} is {dataset.status}; it cannot be trained on")
     if dataset.kind != task.dataset_kind:
         raise InvalidInputError(
@@ -126,6 +133,14 @@ def check_request(dataset: Dataset, task: Task, config: TrainingConfig) -> None:
             f"column {config.target!r} is not in dataset {dataset.id}; it has {columns}",
             field="config.target",
         )
+    # A feature column becomes an input of the exported graph, named as the column.
+    output = "probabilities" if task is Task.classification else "prediction"
+    if output in columns and output != config.target:
+        raise InvalidInputError(
+            f"feature column {output!r} has the name of the model's output; rename it in the "
+            "dataset, or make it the target",
+            field="dataset_id",
+        )
 
 
 def submit(
@@ -137,6 +152,7 @@ def submit(
     model_name: str,
     config: TrainingConfig,
     price_micros_per_second: int,
+    deploy: DeployPolicy = DeployPolicy.auto,
 ) -> TrainingJob:
     """A validated, priced `queued` training job (flushed); the Dagster sensor picks it up once
     the caller holds its credit (training_charges.hold) and commits."""
@@ -146,6 +162,7 @@ def submit(
         )
     dataset = access.get_owned(session, Dataset, dataset_id, user.id, "dataset")
     check_request(dataset, task, config)
+    check_model_name(session, user.id, model_name, task)
     seconds = time_limit_seconds(task, config, samples_in(dataset, task))
     job = TrainingJob(
         user_id=user.id,
@@ -153,6 +170,7 @@ def submit(
         task=task,
         model_name=model_name,
         config=config.model_dump(),
+        deploy=deploy,
         registered_model=registered_model_name(user.id, model_name),
         estimated_cost_micros=seconds * price_micros_per_second,
         logs="",
@@ -160,6 +178,38 @@ def submit(
     session.add(job)
     session.flush()
     return job
+
+
+def check_model_name(session: Session, user_id: str, model_name: str, task: Task) -> None:
+    """Refuse a name that would shadow a public model for its owner, or that already names
+    the owner's model of another kind (a generator's versions cannot become a classifier's)."""
+    public = session.scalar(
+        select(Model.id).where(Model.name == model_name, Model.visibility == Visibility.public)
+    )
+    if public is not None:
+        raise InvalidInputError(
+            f"{model_name!r} is a public model's name; pick another for your model",
+            field="model_name",
+        )
+    runtime = ModelRuntime.onnx_diffusion if task is Task.diffusion else ModelRuntime.onnx
+    name = registered_model_name(user_id, model_name)
+    entries = session.scalars(
+        select(Model).where(
+            or_(Model.name == name, Model.registered_model == name), Model.deleted_at.is_(None)
+        )
+    ).all()
+    for entry in entries:
+        if entry.name != name or entry.registered_model != name:
+            # An admin gave this model to another user, or gave another's model to this one.
+            raise ConflictError(
+                f"the name {model_name!r} belongs to a model an admin transferred; pick another "
+                "model_name"
+            )
+        if entry.runtime != runtime:
+            raise ConflictError(
+                f"your model {model_name!r} is a {entry.runtime} model; a {task} job trains a "
+                f"{runtime} model: pick another model_name"
+            )
 
 
 def get_owned(session: Session, job_id: str, user_id: str) -> TrainingJob:

@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.fixtures.stable_diffusion",
     "tests.fixtures.models",
     "tests.fixtures.workers",
+    "tests.fixtures.training",
 ]
 
 

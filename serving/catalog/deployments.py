@@ -166,6 +166,7 @@ def deploy(
         if prepared is not None:
             schema = prepared.onnx.public_schema()
             model.input_schema, model.examples = schema, [schema["example"]]
+        catalog.publish_version(session, model)  # a trained generator's classes, per version
         model.status, model.status_error = ModelStatus.ready, None
     if prepared is not None:
         predict_models.install(prepared)

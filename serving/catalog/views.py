@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from goshen import catalog
-from goshen.db.models import Model
+from goshen.db.models import Model, ModelVersion
 from serving.schemas import AdminModelPublic, ModelPublic
+from serving.schemas.models import ModelVersionPublic
 
 
-def public_model(model: Model) -> ModelPublic:
+def public_model(
+    model: Model, *, viewer_id: str | None = None, live: ModelVersion | None = None
+) -> ModelPublic:
+    """An entry as `viewer_id` sees it: its owner also sees how its live version (`live`) was
+    trained."""
+    owned = viewer_id is not None and model.owner_id == viewer_id
     return ModelPublic(
         name=model.name,
         kind=model.kind,
@@ -19,6 +27,27 @@ def public_model(model: Model) -> ModelPublic:
         pricing={"unit": str(model.pricing_unit), "price_micros": model.price_micros},
         input_schema=model.input_schema,
         examples=model.examples,
+        classes=model.classes,
+        owned=owned,
+        trained=trained_summary(live) if owned and live is not None else None,
+    )
+
+
+def trained_summary(row: ModelVersion) -> dict[str, Any]:
+    return {
+        "version": row.version,
+        "training_job_id": row.training_job_id,
+        "dataset_id": row.dataset_id,
+        "metrics": row.metrics,
+        "checks_passed": row.checks_passed,
+        "created_at": row.created_at.isoformat(),
+    }
+
+
+def version_view(row: ModelVersion, model: Model) -> ModelVersionPublic:
+    live = catalog.serving_version(model) == row.version
+    return ModelVersionPublic.model_validate(row, from_attributes=True).model_copy(
+        update={"live": live}
     )
 
 
@@ -34,6 +63,7 @@ def admin_model(model: Model) -> AdminModelPublic:
         owner_id=model.owner_id,
         max_batch_size=model.max_batch_size,
         max_wait_ms=model.max_wait_ms,
+        deleted_at=model.deleted_at,
         created_at=model.created_at,
         updated_at=model.updated_at,
     )

@@ -5,28 +5,30 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
+from goshen import catalog
 from goshen.db import session_scope
-from goshen.db.models import Model, ModelStatus
+from goshen.db.models import Model, ModelStatus, User
 from goshen.errors import ConflictError, InvalidInputError, NotFoundError
-from serving.catalog import deployments
+from serving.catalog import deployments, entries
 from serving.catalog.views import admin_model
 from serving.http.dependencies import AdminPrincipal, ApiStateDep, SessionDep
 from serving.http.pagination import Cursor, Limit, Page, paginate
 from serving.http.paths import ModelName
 from serving.http.state import ApiState
 from serving.schemas import AdminModelPublic, DeployRequest, ModelRegister, ModelUpdate
+from serving.schemas.models import ModelVersionPublic, OwnerTransfer
 
 router = APIRouter(prefix="/v1/admin/models", tags=["admin"])
 
 
 def _by_name(state: ApiState, name: str) -> Model:
     with state.sessions() as session:
-        model = session.scalar(select(Model).where(Model.name == name))
+        model = session.scalar(select(Model).where(Model.name == name, Model.deleted_at.is_(None)))
     if model is None:
         raise NotFoundError(f"no catalog model named {name!r}")
     return model
@@ -191,3 +193,58 @@ async def rollback_model(
     finally:
         state.catalog.invalidate(name)
     return admin_model(model)
+
+
+@router.get("/{name}/versions")
+def list_model_versions(
+    name: ModelName,
+    _admin: AdminPrincipal,
+    session: SessionDep,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+) -> Page[ModelVersionPublic]:
+    """The versions the platform recorded for an entry (a trained model's, a pipeline's)."""
+    model = session.scalar(select(Model).where(Model.name == name))
+    if model is None:
+        raise NotFoundError(f"no catalog model named {name!r}")
+    return entries.versions_page(session, model, limit=limit, cursor=cursor)
+
+
+@router.post(
+    "/{name}/transfer",
+    responses={409: {"description": "the new owner already has a model of that name"}},
+)
+def transfer_model(
+    name: ModelName, body: OwnerTransfer, _admin: AdminPrincipal, state: ApiStateDep
+) -> AdminModelPublic:
+    """Give an entry to another user: it becomes theirs, named `<their id>.<name>` (its
+    registered model keeps its name). Its visibility does not change: publishing it takes an
+    explicit `PATCH` with `visibility`."""
+    with session_scope(state.sessions) as session:
+        user = session.scalar(select(User).where(User.email == body.owner_email))
+        if user is None:
+            raise InvalidInputError(f"no user with email {body.owner_email!r}", field="owner_email")
+        model = session.scalar(select(Model).where(Model.name == name))
+        if model is None:
+            raise NotFoundError(f"no catalog model named {name!r}")
+        new_name = catalog.owned_name(user.id, name.split(".", 1)[-1])
+        if new_name != name and session.scalar(select(Model.id).where(Model.name == new_name)):
+            raise ConflictError(f"{body.owner_email} already has a model named {new_name!r}")
+        model.owner_id, model.name = user.id, new_name
+    state.catalog.invalidate(name)
+    return admin_model(model)
+
+
+@router.delete(
+    "/{name}",
+    status_code=204,
+    responses={
+        409: {"description": "one of the platform's own models: undeploy it instead"},
+        503: {"description": "the model registry does not answer"},
+    },
+)
+def delete_catalog_entry(name: ModelName, _admin: AdminPrincipal, state: ApiStateDep) -> Response:
+    """Delete an entry as its owner would (DELETE /v1/models/{name}): it stops serving and its
+    name is free; its registry versions stay for audit, without aliases."""
+    entries.delete_entry(state, _by_name(state, name))
+    return Response(status_code=204)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from sqlalchemy import select
 
 from goshen import catalog
@@ -21,15 +21,27 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 ModelsPrincipal = Annotated[Principal, Depends(require_any_scope("models", "generate", "predict"))]
 
 
+OwnerFilter = Annotated[
+    Literal["me"] | None, Query(description="`me`: only the models you own (that you trained)")
+]
+
+
 @router.get("")
 def list_models(
-    principal: ModelsPrincipal, session: ReadSessionDep, limit: Limit = 20, cursor: Cursor = None
+    principal: ModelsPrincipal,
+    session: ReadSessionDep,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+    owner: OwnerFilter = None,
 ) -> Page[ModelPublic]:
-    """Public models and your own, newest first."""
-    query = select(Model).where(catalog.visible_to(principal.user.id))
+    """Public models and your own, newest first; `owner=me`: only your own."""
+    user_id = principal.user.id
+    query = select(Model).where(catalog.visible_to(user_id))
+    if owner == "me":
+        query = query.where(Model.owner_id == user_id)
 
     def render(models: Sequence[Model]) -> list[ModelPublic]:
-        return [public_model(model) for model in models]
+        return [public_model(model, viewer_id=user_id) for model in models]
 
     return paginate(
         session, query, Model.id, ModelPublic, limit=limit, cursor=cursor, render=render
@@ -38,5 +50,8 @@ def list_models(
 
 @router.get("/{name}")
 def get_model(name: ModelName, principal: ModelsPrincipal, session: ReadSessionDep) -> ModelPublic:
-    """One model: its input as JSON Schema with examples, its pricing, whether it is live."""
-    return public_model(catalog.get_visible(session, name, principal.user.id))
+    """One model: its input as JSON Schema with examples, its pricing, whether it is live. A
+    name resolves to your own model of that name first, else to the public one."""
+    model = catalog.get_visible(session, name, principal.user.id)
+    live = catalog.version_record(session, model) if model.owner_id == principal.user.id else None
+    return public_model(model, viewer_id=principal.user.id, live=live)

@@ -10,18 +10,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen import training
 from goshen.accounts import Principal
 from goshen.billing import training_charges
+from goshen.config import Settings
 from goshen.db.models import TrainingJob
+from goshen.registry_rest import shown
 from serving.http.dependencies import ReadSessionsDep, SessionDep, SettingsDep, require_scope
 from serving.http.headers import LastEventId
 from serving.http.openapi import problem_response
-from serving.http.pagination import Cursor, Limit, Page, page_of_owned
+from serving.http.pagination import Cursor, Limit, Page, paginate
 from serving.http.paths import TrainingJobId
-from serving.schemas import TrainingJobCreate, TrainingJobPublic
+from serving.schemas.training import TrainingJobCreate, TrainingJobLinks, TrainingJobPublic
 
 router = APIRouter(prefix="/v1/training-jobs", tags=["training"])
 TrainingPrincipal = Annotated[Principal, Depends(require_scope("training"))]
@@ -61,26 +64,60 @@ def submit_training_job(
         model_name=body.model_name,
         config=body.config,
         price_micros_per_second=settings.training_price_micros_per_second,
+        deploy=body.deploy,
     )
     training_charges.hold(session, principal, job, billing_enabled=settings.billing_enabled)
     session.commit()
-    return TrainingJobPublic.model_validate(job)
+    return training_job_view(job, settings)
 
 
 @router.get("")
 def list_training_jobs(
-    principal: TrainingPrincipal, session: SessionDep, limit: Limit = 20, cursor: Cursor = None
+    principal: TrainingPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Limit = 20,
+    cursor: Cursor = None,
 ) -> Page[TrainingJobPublic]:
-    return page_of_owned(
-        session, TrainingJob, TrainingJobPublic, principal.user.id, limit=limit, cursor=cursor
+    query = select(TrainingJob).where(TrainingJob.user_id == principal.user.id)
+    return paginate(
+        session,
+        query,
+        TrainingJob.id,
+        TrainingJobPublic,
+        limit=limit,
+        cursor=cursor,
+        render=lambda jobs: [training_job_view(job, settings) for job in jobs],
     )
 
 
 @router.get("/{job_id}")
 def get_training_job(
-    job_id: TrainingJobId, principal: TrainingPrincipal, session: SessionDep
+    job_id: TrainingJobId, principal: TrainingPrincipal, session: SessionDep, settings: SettingsDep
 ) -> TrainingJobPublic:
-    return TrainingJobPublic.model_validate(training.get_owned(session, job_id, principal.user.id))
+    """The job: its status, seconds run and cost, and links to its dataset, model and runs."""
+    return training_job_view(training.get_owned(session, job_id, principal.user.id), settings)
+
+
+def training_job_view(job: TrainingJob, settings: Settings) -> TrainingJobPublic:
+    mlflow = settings.mlflow_url or shown(settings.resolved_mlflow_tracking_uri)
+    version = job.registered_version
+    model = f"/v1/models/{job.model_name}" if version is not None else None
+    links = TrainingJobLinks(
+        dataset=f"/v1/datasets/{job.dataset_id}" if job.dataset_id else None,
+        model=model,
+        model_versions=f"{model}/versions" if model is not None else None,
+        dagster_run=f"{settings.resolved_dagster_url}/runs/{job.dagster_run_id}"
+        if job.dagster_run_id
+        else None,
+        mlflow_run=f"{mlflow}/#/runs/{job.mlflow_run_id}" if job.mlflow_run_id else None,
+        mlflow_model_version=f"{mlflow}/#/models/{job.registered_model}/versions/{version}"
+        if version is not None
+        else None,
+    )
+    return TrainingJobPublic.model_validate(job).model_copy(
+        update={"links": links, "run_seconds": job.gpu_seconds}
+    )
 
 
 @router.post("/{job_id}/cancel", responses={409: {"description": "the job already ended"}})
@@ -96,7 +133,7 @@ def cancel_training_job(
         price_micros_per_second=settings.training_price_micros_per_second,
     )
     session.commit()
-    return TrainingJobPublic.model_validate(job)
+    return training_job_view(job, settings)
 
 
 @router.get(

@@ -17,20 +17,15 @@ from pydantic import (
 from goshen.accounts import Scope
 from goshen.db.models import (
     ApiKey,
-    DatasetKind,
-    DatasetStatus,
     JobStatus,
     ModelKind,
     ModelRuntime,
     ModelStatus,
     PricingUnit,
     Role,
-    TrainingStatus,
     Visibility,
 )
-from goshen.ids import id_pattern
 from goshen.text import MULTILINE, ONE_LINE
-from goshen.training import Task, TrainingConfig
 
 # Free text is ONE_LINE or MULTILINE (goshen.text): no NUL or other control characters.
 Name = Annotated[
@@ -48,7 +43,11 @@ SpendCap = Annotated[
         "working; null: no cap",
     ),
 ]
-CATALOG_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+# A name a model is created with, and a name it is called by: a plain one, or an owned model's
+# qualified `<owner id>.<name>` (goshen.catalog.candidate_names).
+PLAIN_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+CATALOG_NAME_PATTERN = r"^(usr_[0-9A-HJKMNP-TV-Z]{26}\.)?[a-z0-9][a-z0-9-]{1,62}$"
+PlainName = Annotated[str, StringConstraints(pattern=PLAIN_NAME_PATTERN)]
 CatalogName = Annotated[str, StringConstraints(pattern=CATALOG_NAME_PATTERN)]
 Description = Annotated[str, StringConstraints(max_length=2000), MULTILINE]
 
@@ -140,66 +139,7 @@ class UserPublic(PublicBody):
     disabled_at: datetime | None
 
 
-class TrainingJobCreate(RequestBody):
-    dataset_id: Annotated[str, StringConstraints(pattern=id_pattern("ds"))]
-    task: Task
-    model_name: CatalogName
-    config: TrainingConfig = Field(default_factory=TrainingConfig)
-
-
-class TrainingJobPublic(PublicBody):
-    id: str
-    dataset_id: str | None
-    task: str
-    model_name: str
-    config: dict[str, Any]
-    status: TrainingStatus
-    progress: dict[str, Any] | None
-    error: str | None
-    dagster_run_id: str | None
-    mlflow_run_id: str | None
-    registered_model: str | None
-    registered_version: str | None
-    estimated_cost_micros: int | None
-    gpu_seconds: float | None
-    cost_micros: int | None
-    created_at: datetime
-    started_at: datetime | None
-    completed_at: datetime | None
-
-
 ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=200), ONE_LINE]
-
-
-class DatasetCreate(RequestBody):
-    """The text fields of a dataset upload; the file itself is the multipart part `file`."""
-
-    name: Name
-    kind: DatasetKind | None = Field(
-        default=None, description="images or tabular; inferred from the file's content when absent"
-    )
-    target: ColumnName | None = Field(
-        default=None, description="tables: the target column, whose distribution goes into stats"
-    )
-
-
-class DatasetPublic(PublicBody):
-    id: str
-    name: str
-    kind: DatasetKind
-    status: DatasetStatus
-    size_bytes: int = Field(description="bytes the dataset takes in the artifact store")
-    file_count: int = Field(description="images of an image archive; 1 for a table")
-    # `schema` would shadow a BaseModel method, hence the alias.
-    schema_: dict[str, Any] | None = Field(
-        validation_alias="schema",
-        serialization_alias="schema",
-        description="columns and their types, as {columns: {name: dtype}}",
-    )
-    stats: dict[str, Any] | None
-    error: str | None
-    created_at: datetime
-    updated_at: datetime
 
 
 WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048), ONE_LINE]
@@ -290,6 +230,15 @@ class ModelPublic(BaseModel):
     pricing: dict[str, Any]
     input_schema: dict[str, Any]
     examples: list[Any]
+    classes: list[str] | None = Field(
+        default=None, description="a trained generator's classes, by index: its `label` values"
+    )
+    owned: bool = Field(default=False, description="whether you own it (a model you trained)")
+    trained: dict[str, Any] | None = Field(
+        default=None,
+        description="for its owner: how the live version was trained (training job, dataset, "
+        "metrics, checks); GET /v1/models/{name}/versions lists every version",
+    )
 
 
 class Pricing(RequestBody):
@@ -302,7 +251,7 @@ class Pricing(RequestBody):
 class ModelRegister(RequestBody):
     """POST /v1/admin/models: a catalog entry for an MLflow registered model."""
 
-    name: CatalogName = Field(description="what developers call it, in URLs")
+    name: PlainName = Field(description="what developers call it, in URLs")
     registered_model: Annotated[str, StringConstraints(min_length=1, max_length=200), ONE_LINE]
     alias: Annotated[str, StringConstraints(min_length=1, max_length=100), ONE_LINE] | None = Field(
         default=None, description="follow this alias (e.g. production); or pin `version`"
@@ -356,5 +305,8 @@ class AdminModelPublic(ModelPublic):
     owner_id: str | None
     max_batch_size: int | None
     max_wait_ms: float | None
+    deleted_at: datetime | None = Field(
+        default=None, description="when its owner deleted it (its name is then free again)"
+    )
     created_at: datetime
     updated_at: datetime

@@ -11,10 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from mlflow import artifacts as mlflow_artifacts
+from sqlalchemy import select
 
-from goshen import catalog, registry, training
+from goshen import catalog, registry, trained_models, training
 from goshen.catalog import DIGITS_CLASSIFIER, DIGITS_DIFFUSION
-from goshen.db.models import TrainingStatus
+from goshen.config import load_settings
+from goshen.db.models import DeployPolicy, Model, ModelRuntime, TrainingStatus
+from goshen.errors import NotFoundError
+from goshen.runtimes.inputs import labeled_schema
+from goshen.runtimes.onnx.model import OnnxModel
 from goshen_pipelines.defs.training.assets import (
     TrainedModel,
     training_job_partitions,
@@ -81,7 +87,7 @@ def _publish(
         metadata.update(
             task=model.task,
             classes=[str(c) for c in model.classes],
-            input_ranges={export.TABULAR_INPUT: export.feature_range(trained.features)},
+            input_ranges=export.input_ranges(trained.features, trained.columns),
         )
     return publishing.register(
         path,
@@ -115,7 +121,9 @@ def _export_tabular(trained: TrainedModel, name: str) -> tuple[Candidate, dg.Ass
     assert isinstance(model, TrainedTabularModel) and trained.features is not None
     metric_name = "val_accuracy" if model.task == "classification" else "val_rmse"
     with tempfile.TemporaryDirectory(prefix="goshen-export-") as workdir:
-        path, diff = publishing.export_tabular(model, trained.features, Path(workdir))
+        path, diff = publishing.export_tabular(
+            model, trained.features, Path(workdir), trained.columns
+        )
         published = _publish(trained, name, metric_name, model.metrics[metric_name], diff, path)
     return Candidate(published, model.task == "classification"), _parity_check(published)
 
@@ -171,20 +179,74 @@ def training_run_onnx(
     platform_db: PlatformDatabase,
     mlflow: MLflowTracking,
 ) -> Iterator[dg.Output[Candidate] | dg.AssetCheckResult]:
-    """A training job's model exported to ONNX and registered under the job's model name."""
+    """A training job's model exported to ONNX, registered under the job's model name and
+    recorded in its owner's catalog entry (made with the model's first version)."""
     with platform_db.session() as session:
         name = training.get(session, context.partition_key).registered_model
     assert name is not None, "submit names every job's registered model"
-    if isinstance(training_run.model, TrainedTabularModel):
+    model = training_run.model
+    if isinstance(model, TrainedTabularModel):
         candidate, check = _export_tabular(training_run, name)
+        metrics = dict(model.metrics)
     else:
         with tempfile.TemporaryDirectory(prefix="goshen-export-") as workdir:
-            path, diff = publishing.export_denoiser(training_run.model, Path(workdir))
-            loss = training_run.model.history[-1]["loss"]
+            path, diff = publishing.export_denoiser(model, Path(workdir))
+            loss = model.history[-1]["loss"]
             published = _publish(training_run, name, "final_loss", loss, diff, path)
         candidate, check = Candidate(published, False), _parity_check(published)
-    yield _result(candidate)
+        metrics = {"final_loss": loss}
+    metrics["onnx_parity_max_abs_diff"] = candidate.published.parity_max_abs_diff
+    trained = _trained_version(training_run, candidate, metrics)
+    with platform_db.session() as session:
+        job = training.get(session, context.partition_key)
+        entry = trained_models.entry_for_job(session, job, trained.runtime, _prices())
+        trained_models.record_version(session, entry, job, trained)
+        if not trained.checks_passed:
+            # The blocking check stops the run here: an entry serving nothing says why.
+            trained_models.checks_failed(entry, trained.version)
+    yield _result(candidate, {"catalog_model": name})
     yield check
+
+
+def _prices() -> trained_models.Prices:
+    settings = load_settings()
+    return trained_models.Prices(
+        settings.trained_model_image_price_micros, settings.trained_model_request_price_micros
+    )
+
+
+def _trained_version(
+    trained: TrainedModel, candidate: Candidate, metrics: dict[str, float]
+) -> trained_models.TrainedVersion:
+    """What the catalog records of a job's registered version, its input schema included:
+    a generator's from the classes it learned, a table model's from its ONNX graph."""
+    published = candidate.published
+    model = trained.model
+    fields: dict[str, Any] = {
+        "version": published.version.version,
+        "metrics": metrics,
+        "metric_name": published.metric_name,
+        "checks_passed": published.parity_passed,
+        "mlflow_run_id": trained.mlflow_run_id,
+    }
+    if isinstance(model, TrainedDiffusion):
+        spec = model.spec
+        classes = spec.class_names or [str(label) for label in range(spec.num_classes)]
+        schema, examples = labeled_schema(classes, spec.image_size)
+        return trained_models.TrainedVersion(
+            runtime=ModelRuntime.onnx_diffusion,
+            input_schema=schema,
+            examples=examples,
+            classes=classes,
+            image_size=spec.image_size,
+            **fields,
+        )
+    with tempfile.TemporaryDirectory(prefix="goshen-schema-") as workdir:
+        folder = mlflow_artifacts.download_artifacts(published.version.model_uri, dst_path=workdir)
+        schema = OnnxModel.from_folder(folder).public_schema()
+    return trained_models.TrainedVersion(
+        runtime=ModelRuntime.onnx, input_schema=schema, examples=[schema["example"]], **fields
+    )
 
 
 def _promote(
@@ -235,13 +297,42 @@ def training_run_production(
     platform_db: PlatformDatabase,
     mlflow: MLflowTracking,
 ) -> dg.MaterializeResult[Any]:
-    """The job's model promoted when it earns it; the job ends succeeded with its version,
-    charged the seconds its run took."""
-    result = _promote(training_run_onnx, mlflow, platform_db)
-    version = training_run_onnx.published.version
+    """The job's version served as the job's deploy policy says (goshen.trained_models); the
+    job ends succeeded with its version, charged the seconds its run took."""
+    published = training_run_onnx.published
+    version = published.version
+    client = mlflow.client()
     with platform_db.session() as session:
+        policy = training.get(session, context.partition_key).deploy
+        # Locked while the registry decides: two versions of one model promote one at a time.
+        entry = session.scalar(select(Model).where(Model.name == version.name).with_for_update())
+        if entry is None:
+            raise NotFoundError(f"the catalog has no model {version.name}; was it deleted?")
+        metadata: dict[str, Any] = {"deploy": str(policy)}
+        if policy == DeployPolicy.auto:
+            decision = registry.promote(
+                client,
+                version.name,
+                version.version,
+                higher_is_better=training_run_onnx.higher_is_better,
+            )
+            metadata.update(promoted=decision.promoted, reason=decision.reason)
+        elif policy == DeployPolicy.pin and published.parity_passed:
+            registry.point_production(client, version.name, version.version)
+        live = registry.version_by_alias(client, version.name, registry.PRODUCTION)
+        outcome = trained_models.serve_decided(
+            session,
+            entry,
+            policy=policy,
+            version=version.version,
+            checks_passed=published.parity_passed,
+            production=str(live.version) if live is not None else None,
+        )
         training.append_log(
-            session, context.partition_key, f"registered {version.name} v{version.version}"
+            session,
+            context.partition_key,
+            f"registered {version.name} v{version.version}; "
+            + outcome.replace("{name}", entry.name.split(".", 1)[-1]),
         )
         training.finish(
             session,
@@ -250,4 +341,4 @@ def training_run_production(
             price_micros_per_second=training_price(),
             registered_version=version.version,
         )
-    return result
+    return dg.MaterializeResult(metadata={**metadata, "outcome": outcome})

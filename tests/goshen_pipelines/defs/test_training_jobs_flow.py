@@ -8,15 +8,9 @@ daemon would launch it from the sensor's run request.
 
 from __future__ import annotations
 
-import io
-import zipfile
-from pathlib import Path
-
-import dagster as dg
 import mlflow
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,51 +19,21 @@ from goshen.billing import training_charges
 from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import CreditBalance, CreditLedgerEntry, TrainingJob, UsageEvent
-from goshen_pipelines.definitions import defs
-from goshen_pipelines.defs.jobs import training_run_job
 from goshen_pipelines.defs.training.sensors import (
     run_key,
-    training_failure_sensor,
-    training_job_sensor,
 )
-from goshen_pipelines.lib.digits import load_digit_images
-from goshen_pipelines.resources import ArtifactStorage, MLflowTracking, PlatformDatabase
 from tests.fixtures.accounts import Account
+from tests.fixtures.training import TINY_DIFFUSION, Daemon, digits_archive
 
-TINY = {"epochs": 1, "batch_size": 32, "image_size": 8}
 # The API and database layers run on both backends in tests/serving; this flow trains a model,
 # so it runs once, on the production backend.
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 
-def _digits_archive(per_class: int = 20) -> bytes:
-    """Handwritten 0s and 1s as PNGs, one folder per label (ImageFolder layout)."""
-    images, labels = load_digit_images()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for digit in (0, 1):
-            for index in (labels == digit).nonzero()[0][:per_class]:
-                png = io.BytesIO()
-                Image.fromarray((images[index] * 255).astype("uint8")).save(png, format="PNG")
-                archive.writestr(f"digit-{digit}/{index}.png", png.getvalue())
-    return buffer.getvalue()
-
-
-@pytest.fixture
-def resources(settings: Settings, mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> dict:
-    monkeypatch.setenv("GOSHEN_HOME", str(settings.home_dir))
-    yield {
-        "platform_db": PlatformDatabase(database_url=settings.resolved_database_url),
-        "mlflow": MLflowTracking(tracking_uri=mlflow_server),
-        "artifact_store": ArtifactStorage(),
-        "io_manager": dg.FilesystemIOManager(base_dir=str(Path(settings.home_dir) / "io")),
-    }
-    mlflow.set_tracking_uri("")
-    mlflow.set_registry_uri("")
-
-
 def _submit(client: TestClient, developer: Account, model_name: str) -> str:
-    files = {"file": ("digits.zip", _digits_archive(), "application/zip")}
+    files = {
+        "file": ("digits.zip", digits_archive({0: "digit-0", 1: "digit-1"}), "application/zip")
+    }
     upload = client.post(
         "/v1/datasets", files=files, data={"name": "zeros and ones"}, headers=developer.headers
     )
@@ -78,55 +42,11 @@ def _submit(client: TestClient, developer: Account, model_name: str) -> str:
         "dataset_id": upload.json()["id"],
         "task": "diffusion",
         "model_name": model_name,
-        "config": TINY,
+        "config": TINY_DIFFUSION,
     }
     job = client.post("/v1/training-jobs", json=body, headers=developer.headers)
     assert job.status_code == 201, job.text
     return job.json()["id"]
-
-
-class Daemon:
-    """What the Dagster daemon does for the sensor: keep its cursor, run what it requests."""
-
-    def __init__(self, resources: dict) -> None:
-        self.instance = dg.DagsterInstance.ephemeral()
-        self.resources = resources
-        self.cursor: str | None = None
-
-    def tick(self) -> list[dg.RunRequest]:
-        with dg.build_sensor_context(
-            instance=self.instance, resources=self.resources, cursor=self.cursor
-        ) as context:
-            result = training_job_sensor(context)
-        for request in result.dynamic_partitions_requests or []:
-            self.instance.add_dynamic_partitions(
-                request.partitions_def_name, list(request.partition_keys)
-            )
-        self.cursor = result.cursor or self.cursor
-        job = defs.resolve_job_def(training_run_job.name)
-        for request in result.run_requests or []:
-            run = job.execute_in_process(
-                partition_key=request.partition_key,
-                instance=self.instance,
-                resources=self.resources,
-                raise_on_error=False,
-            )
-            if not run.success:
-                self._report_failure(run)
-        return list(result.run_requests or [])
-
-    def _report_failure(self, result: dg.ExecuteInProcessResult) -> None:
-        """What the daemon's run-failure sensor does when it sees the failed run."""
-        run = self.instance.get_run_by_id(result.run_id)
-        assert run is not None
-        with dg.build_run_status_sensor_context(
-            sensor_name=training_failure_sensor.name,
-            dagster_event=result.get_run_failure_event(),
-            dagster_instance=self.instance,
-            dagster_run=run,
-            resources=self.resources,
-        ) as context:
-            training_failure_sensor(context.for_run_failure())
 
 
 def _charges(sessions: sessionmaker[Session], job_id: str, user_id: str) -> dict[str, int]:
@@ -170,10 +90,10 @@ def _charged_for_its_seconds(job: dict, charges: dict[str, int]) -> None:
 
 
 def test_api_job_trains_through_the_sensor_and_loads_as_production(
-    client: TestClient, developer: Account, resources: dict, sessions: sessionmaker[Session]
+    client: TestClient, developer: Account, dagster_resources: dict, sessions: sessionmaker[Session]
 ) -> None:
     job_id = _submit(client, developer, "zeros-and-ones")
-    daemon = Daemon(resources)
+    daemon = Daemon(dagster_resources)
     assert [request.run_key for request in daemon.tick()] == [run_key(job_id)]
     assert daemon.tick() == []  # the cursor moved on: a job never launches twice
 
@@ -184,12 +104,14 @@ def test_api_job_trains_through_the_sensor_and_loads_as_production(
     logs = client.get(f"/v1/training-jobs/{job_id}/logs", headers=developer.headers).text
     assert "event: log\ndata: epoch 1/1 " in logs and " loss=" in logs and "event: done" in logs
 
-    mlflow.set_tracking_uri(resources["mlflow"].uri)
-    mlflow.set_registry_uri(resources["mlflow"].uri)
+    mlflow.set_tracking_uri(dagster_resources["mlflow"].uri)
+    mlflow.set_registry_uri(dagster_resources["mlflow"].uri)
     name = f"{developer.user_id}.zeros-and-ones"
     model = registry.load_onnx(name)
     assert [i.name for i in model.graph.input] == ["sample", "timestep", "class_labels"]
-    live = registry.version_by_alias(resources["mlflow"].client(), name, registry.PRODUCTION)
+    live = registry.version_by_alias(
+        dagster_resources["mlflow"].client(), name, registry.PRODUCTION
+    )
     assert str(live.version) == job["registered_version"]
     assert live.tags["dataset_id"] == job["dataset_id"]
     dataset = client.get(f"/v1/datasets/{job['dataset_id']}", headers=developer.headers).json()
@@ -197,7 +119,7 @@ def test_api_job_trains_through_the_sensor_and_loads_as_production(
 
 
 def test_a_cancel_during_training_ends_the_job_canceled(
-    client: TestClient, developer: Account, resources: dict, sessions: sessionmaker[Session]
+    client: TestClient, developer: Account, dagster_resources: dict, sessions: sessionmaker[Session]
 ) -> None:
     job_id = _submit(client, developer, "stopped-early")
     # The cancel lands after the run claimed the job, as it would mid-training.
@@ -205,7 +127,8 @@ def test_a_cancel_during_training_ends_the_job_canceled(
         session.execute(
             update(TrainingJob).where(TrainingJob.id == job_id).values(cancel_requested=True)
         )
-    Daemon(resources).tick()  # its run then fails, and the failure sensor sees the job ended
+    # Its run then fails, and the failure sensor sees the job ended.
+    Daemon(dagster_resources).tick()
     job = client.get(f"/v1/training-jobs/{job_id}", headers=developer.headers).json()
     assert job["status"] == "canceled"
     assert job["registered_version"] is None
@@ -213,13 +136,13 @@ def test_a_cancel_during_training_ends_the_job_canceled(
 
 
 def test_a_failed_run_charges_nothing(
-    client: TestClient, developer: Account, resources: dict, sessions: sessionmaker[Session]
+    client: TestClient, developer: Account, dagster_resources: dict, sessions: sessionmaker[Session]
 ) -> None:
     job_id = _submit(client, developer, "lost-its-data")
     # The platform loses the job's dataset: its run fails after it started.
     with session_scope(sessions) as session:
         session.execute(update(TrainingJob).where(TrainingJob.id == job_id).values(dataset_id=None))
-    Daemon(resources).tick()
+    Daemon(dagster_resources).tick()
     job = client.get(f"/v1/training-jobs/{job_id}", headers=developer.headers).json()
     assert job["status"] == "failed" and job["error"]
     assert job["cost_micros"] == 0
@@ -231,14 +154,14 @@ def test_a_failed_run_charges_nothing(
 def test_a_run_past_its_time_limit_is_stopped_uncharged(
     client: TestClient,
     developer: Account,
-    resources: dict,
+    dagster_resources: dict,
     sessions: sessionmaker[Session],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     job_id = _submit(client, developer, "too-slow")
     # A limit the first epoch is sure to pass, as a run whose estimate was far off would.
     monkeypatch.setattr(training, "time_limit", lambda session, job: 0)
-    Daemon(resources).tick()
+    Daemon(dagster_resources).tick()
     job = client.get(f"/v1/training-jobs/{job_id}", headers=developer.headers).json()
     assert job["status"] == "failed" and "time limit of 0 s" in job["error"]
     assert job["cost_micros"] == 0 and job["registered_version"] is None
