@@ -6,6 +6,7 @@ from goshen_pipelines.defs.billing import assets as billing
 from goshen_pipelines.defs.billing import checks as billing_checks
 from goshen_pipelines.defs.billing import schedules as billing_schedules
 from goshen_pipelines.defs.datasets import assets as datasets
+from goshen_pipelines.defs.datasets import sensors as dataset_sensors
 from goshen_pipelines.defs.jobs import digits_models_job, training_run_job
 from goshen_pipelines.defs.registry import assets as registry
 from goshen_pipelines.defs.training import assets as training
@@ -26,6 +27,8 @@ defs = dg.Definitions(
     schedules=[billing_schedules.billing_daily_schedule, billing_schedules.invoices_schedule],
     sensors=[
         datasets.uploaded_dataset_sensor,
+        dataset_sensors.dataset_run_failure_sensor,
+        dataset_sensors.dataset_run_canceled_sensor,
         training_sensors.training_job_sensor,
         training_sensors.training_cancel_sensor,
         training_sensors.training_failure_sensor,

@@ -18,6 +18,13 @@ from goshen.db.models import Dataset, DatasetKind, DatasetStatus
 from goshen.uploads.limits import UploadLimits
 from goshen.uploads.store import store_dataset
 from goshen_pipelines.defs.datasets.assets import uploaded_dataset, uploaded_dataset_sensor
+from goshen_pipelines.defs.datasets.sensors import (
+    dataset_of,
+    dataset_run_failure_sensor,
+    fail_unfinished,
+)
+from goshen_pipelines.lib import datasets as datasets_lib
+from goshen_pipelines.lib import ingest as ingest_lib
 from goshen_pipelines.resources import ArtifactStorage, PlatformDatabase
 from tests.fixtures.accounts import Account
 
@@ -144,3 +151,53 @@ def test_a_dataset_that_cannot_be_ingested_ends_failed_with_the_reason(
         # Kept although the run failed: the owner sees why instead of a dataset stuck validating.
         assert dataset.status == DatasetStatus.failed
         assert dataset.error is not None and "version 99" in dataset.error
+
+
+def test_a_run_that_dies_before_the_asset_records_it_fails_its_dataset(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    artifacts: ArtifactStorage,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run killed mid-ingestion leaves its dataset validating; the run-failure sensor ends
+    it failed (an already-ended dataset is left as it is)."""
+    dataset_id = _upload_images(settings, sessions, artifacts, developer.user_id, tmp_path)
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the run's process died")
+
+    # Neither ingestion nor recording its failure gets to finish, as with a kill -9.
+    monkeypatch.setattr(ingest_lib, "ingest_dataset", killed)
+    monkeypatch.setattr(datasets_lib, "fail_ingest", killed)
+    result = _materialize(settings, artifacts, dataset_id)
+    assert not result.success
+    monkeypatch.undo()
+    with session_scope(sessions) as session:
+        assert session.get_one(Dataset, dataset_id).status == DatasetStatus.validating
+
+    run = result.dagster_run
+    assert dataset_of(run) == dataset_id
+    resources = {"platform_db": PlatformDatabase(database_url=settings.resolved_database_url)}
+    with dg.build_run_status_sensor_context(
+        sensor_name=dataset_run_failure_sensor.name,
+        dagster_event=result.get_run_failure_event(),
+        dagster_instance=dg.DagsterInstance.ephemeral(),
+        dagster_run=run,
+        resources=resources,
+    ) as context:
+        dataset_run_failure_sensor(context.for_run_failure())
+    with session_scope(sessions) as session:
+        dataset = session.get_one(Dataset, dataset_id)
+        assert dataset.status == DatasetStatus.failed and run.run_id in (dataset.error or "")
+    assert not fail_unfinished(resources["platform_db"], dataset_id, "again")
+
+
+def test_only_ingestion_runs_are_a_datasets() -> None:
+    dataset_id, training_id = "ds_" + "0" * 26, "trn_" + "0" * 26
+    ingesting = dg.DagsterRun(job_name="__ASSET_JOB", tags={"dagster/partition": dataset_id})
+    training = dg.DagsterRun(job_name="training_run_job", tags={"dagster/partition": training_id})
+    assert dataset_of(ingesting) == dataset_id
+    assert dataset_of(training) is None
+    assert dataset_of(dg.DagsterRun(job_name="digits_models")) is None
