@@ -170,6 +170,11 @@ def serve_decided(
     if model.status == ModelStatus.deploying and catalog.serving_version(model) is None:
         model.status = ModelStatus.disabled  # nothing to serve: its owner deploys a version
     if policy == DeployPolicy.auto and production is not None:
+        if model.status == ModelStatus.disabled:
+            return (
+                f"production is version {production}; the model is undeployed, so it serves "
+                "nothing until you deploy it (POST /v1/models/{name}/deploy)"
+            )
         if model.pinned_version is not None:
             return (
                 f"production is version {production}; the model stays pinned at version "

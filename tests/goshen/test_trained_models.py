@@ -131,3 +131,30 @@ def test_a_name_keeps_its_kind(sessions: sessionmaker[Session], developer: Accou
         _record(session, job, _version("1", ["a"]))
         with pytest.raises(ConflictError, match="another name"):
             trained_models.entry_for_job(session, job, ModelRuntime.onnx, PRICES)
+
+
+def test_an_undeployed_model_stays_undeployed_when_a_better_version_arrives(
+    sessions: sessionmaker[Session], developer: Account
+) -> None:
+    with session_scope(sessions) as session:
+        entry = _record(session, _job(session, developer), _version("1", ["a"]))
+        trained_models.serve_decided(
+            session,
+            entry,
+            policy=DeployPolicy.auto,
+            version="1",
+            checks_passed=True,
+            production="1",
+        )
+        entry.status = ModelStatus.disabled  # its owner undeployed it
+        entry = _record(session, _job(session, developer), _version("2", ["a", "b"]))
+        outcome = trained_models.serve_decided(
+            session,
+            entry,
+            policy=DeployPolicy.auto,
+            version="2",
+            checks_passed=True,
+            production="2",
+        )
+        assert entry.status == ModelStatus.disabled and "undeployed" in outcome
+        assert entry.live_version == "2"  # what a deploy would serve
