@@ -52,13 +52,17 @@ class Job(Base):
             postgresql_where=text("status = 'running'"),
             sqlite_where=text("status = 'running'"),
         ),
+        # Newest-first lists by owner, status or model (ids are time-ordered).
         Index("ix_jobs_user_created", "user_id", "id"),
+        Index("ix_jobs_status_created", "status", "id"),
+        Index("ix_jobs_model_created", "model_id", "id"),
+        Index("ix_jobs_completed_at", "completed_at"),
     )
 
     id: Mapped[str] = id_column("job")
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
-    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"), index=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
     model_version: Mapped[str | None] = mapped_column(String(40))
     input: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Jobs of one model with the same batch key may run as one batch (same steps, size, ...).
