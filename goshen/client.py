@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from goshen.client_admin import AdminJobCalls
 from goshen.client_http import (
     GoshenAPIError,
     JobEvent,
@@ -30,12 +31,13 @@ from goshen.client_http import (
     _without_none,
 )
 from goshen.client_models import TrainedModelCalls
+from goshen.client_ops import AdminOperationsCalls
 
 __all__ = ["GoshenAPIError", "GoshenClient", "JobEvent"]
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
 
-class GoshenClient(TrainedModelCalls):
+class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls):
     """A thin, typed-enough wrapper: one method per API operation, errors as GoshenAPIError."""
 
     def __init__(
