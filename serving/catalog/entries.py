@@ -4,19 +4,58 @@ from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from goshen import registry
 from goshen.catalog import BUILTIN_MODELS
 from goshen.db import session_scope
 from goshen.db.models import Model, ModelVersion, utcnow
-from goshen.errors import ConflictError, UnavailableError
+from goshen.errors import ConflictError, InvalidInputError, UnavailableError
 from serving.catalog import deployments
 from serving.catalog.views import version_view
 from serving.http.pagination import Page, paginate
 from serving.http.state import ApiState
+from serving.schemas import DeployRequest
 from serving.schemas.models import ModelVersionPublic
 
 BUILTIN_NAMES = frozenset(builtin.name for builtin in BUILTIN_MODELS)
+
+
+async def deploy(state: ApiState, model: Model, body: DeployRequest | None) -> Model:
+    """Deploy an entry as `body` asks (a version pinned, an alias followed, or as it was); the
+    entry's cached row is dropped whether the deploy succeeded or failed (it records why)."""
+    body = body or DeployRequest()
+    if body.version is not None and body.alias is not None:
+        raise InvalidInputError("give at most one of `version` and `alias`", field="version")
+    try:
+        return await run_in_threadpool(
+            deployments.deploy,
+            state.sessions,
+            state.settings,
+            state.predict_models,
+            model.id,
+            version=body.version,
+            alias=body.alias,
+        )
+    finally:
+        state.catalog.invalidate(model.name)
+
+
+def undeploy(state: ApiState, model: Model) -> Model:
+    """Stop serving an entry: its calls answer 409 until it is deployed again."""
+    undeployed = deployments.undeploy(state.sessions, state.predict_models, model.id)
+    state.catalog.invalidate(model.name)
+    return undeployed
+
+
+async def rollback(state: ApiState, model: Model) -> Model:
+    """Serve the entry's version from before its last switch again, pinned."""
+    try:
+        return await run_in_threadpool(
+            deployments.rollback, state.sessions, state.settings, state.predict_models, model.id
+        )
+    finally:
+        state.catalog.invalidate(model.name)
 
 
 def versions_page(

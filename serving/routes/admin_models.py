@@ -147,30 +147,14 @@ async def deploy_model(
     probe it; only then switch to it. A failed deploy answers what failed, leaves the live
     version serving and shows in the entry's `status_error` (an entry that served nothing ends
     `failed`). The answer comes when the deploy has ended."""
-    body = body or DeployRequest()
-    if body.version is not None and body.alias is not None:
-        raise InvalidInputError("give at most one of `version` and `alias`", field="version")
-    model = _by_name(state, name)
-    try:
-        deployed = await run_in_threadpool(
-            deployments.deploy,
-            state.sessions,
-            state.settings,
-            state.predict_models,
-            model.id,
-            version=body.version,
-            alias=body.alias,
-        )
-    finally:
-        state.catalog.invalidate(name)  # a failed deploy changed the entry too
+    deployed = await entries.deploy(state, _by_name(state, name), body)
     return admin_model(deployed)
 
 
 @router.post("/{name}/undeploy")
 def undeploy_model(name: ModelName, _admin: AdminPrincipal, state: ApiStateDep) -> AdminModelPublic:
     """Stop serving: requests answer 409 until the entry is deployed again."""
-    model = deployments.undeploy(state.sessions, state.predict_models, _by_name(state, name).id)
-    state.catalog.invalidate(name)
+    model = entries.undeploy(state, _by_name(state, name))
     return admin_model(model)
 
 
@@ -182,16 +166,7 @@ async def rollback_model(
     name: ModelName, _admin: AdminPrincipal, state: ApiStateDep
 ) -> AdminModelPublic:
     """Serve the previous live version again (pinned, until the next deploy)."""
-    try:
-        model = await run_in_threadpool(
-            deployments.rollback,
-            state.sessions,
-            state.settings,
-            state.predict_models,
-            _by_name(state, name).id,
-        )
-    finally:
-        state.catalog.invalidate(name)
+    model = await entries.rollback(state, _by_name(state, name))
     return admin_model(model)
 
 

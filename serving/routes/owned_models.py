@@ -7,14 +7,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Response
-from starlette.concurrency import run_in_threadpool
 
 from goshen import catalog
 from goshen.accounts import Principal
 from goshen.db import session_scope
 from goshen.db.models import Model
-from goshen.errors import InvalidInputError
-from serving.catalog import deployments, entries
+from serving.catalog import entries
 from serving.catalog.views import public_model
 from serving.http.dependencies import ApiStateDep, ReadSessionDep, require_scope
 from serving.http.pagination import Cursor, Limit, Page
@@ -75,22 +73,8 @@ async def deploy_model(
     """Serve your model: `{"version": "3"}` pins a version, `{"alias": "production"}` follows
     the alias that training moves (the default for a trained model), empty keeps what it had.
     The version is prepared and checked before it serves; a failed deploy keeps the live one."""
-    body = body or DeployRequest()
-    if body.version is not None and body.alias is not None:
-        raise InvalidInputError("give at most one of `version` and `alias`", field="version")
     model = owned(state, name, principal)
-    try:
-        await run_in_threadpool(
-            deployments.deploy,
-            state.sessions,
-            state.settings,
-            state.predict_models,
-            model.id,
-            version=body.version,
-            alias=body.alias,
-        )
-    finally:
-        state.catalog.invalidate(model.name)
+    await entries.deploy(state, model, body)
     return _view(state, model, principal)
 
 
@@ -98,8 +82,7 @@ async def deploy_model(
 def undeploy_model(name: ModelName, principal: OwnerPrincipal, state: ApiStateDep) -> ModelPublic:
     """Stop serving your model: its calls answer 409 until you deploy it again."""
     model = owned(state, name, principal)
-    deployments.undeploy(state.sessions, state.predict_models, model.id)
-    state.catalog.invalidate(model.name)
+    entries.undeploy(state, model)
     return _view(state, model, principal)
 
 
@@ -113,12 +96,7 @@ async def rollback_model(
     """Serve the version from before the last switch again, pinned until you deploy again (a
     later training job's version then does not replace it)."""
     model = owned(state, name, principal)
-    try:
-        await run_in_threadpool(
-            deployments.rollback, state.sessions, state.settings, state.predict_models, model.id
-        )
-    finally:
-        state.catalog.invalidate(model.name)
+    await entries.rollback(state, model)
     return _view(state, model, principal)
 
 

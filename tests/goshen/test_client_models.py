@@ -24,20 +24,14 @@ from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import (
     Model,
-    ModelKind,
-    ModelRuntime,
-    ModelStatus,
-    ModelVersion,
-    PricingUnit,
     Role,
     TrainingJob,
     TrainingStatus,
     User,
-    Visibility,
 )
 from serving.routes import training as training_routes
 from tests.fixtures.accounts import Account
-from tests.fixtures.models import RegisteredModel
+from tests.fixtures.models import RegisteredModel, add_owned_classifier, add_version_record
 from tests.fixtures.training import digits_archive
 
 ROWS = np.random.default_rng(2).random((3, 64), dtype=np.float32)
@@ -126,35 +120,10 @@ def _owned_entry(
     """A trained classifier's catalog entry for `owner`, following its registered model's
     `production` alias and not deployed yet (a `deploy: none` job's model); its name."""
     qualified = catalog.owned_name(owner.user_id, name)
-    with session_scope(sessions) as session:
-        model = Model(
-            name=qualified,
-            kind=ModelKind.onnx,
-            runtime=ModelRuntime.onnx,
-            registered_model=registered.name,
-            alias=registry.PRODUCTION,
-            pricing_unit=PricingUnit.request,
-            price_micros=100,
-            visibility=Visibility.private,
-            owner_id=owner.user_id,
-            status=ModelStatus.disabled,
-        )
-        session.add(model)
-        session.flush()
-        _record_version(session, model.id, registered.version, accuracy=0.6)
-    return qualified
-
-
-def _record_version(session: Session, model_id: str, version: str, accuracy: float) -> None:
-    session.add(
-        ModelVersion(
-            model_id=model_id,
-            version=version,
-            metrics={"val_accuracy": accuracy},
-            metric_name="val_accuracy",
-            checks_passed=True,
-        )
+    add_owned_classifier(
+        sessions, owner.user_id, qualified, registered.name, {registered.version: 0.6}
     )
+    return qualified
 
 
 def _email(sessions: sessionmaker[Session], account: Account) -> str:
@@ -193,7 +162,7 @@ def test_an_owner_runs_their_model_and_others_get_404(
         with session_scope(sessions) as session:
             entry = session.scalar(select(Model).where(Model.name == qualified))
             assert entry is not None
-            _record_version(session, entry.id, second.version, accuracy=0.9)
+            add_version_record(session, entry.id, second.version, accuracy=0.9)
         assert sdk.deploy_model(qualified, version="2")["live_version"] == "2"
         versions = sdk.model_versions("sizer")
         assert [(row["version"], row["live"]) for row in versions] == [("2", True), ("1", False)]

@@ -15,21 +15,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from goshen import registry
 from goshen.config import Settings
-from goshen.db import session_scope
 from goshen.db.models import (
-    Model,
-    ModelKind,
-    ModelRuntime,
     ModelStatus,
-    ModelVersion,
-    PricingUnit,
     Role,
     User,
-    Visibility,
 )
 from serving.app import create_app
 from tests.fixtures.accounts import Account
-from tests.fixtures.models import RegisteredModel
+from tests.fixtures.models import RegisteredModel, add_owned_classifier
 from tests.fixtures.training import digits_archive
 
 ROWS = {"inputs": {"features": np.random.default_rng(3).random((2, 64)).tolist()}}
@@ -53,25 +46,16 @@ def owned(
     qualified = f"{developer.user_id}.{short}"
     first = register_classifier(qualified, 0)
     second = register_classifier(qualified, 1)
-    with session_scope(sessions) as session:
-        model = Model(
-            name=qualified,
-            kind=ModelKind.onnx,
-            runtime=ModelRuntime.onnx,
-            registered_model=qualified,
-            alias=registry.PRODUCTION,
-            live_version=second.version,
-            previous_version=first.version,
-            pricing_unit=PricingUnit.request,
-            price_micros=100,
-            visibility=Visibility.private,
-            owner_id=developer.user_id,
-            status=ModelStatus.ready,
-        )
-        session.add(model)
-        session.flush()
-        for version in (first.version, second.version):
-            session.add(ModelVersion(model_id=model.id, version=version, metrics={"acc": 0.5}))
+    add_owned_classifier(
+        sessions,
+        developer.user_id,
+        qualified,
+        qualified,
+        {first.version: 0.5, second.version: 0.5},
+        live_version=second.version,
+        previous_version=first.version,
+        status=ModelStatus.ready,
+    )
     return short
 
 
