@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from goshen.client_admin import AdminJobCalls
+from goshen.client_billing import AdminAccountCalls
 from goshen.client_http import (
     GoshenAPIError,
     JobEvent,
@@ -37,7 +38,7 @@ __all__ = ["GoshenAPIError", "GoshenClient", "JobEvent"]
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
 
-class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls):
+class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls, AdminAccountCalls):
     """A thin, typed-enough wrapper: one method per API operation, errors as GoshenAPIError."""
 
     def __init__(
@@ -131,13 +132,17 @@ class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls):
         return next(iter(self.paginate("/v1/admin/users", email=email)), None)
 
     def admin_create_key(
-        self, user_id: str, name: str, scopes: list[str] | None = None
+        self,
+        user_id: str,
+        name: str,
+        scopes: list[str] | None = None,
+        monthly_spend_cap_micros: int | None = None,
     ) -> dict[str, Any]:
-        return self._object(
-            "POST",
-            f"/v1/admin/users/{user_id}/keys",
-            json=_without_none(name=name, scopes=scopes),
+        """A new key for the user; the secret is in `["key"]`, returned this once only."""
+        body = _without_none(
+            name=name, scopes=scopes, monthly_spend_cap_micros=monthly_spend_cap_micros
         )
+        return self._object("POST", f"/v1/admin/users/{user_id}/keys", json=body)
 
     def admin_list_keys(self, user_id: str | None = None) -> list[dict[str, Any]]:
         return list(self.paginate("/v1/admin/keys", **_without_none(user_id=user_id)))

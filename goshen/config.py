@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     mlflow_port: Port = 5000
     dagster_port: Port = 3000
     dashboard_port: Port = 8501
+    # The admin key the dashboard signs in with when a browser session has typed none; unset:
+    # the key file `goshen demo` writes (GOSHEN_HOME/demo-admin-key) if there is one.
+    dashboard_api_key: str | None = Field(default=None, repr=False)
     public_url: str | None = None
 
     storage_backend: StorageBackend = StorageBackend.local
@@ -274,6 +277,11 @@ class Settings(BaseSettings):
     def api_url(self) -> str:
         """Where clients reach the API; signed download URLs start with it."""
         return self.public_url or f"http://{_url_host(self.host)}:{self.api_port}"
+
+    @property
+    def demo_admin_key_file(self) -> Path:
+        """Where `goshen demo` keeps its admin's key (0600), which the dashboard signs in with."""
+        return self.home_dir / "demo-admin-key"
 
     def local_url(self, port: int) -> str:
         """Where a service bound to GOSHEN_HOST on `port` answers on this machine."""

@@ -42,7 +42,7 @@ EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) ")
 
 
 def admin_key_path(settings: Settings) -> Path:
-    return settings.home_dir / "demo-admin-key"
+    return settings.demo_admin_key_file
 
 
 def ensure_admin_key(settings: Settings) -> str:

@@ -56,10 +56,10 @@ def test_the_code_keeps_every_contract() -> None:
         # Indirect: goshen.accounts uses goshen.db.
         ("dashboard", "from goshen import accounts\n", "The dashboard never opens the database"),
         # The pages are Streamlit scripts, outside any package, and checked all the same.
-        ("dashboard.pages", "import sqlalchemy\n", "The dashboard never opens the database"),
-        ("dashboard.pages", "import goshen_pipelines\n", "never import each other"),
+        ("dashboard.views", "import sqlalchemy\n", "The dashboard never opens the database"),
+        ("dashboard.views", "import goshen_pipelines\n", "never import each other"),
         ("serving", "import goshen_launcher\n", "Only the launcher imports the launcher"),
-        ("dashboard.pages", "import goshen_launcher\n", "Only the launcher imports the launcher"),
+        ("dashboard.views", "import goshen_launcher\n", "Only the launcher imports the launcher"),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(

@@ -15,8 +15,9 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, case, func, select
+from sqlalchemy import ColumnElement, Select, bindparam, case, cast, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.types import Integer
 
 from goshen.db.models import Job, JobStatus, Model, ModelStatus, UsageEvent, Worker, WorkerStatus
 from goshen.ids import smallest_id_at
@@ -25,6 +26,7 @@ from serving.schemas.admin_ops import (
     Percentiles,
     PredictionStats,
     SpendStats,
+    StatsBucket,
     StatsWindow,
 )
 
@@ -41,6 +43,8 @@ SAMPLE = 10_000
 # An id's time and its row's created_at are read moments apart: the id bound keeps a margin.
 ID_MARGIN = timedelta(seconds=1)
 PREDICTION = "prediction"
+# The window's slices in `series`.
+BUCKETS = 60
 
 
 def platform_stats(session: Session, window: StatsWindow, stale_after_seconds: float) -> AdminStats:
@@ -76,7 +80,59 @@ def platform_stats(session: Session, window: StatsWindow, stale_after_seconds: f
             select(func.count()).select_from(Model).where(Model.status == ModelStatus.ready)
         )
         or 0,
+        series=series(session, start, span),
     )
+
+
+def series(session: Session, start: datetime, span: timedelta) -> list[StatsBucket]:
+    """The window in BUCKETS slices: jobs created, and images, predictions and cost metered in
+    each. Two grouped queries, the slice computed in SQL on either database."""
+    width = span.total_seconds() / BUCKETS
+    usage = session.execute(
+        select(
+            (slice_of := _slice(session, UsageEvent.created_at, start, width)),
+            func.sum(UsageEvent.images),
+            func.sum(case((UsageEvent.kind == PREDICTION, 1), else_=0)),
+            func.sum(UsageEvent.cost_micros),
+        )
+        .where(UsageEvent.created_at >= start)
+        .group_by(slice_of)
+    ).all()
+    jobs = session.execute(
+        select((job_slice := _slice(session, Job.created_at, start, width)), func.count())
+        .where(Job.id >= smallest_id_at("job", start - ID_MARGIN), Job.created_at >= start)
+        .group_by(job_slice)
+    ).all()
+    buckets = [
+        StatsBucket(
+            start=start + index * timedelta(seconds=width),
+            jobs=0,
+            images=0,
+            predictions=0,
+            cost_micros=0,
+        )
+        for index in range(BUCKETS)
+    ]
+    for index, images, predictions, cost in usage:
+        bucket = buckets[min(max(int(index), 0), BUCKETS - 1)]
+        bucket.images += int(images or 0)
+        bucket.predictions += int(predictions or 0)
+        bucket.cost_micros += int(cost or 0)
+    for index, count in jobs:
+        buckets[min(max(int(index), 0), BUCKETS - 1)].jobs += count
+    return buckets
+
+
+def _slice(
+    session: Session, column: InstrumentedAttribute[datetime], start: datetime, width: float
+) -> ColumnElement[int]:
+    """Which `width`-second slice since `start` a timestamp falls in."""
+    since = bindparam("series_start", start, type_=column.type)
+    if session.get_bind().dialect.name == "postgresql":
+        return cast(func.floor(func.extract("epoch", column - since) / width), Integer)
+    # SQLite's CAST truncates, which is the floor here: rows are at or after `start`.
+    seconds = (func.julianday(column) - func.julianday(since)) * 86400.0
+    return cast(seconds / width, Integer)
 
 
 def jobs_by_status(session: Session, start: datetime) -> dict[str, int]:

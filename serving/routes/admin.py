@@ -19,6 +19,7 @@ from serving.schemas import (
     KeyCreate,
     KeyCreated,
     KeyPublic,
+    KeyUpdate,
     UserCreate,
     UserPublic,
     UserUpdate,
@@ -106,7 +107,11 @@ def create_user_key(
 ) -> KeyCreated:
     """Issue a key for a user; its secret is in this response only."""
     key, plaintext = accounts.issue_key(
-        session, accounts.get_user(session, user_id), name=body.name, scopes=body.scopes
+        session,
+        accounts.get_user(session, user_id),
+        name=body.name,
+        scopes=body.scopes,
+        monthly_spend_cap_micros=body.monthly_spend_cap_micros,
     )
     session.commit()
     return KeyCreated.of(key, plaintext)
@@ -124,6 +129,27 @@ def list_all_keys(
     if user_id is not None:
         query = query.where(ApiKey.user_id == user_id)
     return paginate(session, query, ApiKey.id, KeyPublic, limit=limit, cursor=cursor)
+
+
+@router.patch("/keys/{key_id}", responses={409: {"description": "the key is revoked"}})
+def update_any_key(
+    key_id: KeyId,
+    body: KeyUpdate,
+    _admin: AdminPrincipal,
+    session: SessionDep,
+    principals: PrincipalsDep,
+) -> KeyPublic:
+    """Rename any user's key or set its monthly spend cap (`null` removes it); it applies to
+    the key's next request that needs credit held, as for PATCH /v1/keys/{id}."""
+    key = accounts.get_key(session, key_id)
+    if key.revoked_at is not None:
+        raise ConflictError(f"key {key.id} is revoked; revoked keys cannot change")
+    for field in body.model_fields_set:
+        setattr(key, field, getattr(body, field))
+    principals.announce(session, key.user_id)
+    session.commit()
+    principals.changed(key.user_id)
+    return KeyPublic.model_validate(key)
 
 
 @router.delete("/keys/{key_id}")

@@ -87,6 +87,16 @@ class SpendStats(BaseModel):
     month_micros: int = Field(description="since the first of this month, UTC")
 
 
+class StatsBucket(BaseModel):
+    """One slice of the window: what was submitted and metered in it."""
+
+    start: datetime
+    jobs: int = Field(description="generation jobs created in the slice, whatever their status")
+    images: int = Field(description="images metered in the slice")
+    predictions: int = Field(description="prediction requests metered in the slice")
+    cost_micros: int = Field(description="what the slice's usage cost")
+
+
 class AdminStats(BaseModel):
     window: StatsWindow
     start: datetime = Field(description="the window's start: `end` less the window")
@@ -111,6 +121,9 @@ class AdminStats(BaseModel):
     spend: SpendStats
     workers_alive: int = Field(description="workers not stopped and not stale")
     models_deployed: int = Field(description="catalog entries that are `ready`")
+    series: list[StatsBucket] = Field(
+        description="the window in 60 equal slices, oldest first, for charts"
+    )
 
 
 class AdminDatasetPublic(DatasetPublic):

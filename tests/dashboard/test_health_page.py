@@ -108,7 +108,8 @@ def api_without_database() -> Iterator[int]:
 def _run_page(port: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AppTest:
     monkeypatch.setenv("GOSHEN_HOME", str(tmp_path / "dashboard"))
     monkeypatch.setenv("GOSHEN_API_PORT", str(port))
-    app = AppTest.from_file(str(APP), default_timeout=30).run()
+    # Health needs no sign-in: it reads only the API's public probes.
+    app = AppTest.from_file(str(APP), default_timeout=30).switch_page("views/health.py").run()
     assert not app.exception, app.exception
     return app
 

@@ -210,6 +210,14 @@ def test_stats_count_jobs_queues_percentiles_and_spend(
     }
     assert stats["workers_alive"] == 1
     assert stats["models_deployed"] == before["models_deployed"] + 1
+    # Everything in the window happened at `recent`: one slice of the 60 holds it all.
+    assert len(stats["series"]) == 60
+    busy = [bucket for bucket in stats["series"] if bucket["jobs"] or bucket["cost_micros"]]
+    assert [(b["jobs"], b["images"], b["predictions"], b["cost_micros"]) for b in busy] == [
+        (8, 6, 5, 1550)
+    ]
+    slice_start = datetime.fromisoformat(busy[0]["start"])
+    assert slice_start <= recent < slice_start + timedelta(minutes=1)
 
     wider = client.get("/v1/admin/stats?window=6h", headers=admin.headers).json()
     assert wider["jobs_by_status"]["succeeded"] == 4 and wider["queue_seconds"]["count"] == 5

@@ -1,0 +1,8 @@
+"""Usage and billing (being written)."""
+
+import streamlit as st
+
+from dashboard import session
+
+session.current()
+st.title("Usage and billing")

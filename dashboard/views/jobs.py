@@ -1,0 +1,8 @@
+"""Jobs (being written)."""
+
+import streamlit as st
+
+from dashboard import session
+
+session.current()
+st.title("Jobs")

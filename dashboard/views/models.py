@@ -1,0 +1,8 @@
+"""Models (being written)."""
+
+import streamlit as st
+
+from dashboard import session
+
+session.current()
+st.title("Models")

@@ -1,0 +1,8 @@
+"""Datasets and training (being written)."""
+
+import streamlit as st
+
+from dashboard import session
+
+session.current()
+st.title("Datasets and training")

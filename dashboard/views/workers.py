@@ -1,0 +1,8 @@
+"""Workers (being written)."""
+
+import streamlit as st
+
+from dashboard import session
+
+session.current()
+st.title("Workers")

@@ -1,0 +1,55 @@
+"""Sign-in: a configured admin key signs in, the form refuses a developer's key and an unknown
+one with what to do, an admin's key typed in signs in, and signing out forgets the key."""
+
+from __future__ import annotations
+
+from tests.dashboard.conftest import Dashboard, rendered, texts
+from tests.fixtures.accounts import Account
+
+
+def test_a_configured_admin_key_signs_in_and_shows_every_section(dashboard: Dashboard) -> None:
+    app = dashboard.open()
+
+    assert not app.error
+    assert f"Signed in with {dashboard.admin.key[:12]}…" in texts(app.sidebar.caption)
+    assert "Overview" in texts(app.title)
+
+
+def test_the_form_refuses_a_developer_key_and_signs_in_an_admin(
+    dashboard: Dashboard, developer: Account
+) -> None:
+    app = dashboard.open(key="")
+    assert "Sign in to Goshen" in texts(app.title)
+
+    app.text_input[0].input(developer.key)
+    app.button[0].click().run()
+    assert "not an admin" in texts(app.error)
+    assert "goshen_admin" not in app.session_state
+
+    app.text_input[0].input("gsk_" + "x" * 40)
+    app.button[0].click().run()
+    assert "does not know this key" in texts(app.error)
+
+    app.text_input[0].input(dashboard.admin.key)
+    app.button[0].click().run()
+    assert not app.exception and not app.error
+    assert "Overview" in texts(app.title)
+
+
+def test_a_configured_key_that_is_not_an_admins_shows_why(
+    dashboard: Dashboard, developer: Account
+) -> None:
+    app = dashboard.open(key=developer.key)
+
+    assert "The key from GOSHEN_DASHBOARD_API_KEY was not used" in texts(app.warning)
+    assert "Sign in to Goshen" in rendered(app)
+
+
+def test_signing_out_forgets_the_key_and_does_not_sign_in_again(dashboard: Dashboard) -> None:
+    app = dashboard.open()
+    next(button for button in app.sidebar.button if button.label == "Sign out").click().run()
+
+    assert "goshen_admin" not in app.session_state
+    assert "Sign in to Goshen" in texts(app.title)
+    app.run()
+    assert "Sign in to Goshen" in texts(app.title)
