@@ -9,7 +9,7 @@ SHELL  := bash
 # pip.conf on some machines names index folders that do not exist; pip warns once per package.
 QUIET_PIP := { grep -v "^WARNING: Location" || true; }
 
-.PHONY: setup demo up test lint format bench clean
+.PHONY: setup demo up test lint format bench clean browser screenshots
 
 setup: $(STAMP)
 
@@ -31,8 +31,24 @@ demo: setup
 up: setup
 	$(BIN)/goshen up
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+# The dashboard's browser test drives Debian's Chromium; install it when it is missing and this
+# user may (CI runs as root). Playwright cannot download a browser of its own here.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian's chromium for the dashboard's browser test"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "note: /usr/bin/chromium is missing; run 'sudo apt-get install chromium' or the browser test is skipped (under CI=true it fails)"; \
+		fi; \
+	fi
+
+# Retake the README's dashboard screenshots (docs/dashboard/) with the browser test.
+screenshots: setup browser
+	GOSHEN_TEST_SCREENSHOTS_DIR=$(CURDIR)/docs/dashboard $(BIN)/python -m pytest -q tests/dashboard/test_browser.py
 
 lint: setup
 	$(BIN)/ruff check .

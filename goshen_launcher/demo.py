@@ -80,6 +80,10 @@ def walkthrough(settings: Settings, say: Callable[[str], None] = print) -> None:
     say(f"generated digits, one per column: {grid.path}")
     read_digits(settings, developer_key, grid, say)
     roll_up_usage(settings, say)
+    say(
+        f"open the dashboard at {settings.local_url(settings.dashboard_port)}: it signs in as the "
+        f"demo admin with the key in {admin_key_path(settings)} (sign out to use another key)"
+    )
 
 
 def key_walkthrough(settings: Settings, say: Callable[[str], None] = print) -> str:

@@ -69,7 +69,7 @@ def platform_services(settings: Settings) -> list[Service]:
         Service(name="webhooks", argv=(sys.executable, "-m", "goshen_launcher.cli", "webhooks")),
         _mlflow(settings),
         *_dagster(settings),
-        _dashboard(settings),
+        dashboard_service(settings),
     ]
 
 
@@ -117,7 +117,8 @@ def _dagster(settings: Settings) -> list[Service]:
     return [webserver, daemon]
 
 
-def _dashboard(settings: Settings) -> Service:
+def dashboard_service(settings: Settings) -> Service:
+    """`streamlit run` of the dashboard, headless, on GOSHEN_DASHBOARD_PORT."""
     options = {
         "server.port": str(settings.dashboard_port),
         "server.address": settings.host,

@@ -25,5 +25,5 @@ pytest_plugins = [
 def pytest_configure(config: pytest.Config) -> None:
     # Tests build their own settings; a developer's GOSHEN_* variables must not leak in.
     for name in [n for n in os.environ if n.startswith("GOSHEN_")]:
-        if name != "GOSHEN_TEST_DATABASE_URL":
+        if not name.startswith("GOSHEN_TEST_"):  # the tests' own: a database, a screenshots folder
             del os.environ[name]

@@ -3,6 +3,9 @@ one with what to do, an admin's key typed in signs in, and signing out forgets t
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from tests.dashboard.conftest import Dashboard, rendered, texts
 from tests.fixtures.accounts import Account
 
@@ -53,3 +56,15 @@ def test_signing_out_forgets_the_key_and_does_not_sign_in_again(dashboard: Dashb
     assert "Sign in to Goshen" in texts(app.title)
     app.run()
     assert "Sign in to Goshen" in texts(app.title)
+
+
+def test_the_demo_key_file_signs_in_when_no_key_is_configured(dashboard: Dashboard) -> None:
+    """`goshen demo` writes its admin's key under GOSHEN_HOME; the dashboard signs in with it."""
+    home = Path(os.environ["GOSHEN_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "demo-admin-key").write_text(dashboard.admin.key + "\n")
+
+    app = dashboard.open(key="")
+
+    assert not app.error and not app.warning
+    assert f"Signed in with {dashboard.admin.key[:12]}…" in texts(app.sidebar.caption)
