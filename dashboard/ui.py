@@ -16,6 +16,7 @@ T = TypeVar("T")
 MICROS = 1_000_000
 # How long read-mostly lists (models, users) are reused before the API is asked again.
 SHORT_TTL_SECONDS = 10
+BYTE_UNITS = ("bytes", "KB", "MB", "GB", "TB", "PB")
 
 
 def problem_text(exc: Exception) -> str:
@@ -90,6 +91,16 @@ def duration(seconds: float | None) -> str:
     if seconds < 86400:
         return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
     return f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600)} h"
+
+
+def human_bytes(size: int | None) -> str:
+    """Bytes in decimal units, as billing counts them (a GB is 10^9 bytes): `1.5 MB`."""
+    if size is None:
+        return "—"
+    amount, unit = float(size), 0
+    while amount >= 1000 and unit < len(BYTE_UNITS) - 1:
+        amount, unit = amount / 1000, unit + 1
+    return f"{size:,} bytes" if unit == 0 else f"{amount:,.1f} {BYTE_UNITS[unit]}"
 
 
 def timestamp(value: str | None) -> str:

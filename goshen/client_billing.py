@@ -100,3 +100,10 @@ class AdminAccountCalls:
             user_id=user_id, month=month, status=status, limit=limit, cursor=cursor
         )
         return self._object("GET", "/v1/admin/invoices", params=params)
+
+    def admin_storage(
+        self: _Calls, *, user_id: str | None = None, limit: int = 100
+    ) -> dict[str, Any]:
+        """Each user's bytes kept now (`data`, most first, by kind: datasets), `has_more`."""
+        params = _without_none(user_id=user_id, limit=limit)
+        return self._object("GET", "/v1/admin/storage", params=params)

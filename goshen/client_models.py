@@ -130,6 +130,11 @@ class TrainedModelCalls:
         the MLflow registry for audit, without aliases."""
         self.request("DELETE", f"/v1/models/{name}")
 
+    def admin_list_models(self: _Calls) -> list[dict[str, Any]]:
+        """Every catalog entry, private ones and their owners included, with what admins
+        manage (alias, pinned and previous versions, status_error, batching limits)."""
+        return list(self.paginate("/v1/admin/models", limit=100))
+
     def admin_model_versions(self: _Calls, name: str) -> list[dict[str, Any]]:
         """The versions the platform recorded for any entry (`<user id>.<name>` for a user's)."""
         return list(self.paginate(f"/v1/admin/models/{name}/versions"))

@@ -49,3 +49,8 @@ class AdminOperationsCalls:
         return self.paginate(
             "/v1/admin/training-jobs", **_without_none(user_id=user_id, status=status)
         )
+
+    def admin_get_training_job(self: _Calls, job_id: str, *, lines: int = 200) -> dict[str, Any]:
+        """Any user's training job with `user_id`, its `links`, and the last `lines` lines of
+        its log (`log_tail`; `log_lines` in all)."""
+        return self._object("GET", f"/v1/admin/training-jobs/{job_id}", params={"lines": lines})

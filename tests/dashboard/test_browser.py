@@ -30,11 +30,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from goshen.client import GoshenAPIError, GoshenClient
 from goshen.config import Settings
 from goshen.db import session_scope
-from goshen.db.models import Model, PricingUnit, UsageEvent
+from goshen.db.models import Job, JobStatus, Model, PricingUnit, UsageEvent
+from goshen.ids import largest_id_at
 from goshen_launcher.services import child_environment, dashboard_service
 from tests.dashboard.conftest import Dashboard
 from tests.fixtures.accounts import Account
 from tests.fixtures.servers import _free_port
+from tests.fixtures.training import digits_archive
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -57,6 +59,7 @@ PAGES = {
     "Usage and billing": "billing",
 }
 STEP_TIMEOUT_MS = 60_000
+SCREENSHOT_HEIGHT = 2200
 # Streamlit's "running" indicator, shown while a run is in progress.
 RUNNING = '[data-testid="stStatusWidgetRunningIcon"], [data-testid="stStatusWidgetRunningManIcon"]'
 
@@ -140,7 +143,7 @@ def test_an_admins_first_day_in_a_real_browser(
     page = browser_page
     expect = playwright.expect
     start_worker()
-    _seed_a_week_of_usage(dashboard, sessions, developer, digits_model)
+    _seed_a_week_of_usage(dashboard, sessions, developer, digits_model, tmp_path)
 
     page.goto(dashboard_url)
     expect(page.get_by_role("heading", name="Sign in to Goshen")).to_be_visible()
@@ -178,7 +181,7 @@ def test_an_admins_first_day_in_a_real_browser(
     page.get_by_role("tab", name="Try it").click()
     page.get_by_role("button", name="Generate").click()
     expect(page.locator('[data-testid="stImage"] img').first).to_be_visible()
-    jobs = list(dashboard.api.admin_list_jobs(user_id=dashboard.admin.user_id))
+    jobs = dashboard.api.admin_list_jobs(user_id=dashboard.admin.user_id)["data"]
     assert jobs and jobs[0]["status"] == "succeeded", jobs[:1]
 
     _open(page, "Jobs")
@@ -207,6 +210,8 @@ def test_an_admins_first_day_in_a_real_browser(
 
 def _screenshot_every_page(page: Any, folder: Path, chosen: dict[str, tuple[str, str]]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    # Streamlit scrolls its main area, not the page: a tall window shows a whole page.
+    page.set_viewport_size({"width": 1440, "height": SCREENSHOT_HEIGHT})
     for title, name in PAGES.items():
         _open(page, title)
         if title in chosen:
@@ -230,6 +235,8 @@ def _choose(page: Any, label: str, option: str) -> None:
     box = page.locator('[data-testid="stSelectbox"]').filter(
         has=page.get_by_text(label, exact=True)
     )
+    box.first.scroll_into_view_if_needed()
+    _settle(page)
     box.first.click()
     page.get_by_role("option").filter(has_text=option).first.click()
     _settle(page)
@@ -242,29 +249,58 @@ def _settle(page: Any) -> None:
 
 
 def _seed_a_week_of_usage(
-    dashboard: Dashboard, sessions: sessionmaker[Session], developer: Account, model: Model
+    dashboard: Dashboard,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    model: Model,
+    folder: Path,
 ) -> None:
-    """A developer's usage: three jobs generated now through the API by the worker, and what
-    the platform would have metered of their generations on the month's earlier days, so the
-    usage charts have a series."""
+    """A developer's usage: a dataset uploaded (it waits for Dagster, which is not running
+    here), three jobs generated now through the API by the worker, and, on the
+    month's earlier days, succeeded jobs as the platform records them (their ids made at their
+    time, their usage metered) without their images, so the usage charts have a series."""
     with GoshenClient(dashboard.settings.api_url, developer.key, timeout=120) as client:
         for digit in (3, 5, 8):
-            job = client.generate(model.name, {"digit": digit, "num_images": 4}, wait=90)
+            job = client.generate(model.name, {"digit": digit, "num_images": 4}, wait=60)
             assert job["status"] == "succeeded", job
+        archive = folder / "zero-or-one.zip"
+        archive.write_bytes(digits_archive({0: "zero", 1: "one"}))
+        client.upload_dataset(archive, "zero-or-one")
     now = datetime.now(UTC)
     with session_scope(sessions) as session:
         for days_ago in range(1, min(7, now.day)):
             for count in range(1 + (days_ago * 3) % 5):
+                at = now - timedelta(days=days_ago, minutes=count)
+                job_id = largest_id_at("job", at)
+                session.add(
+                    Job(
+                        id=job_id,
+                        user_id=developer.user_id,
+                        api_key_id=developer.key_id,
+                        model_id=model.id,
+                        model_version=model.live_version,
+                        input={"digit": count, "num_images": 4},
+                        status=JobStatus.succeeded,
+                        created_at=at,
+                        started_at=at,
+                        completed_at=at + timedelta(seconds=2),
+                        queue_seconds=0.1,
+                        run_seconds=1.9,
+                    )
+                )
+                session.flush()
                 session.add(
                     UsageEvent(
                         user_id=developer.user_id,
                         api_key_id=developer.key_id,
                         model_id=model.id,
+                        job_id=job_id,
                         kind="generation",
                         quantity=4,
                         unit=PricingUnit.image,
                         cost_micros=4 * model.price_micros,
                         images=4,
-                        created_at=now - timedelta(days=days_ago, minutes=count),
+                        seconds=1.9,
+                        created_at=at + timedelta(seconds=2),
                     )
                 )
