@@ -76,17 +76,32 @@ def _field(name: str, spec: dict[str, Any], required: bool, example: Any) -> Fie
     if "enum" in chosen:
         return replace(base, widget=Widget.choice, options=tuple(chosen["enum"]))
     if kind in ("integer", "number"):
-        minimum, maximum = chosen.get("minimum"), chosen.get("maximum")
+        minimum, maximum = _number(chosen.get("minimum")), _number(chosen.get("maximum"))
         if value is None and required:
             value = minimum if minimum is not None else 0
+        if value is not None and _number(value, whole=kind == "integer") is None:
+            return replace(base, value=_json_text(value))  # an example the widget cannot hold
+        if value is not None and minimum is not None:  # a number input refuses values
+            value = max(value, minimum)  # outside its bounds
+        if value is not None and maximum is not None:
+            value = min(value, maximum)
         widget = Widget.integer if kind == "integer" else Widget.number
         return replace(base, widget=widget, value=value, minimum=minimum, maximum=maximum)
-    if kind == "boolean":
+    if kind == "boolean" and isinstance(value, bool | None):
         return replace(base, widget=Widget.checkbox, value=bool(value))
-    if kind == "string":
+    if kind == "string" and isinstance(value, str | None):
         long = (chosen.get("maxLength") or 0) > LONG_TEXT_CHARACTERS
         return replace(base, widget=Widget.long_text if long else Widget.text)
     return replace(base, value=_json_text(value))
+
+
+def _number(value: Any, *, whole: bool = False) -> int | float | None:
+    """`value` if it is a number (a whole one when `whole`), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if whole and not float(value).is_integer():
+        return None
+    return int(value) if whole else value
 
 
 def _branch_or(branches: list[dict[str, Any]]) -> dict[str, Any]:

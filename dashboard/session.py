@@ -1,20 +1,24 @@
 """Who the dashboard is signed in as: an admin key, kept in this browser session's memory only.
 
 The key comes from the sign-in form, or (when the session has typed none and has not signed
-out) from GOSHEN_DASHBOARD_API_KEY or the key file `goshen demo` writes. It is checked against
-the API before it is used: a key the API does not know, or one that is not an admin's, is
-refused with what to do instead. Nothing here is written to disk.
+out) from GOSHEN_DASHBOARD_API_KEY or the key file `goshen demo` writes. A configured key signs
+sessions in only on a development platform whose dashboard listens on loopback: anyone who can
+open the page would otherwise be an admin (in production a reverse proxy on the same machine
+would expose it, so production never signs in by itself). It is checked against the API before
+it is used: a key the API does not know, or one that is not an admin's, is refused with what to
+do instead. Nothing here is written to disk.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
 
 import httpx
 import streamlit as st
 
 from goshen.client import GoshenAPIError, GoshenClient
-from goshen.config import Settings, SettingsError, load_settings
+from goshen.config import Environment, Settings, SettingsError, load_settings
 
 ADMIN = "goshen_admin"
 SIGNED_OUT = "goshen_signed_out"
@@ -30,13 +34,14 @@ class Admin:
     """A checked admin key and where it came from."""
 
     api_url: str
-    key: str
+    key: str = field(repr=False)
     source: str
 
     @property
     def shown(self) -> str:
         """The key as the API lists it: its prefix and last four characters."""
-        return f"{self.key[:12]}…{self.key[-4:]}"
+        prefix = self.key.rpartition("_")[0] or self.key[:12]
+        return f"{prefix}…{self.key[-4:]}"
 
 
 def settings() -> Settings:
@@ -52,16 +57,38 @@ def signed_in() -> Admin | None:
     admin: Admin | None = st.session_state.get(ADMIN)
     if admin is not None or st.session_state.get(SIGNED_OUT):
         return admin
-    configured = configured_key(settings())
+    config = settings()
+    configured = configured_key(config)
     if configured is None:
         return None
     key, source = configured
+    if not signs_in_by_itself(config):
+        st.session_state[SIGNED_OUT] = True
+        st.warning(
+            f"The key from {source} was not used: this dashboard is reachable from other machines "
+            f"(GOSHEN_ENV={config.env.value}, GOSHEN_HOST={config.host}), so every session signs "
+            "in with a key of its own.",
+            icon=":material/key_off:",
+        )
+        return None
     try:
         return sign_in(key, source)
     except SignInError as exc:
         st.session_state[SIGNED_OUT] = True  # show the form, with why, rather than retry
         st.warning(f"The key from {source} was not used: {exc}", icon=":material/key_off:")
         return None
+
+
+def signs_in_by_itself(config: Settings) -> bool:
+    """Whether a configured key may sign sessions in: a development platform on loopback only."""
+    if config.env != Environment.development:
+        return False
+    if config.host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(config.host).is_loopback
+    except ValueError:
+        return False
 
 
 def configured_key(config: Settings) -> tuple[str, str] | None:

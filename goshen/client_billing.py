@@ -24,7 +24,7 @@ class AdminAccountCalls:
     """Admin calls over users, keys, credit and billing (an admin key)."""
 
     def admin_list_users(self: _Calls, *, limit: int = 100) -> Iterator[dict[str, Any]]:
-        """Every user, oldest first, fetched `limit` a page."""
+        """Every user, newest first, fetched `limit` a page."""
         return self.paginate("/v1/admin/users", limit=limit)
 
     def admin_get_user(self: _Calls, user_id: str) -> dict[str, Any]:

@@ -18,7 +18,8 @@ def changed(message: str) -> None:
 
 
 def show_details(model: dict[str, Any]) -> None:
-    st.markdown(model.get("description") or "_No description._")
+    # As text, not markdown: the owner wrote it (an image in it would load in the admin's browser).
+    st.text(model.get("description") or "No description.")
     first, second, third = st.columns(3)
     first.metric("Status", model["status"])
     second.metric("Live version", model.get("live_version") or "—")

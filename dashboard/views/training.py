@@ -54,7 +54,8 @@ def show_job(job_id: str, was_live: bool) -> None:
         st.rerun()  # it ended: draw the page again, without the refresh
     facts = training_data.job_facts(job)
     for column, (label, value) in zip(st.columns(4) * 3, facts, strict=True):
-        column.markdown(f"**{label}**  \n{value}")
+        column.caption(label)
+        column.text(value)  # as text: some values (a model's name) are the user's words
     if job.get("error"):
         st.error(f"The job failed: {job['error']}", icon=":material/error:")
     links = training_data.run_links(job)

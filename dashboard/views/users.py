@@ -121,8 +121,10 @@ def balance_metrics(client: GoshenClient, user_id: str) -> None:
 
 
 def credit_token(user_id: str, body: tuple[str, int, str]) -> str:
-    """The Idempotency-Key to send `body` with: the form's key until a request with it succeeds
-    (so a double submit replays, and credit is added once); a changed request gets a new one."""
+    """The Idempotency-Key to send `body` with: the form's key for as long as it sends the same
+    request, sent or not, succeeded or not. So a double click, or a click again after the first
+    answered, replays the entry the first made instead of adding credit twice; a changed
+    request, or "New entry", gets a new key."""
     token, sent = st.session_state[credit_state(user_id)]
     if sent is not None and sent != body:
         token = uuid.uuid4().hex
@@ -132,11 +134,17 @@ def credit_token(user_id: str, body: tuple[str, int, str]) -> str:
 
 def new_credit_token(user_id: str) -> None:
     st.session_state[credit_state(user_id)] = (uuid.uuid4().hex, None)
+    st.session_state.pop(credit_made(user_id), None)
 
 
 def credit_state(user_id: str) -> str:
     """Where the user's credit form keeps (its Idempotency-Key, the request last sent with it)."""
     return f"users.credit_key.{user_id}"
+
+
+def credit_made(user_id: str) -> str:
+    """Where the id of the entry the form's current key made is kept."""
+    return f"users.credit_entry.{user_id}"
 
 
 def credit_form(client: GoshenClient, user_id: str) -> None:
@@ -156,23 +164,37 @@ def credit_form(client: GoshenClient, user_id: str) -> None:
         amount = st.number_input("Amount (credits)", value=0.0, step=1.0)
         reason = st.text_input("Reason")
         st.caption(
-            "An adjustment may be negative, and needs a reason; both are kept in the ledger."
+            "An adjustment may be negative, and needs a reason; both are kept in the ledger. "
+            "Sending the same entry again records it once: press New entry to add it again."
         )
-        if st.form_submit_button("Add to ledger", icon=":material/add_card:"):
-            body = (users_data.KINDS[kind], ui.to_micros(amount), reason.strip())
-            entry = ui.attempt(
-                "Adding to the ledger",
-                client.admin_add_credit,
-                user_id,
-                body[1],
-                kind=body[0],
-                reason=body[2],
-                idempotency_key=credit_token(user_id, body),
-            )
-            if entry is not None:
-                new_credit_token(user_id)
-                st.session_state.pop(f"users.ledger.{user_id}", None)
-                announce("credit", users_data.entry_text(entry))
+        submitted = st.form_submit_button("Add to ledger", icon=":material/add_card:")
+    if st.button("New entry", icon=":material/note_add:", key=f"users.credit_new.{user_id}"):
+        new_credit_token(user_id)
+        st.rerun()
+    if not submitted:
+        return
+    body = (users_data.KINDS[kind], ui.to_micros(amount), reason.strip())
+    entry = ui.attempt(
+        "Adding to the ledger",
+        client.admin_add_credit,
+        user_id,
+        body[1],
+        kind=body[0],
+        reason=body[2],
+        idempotency_key=credit_token(user_id, body),
+    )
+    if entry is None:
+        return
+    if st.session_state.get(credit_made(user_id)) == entry["id"]:
+        announce(
+            "credit",
+            f"Already recorded, once: {users_data.entry_text(entry)} Press New entry to add "
+            "the same again.",
+        )
+        return
+    st.session_state[credit_made(user_id)] = entry["id"]
+    st.session_state.pop(f"users.ledger.{user_id}", None)
+    announce("credit", users_data.entry_text(entry))
 
 
 def ledger(client: GoshenClient, user_id: str) -> None:
@@ -273,6 +295,10 @@ admin = session.current()
 client = session.client(admin)
 notice = st.session_state.pop(NOTICE, None)
 st.title("Users and keys")
+if notice is not None and notice[2] is not None:
+    # A new key's secret shows first, this run only: the page below may stop before its section.
+    show_notice(notice, notice[0])
+    notice = None
 show_notice(notice, "users")
 listed, create = st.columns([3, 1])
 with listed:

@@ -142,3 +142,27 @@ def test_the_rendered_widgets_hold_the_first_values() -> None:
     app.selectbox[0].set_value("ddim")
     app.button[0].click().run()
     assert app.json[0].value == '{"digit": 4, "scheduler": "ddim", "features": [[1]]}'
+
+
+def test_an_example_a_widget_cannot_hold_is_kept_as_json_or_within_bounds() -> None:
+    """A model's example outside its schema's bounds, or of another type, must not break the
+    form (a number input raises on a value outside its bounds)."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "steps": {"type": "integer", "minimum": 1, "maximum": 50},
+            "scale": {"type": "number", "maximum": 0},
+            "digit": {"type": "integer"},
+            "flag": {"type": "boolean"},
+            "name": {"type": "string"},
+        },
+        "required": ["steps"],
+    }
+    example = {"steps": 500, "scale": 3.5, "digit": 2.5, "flag": "yes", "name": 7}
+
+    made = {field.name: field for field in fields(schema, example)}
+
+    assert (made["steps"].widget, made["steps"].value) == (Widget.integer, 50)
+    assert (made["scale"].widget, made["scale"].value) == (Widget.number, 0)
+    for name, text in (("digit", "2.5"), ("flag", '"yes"'), ("name", "7")):
+        assert (made[name].widget, made[name].value) == (Widget.json, text)

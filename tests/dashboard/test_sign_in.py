@@ -14,7 +14,7 @@ def test_a_configured_admin_key_signs_in_and_shows_every_section(dashboard: Dash
     app = dashboard.open()
 
     assert not app.error
-    assert f"Signed in with {dashboard.admin.key[:12]}…" in texts(app.sidebar.caption)
+    assert f"Signed in with {dashboard.admin.key.rpartition('_')[0]}…" in texts(app.sidebar.caption)
     assert "Overview" in texts(app.title)
 
 
@@ -67,4 +67,18 @@ def test_the_demo_key_file_signs_in_when_no_key_is_configured(dashboard: Dashboa
     app = dashboard.open(key="")
 
     assert not app.error and not app.warning
-    assert f"Signed in with {dashboard.admin.key[:12]}…" in texts(app.sidebar.caption)
+    assert f"Signed in with {dashboard.admin.key.rpartition('_')[0]}…" in texts(app.sidebar.caption)
+
+
+def test_a_configured_key_is_not_used_where_other_machines_reach_the_dashboard(
+    dashboard: Dashboard,
+) -> None:
+    """Bound to every interface, a configured key would make anyone who opens it an admin."""
+    dashboard.monkeypatch.setenv("GOSHEN_HOST", "0.0.0.0")  # noqa: S104 - what is tested
+
+    app = dashboard.open()
+
+    assert "The key from GOSHEN_DASHBOARD_API_KEY was not used" in texts(app.warning)
+    assert "GOSHEN_HOST=0.0.0.0" in texts(app.warning)
+    assert "goshen_admin" not in app.session_state
+    assert "Sign in to Goshen" in texts(app.title)

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from goshen.db import session_scope
 from goshen.db.models import Dataset, DatasetKind, DatasetStatus, TrainingJob, TrainingStatus
 from goshen.ids import new_id
-from tests.dashboard.conftest import Dashboard, rendered
+from tests.dashboard.conftest import Dashboard, rendered, texts
 from tests.fixtures.accounts import Account
 
 
@@ -109,7 +109,9 @@ def test_a_picked_job_shows_its_details_run_links_and_log(
     assert not app.exception and not app.error
     shown = rendered(app)
     assert "epoch 1\nepoch 2\ndone" in shown and "refreshed every" not in shown
-    assert f"**Owner**  \n{developer.user_id}" in shown and "**Cost**  \n3" in shown
+    facts = [text.value for text in app.text]  # each fact's value, under its label's caption
+    assert developer.user_id in facts and "3" in facts
+    assert "Owner" in texts(app.caption) and "Cost" in texts(app.caption)
     links = {button.proto.label: button.proto.url for button in app.get("link_button")}
     assert links["Dagster run"].endswith(f"/runs/run-{jobs[0][-6:].lower()}")
     assert links["MLflow run"].endswith("/#/runs/abc123")
