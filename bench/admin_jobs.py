@@ -191,6 +191,18 @@ def cases(seeded: dict[str, Any], now: datetime) -> dict[str, dict[str, str]]:
     }
 
 
+# The dashboard's other reads that go over the jobs table, timed beside the list.
+OTHER_READS = {
+    "GET /v1/admin/stats?window=1h": ("/v1/admin/stats", {"window": "1h"}),
+    "GET /v1/admin/stats?window=7d (series over a week of jobs)": (
+        "/v1/admin/stats",
+        {"window": "7d"},
+    ),
+    "GET /v1/admin/users": ("/v1/admin/users", {"limit": "100"}),
+    "GET /v1/admin/workers": ("/v1/admin/workers", {}),
+}
+
+
 def measure(
     database_url: str, jobs: int, requests: int, limits: Sequence[int], home: Path
 ) -> list[dict[str, Any]]:
@@ -224,6 +236,20 @@ def measure(
                 row[f"p50_{limit}"] = statistics.median(timings)
                 row[f"p95_{limit}"] = _percentile(timings, 0.95)
             rows.append(row)
+        for name, (path, params) in OTHER_READS.items():
+            timings = []
+            for _ in range(requests + 1):
+                began = time.perf_counter()
+                response = client.get(path, params=params, headers=headers)
+                timings.append((time.perf_counter() - began) * 1000)
+                assert response.status_code == 200, response.text
+            rows.append(
+                {
+                    "case": name,
+                    "p50": statistics.median(timings[1:]),
+                    "p95": _percentile(timings[1:], 0.95),
+                }
+            )
     return rows
 
 
@@ -247,11 +273,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"| filter | {header} |")
     print("|---|" + "---|" * len(args.limits))
     for row in rows:
+        if "p50" in row:
+            continue
         cells = " | ".join(
             f"{row[f'p50_{limit}']:.1f} / {row[f'p95_{limit}']:.1f} ms ({row[f'items_{limit}']})"
             for limit in args.limits
         )
         print(f"| {row['case']} | {cells} |")
+    print("\n| other admin read | p50 / p95 |\n|---|---|")
+    for row in rows:
+        if "p50" in row:
+            print(f"| {row['case']} | {row['p50']:.1f} / {row['p95']:.1f} ms |")
     if args.out:
         args.out.write_text(json.dumps({"jobs": args.jobs, "rows": rows}))
     return 0
