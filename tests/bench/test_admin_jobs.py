@@ -43,4 +43,8 @@ def test_every_case_answers_a_page(
     assert by_case["unfiltered"]["items_20"] == 20
     assert by_case["cursor half way back"]["items_20"] == 20
     assert all(row["p95_20"] >= row["p50_20"] > 0 for row in rows)
-    assert "| unfiltered |" in capsys.readouterr().out
+    other = json.loads(out.read_text())["other"]
+    assert [row["case"] for row in other] == list(bench.OTHER_READS)
+    assert all(row["p95"] >= row["p50"] > 0 for row in other)
+    printed = capsys.readouterr().out
+    assert "| unfiltered |" in printed and "| GET /v1/admin/stats?window=7d" in printed
