@@ -9,7 +9,7 @@ SHELL  := bash
 # pip.conf on some machines names index folders that do not exist; pip warns once per package.
 QUIET_PIP := { grep -v "^WARNING: Location" || true; }
 
-.PHONY: setup demo up test lint format bench clean browser screenshots
+.PHONY: setup demo up test lint format bench clean browser screenshots notebooks
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ demo: setup
 
 up: setup
 	$(BIN)/goshen up
+
+# The analysts' notebooks in marimo's editor. They read the platform as every Goshen process
+# does, from the GOSHEN_* variables and .env here (a relative GOSHEN_HOME is taken from here).
+notebooks: setup
+	$(BIN)/marimo edit notebooks/
 
 test: lint browser
 	$(BIN)/python -m pytest -n 2 --dist loadgroup

@@ -1,0 +1,319 @@
+"""Read-only DuckDB access to the billing rollups and the platform database, for notebooks.
+
+`connect()` answers an in-memory DuckDB connection with these views:
+
+- `usage_daily`: `billing/usage_daily/<day>.parquet`, one row per day, user, model, unit and
+  kind (quantity, cost_micros, event and job counts, p50/p95 run seconds), with its `day`;
+- `storage_daily`: `billing/storage_daily/<day>.parquet`, each user's bytes and their cost per
+  day and kind, with its `day`;
+- `invoice_lines`: `billing/invoices/<month>/<user id>.parquet`, every invoice's lines;
+- `rollup_days`: each day (`rollup`, `day`) a daily rollup was written for, rows or none, so a
+  day the schedule missed, or usage that came after its day was rolled up, can be told apart;
+- `invoices`, `users`, `models`, `jobs`, `usage_events`: the platform database's tables, read
+  when `connect()` runs (JSON columns and secrets left out).
+
+Where they are read from is what GOSHEN_* settings say, as for every other process:
+
+- the local store (`GOSHEN_STORAGE_BACKEND=local`): DuckDB scans the Parquet files under
+  `GOSHEN_STORAGE_PATH` (default `GOSHEN_HOME/artifacts`) where they lie;
+- S3 (`GOSHEN_STORAGE_BACKEND=s3`): DuckDB's httpfs extension scans
+  `s3://GOSHEN_S3_BUCKET/GOSHEN_S3_PREFIX/...`, signed with `GOSHEN_S3_ACCESS_KEY_ID` and
+  `GOSHEN_S3_SECRET_ACCESS_KEY` (or, without them, the AWS credential chain), in
+  `GOSHEN_S3_REGION`, at `GOSHEN_S3_ENDPOINT_URL` (MinIO, R2: path-style URLs). DuckDB
+  downloads httpfs on first use; where it cannot (no network), the objects are read through
+  the store's boto3 client into memory instead (`httpfs=False` asks for that at once);
+- the platform database (`GOSHEN_DATABASE_URL`, default SQLite under `GOSHEN_HOME`): read with
+  SQLAlchemy on a read-only engine into Arrow, on SQLite and PostgreSQL alike (DuckDB's sqlite
+  and postgres scanners would need extension downloads too).
+
+Nothing is written anywhere: the DuckDB database lives in memory, the Parquet is only scanned,
+and the database is opened read-only (a SQLite file that does not exist is an error, not made).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from goshen.config import Settings, StorageBackend, load_settings
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+    from sqlalchemy import Connection
+
+    from goshen.storage.s3 import S3ArtifactStore
+
+ROLLUPS = ("usage_daily", "storage_daily")
+INVOICE_LINES = "invoice_lines"
+# Columns never read: credentials and bulky per-job text (the JSON columns are skipped by type).
+PRIVATE_COLUMNS = {
+    "users": frozenset({"webhook_secret"}),
+    "jobs": frozenset({"logs", "claim_token", "webhook", "idempotency_key", "request_fingerprint"}),
+}
+PLATFORM_TABLES = ("users", "models", "jobs", "usage_events", "invoices")
+_ROLLUP_KEY = re.compile(
+    r"billing/(?:(?P<daily>usage_daily|storage_daily)/\d{4}-\d{2}-\d{2}"
+    r"|invoices/\d{4}-\d{2}/[^/]+)\.parquet"
+)
+_DAY_FROM_FILENAME = (
+    r"CAST(regexp_extract(filename, '(\d{4}-\d{2}-\d{2})\.parquet$', 1) AS DATE) AS day"
+)
+
+
+def connect(
+    settings: Settings | None = None,
+    *,
+    tables: Sequence[str] = PLATFORM_TABLES,
+    httpfs: bool | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with views over the rollups, the invoices' lines and the
+    platform tables `tables`, as the settings (default: GOSHEN_* variables) configure them.
+
+    `httpfs` (S3 only): None tries DuckDB's httpfs, then the store's client; True requires httpfs;
+    False reads through the store's client.
+    """
+    import duckdb
+
+    settings = settings or load_settings()
+    connection = duckdb.connect(":memory:")
+    try:
+        # Days are UTC days, as billing counts them, whatever the machine's time zone.
+        connection.execute("SET TimeZone = 'UTC'").fetchall()
+        if settings.storage_backend is StorageBackend.s3:
+            _register_s3(connection, settings, httpfs)
+        else:
+            _register_local(connection, settings.artifacts_dir)
+        register_platform_tables(connection, settings, tables)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def register_platform_tables(
+    connection: duckdb.DuckDBPyConnection, settings: Settings, tables: Iterable[str]
+) -> None:
+    """Register each platform table in `tables` as an Arrow table read now, all from one
+    snapshot of the database, on a read-only connection."""
+    from sqlalchemy.engine import make_url
+
+    from goshen.db import make_engine
+
+    url = settings.resolved_database_url
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no platform database at {path}: set GOSHEN_HOME to the platform's home, "
+                "or GOSHEN_DATABASE_URL to its database"
+            )
+    engine = make_engine(url, read_only=True, timeout=settings.dependency_timeout_seconds)
+    try:
+        with engine.connect() as db:
+            if engine.dialect.name == "postgresql":  # one snapshot for all the tables, as SQLite
+                db.execution_options(isolation_level="REPEATABLE READ")
+            for name in tables:
+                connection.register(name, read_table(db, name))
+    finally:
+        engine.dispose()
+
+
+def read_table(db: Connection, name: str) -> pa.Table:
+    """A platform table's readable columns (no JSON, no secrets) as Arrow, in primary-key order."""
+    import pyarrow as pa
+    from sqlalchemy import select
+
+    from goshen.db.models import Base
+
+    table = Base.metadata.tables.get(name)
+    if table is None:
+        known = ", ".join(sorted(Base.metadata.tables))
+        raise ValueError(f"no platform table {name!r}; the tables are: {known}")
+    private = PRIVATE_COLUMNS.get(name, frozenset())
+    fields = [
+        (column, arrow_type)
+        for column in table.columns
+        if column.name not in private and (arrow_type := _arrow_type(column.type)) is not None
+    ]
+    query = select(*(column for column, _ in fields)).order_by(*table.primary_key.columns)
+    rows = db.execute(query).all()
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(fields)
+    return pa.table(
+        {
+            column.name: pa.array(values, type=arrow_type)
+            for (column, arrow_type), values in zip(fields, columns, strict=True)
+        }
+    )
+
+
+def _arrow_type(sql_type: Any) -> pa.DataType | None:
+    """The Arrow type a column is read as; None for what a table of scalars cannot hold (JSON)."""
+    import pyarrow as pa
+    from sqlalchemy import TypeDecorator
+
+    if isinstance(sql_type, TypeDecorator):  # UTCDateTime: a DateTime underneath
+        sql_type = sql_type.impl_instance
+    try:
+        python_type = sql_type.python_type
+    except NotImplementedError:
+        return None
+    arrow: dict[type, pa.DataType] = {
+        str: pa.string(),
+        int: pa.int64(),
+        float: pa.float64(),
+        bool: pa.bool_(),
+        datetime: pa.timestamp("us", tz="UTC"),
+        date: pa.date32(),
+    }
+    return arrow.get(python_type)
+
+
+def _register_local(connection: duckdb.DuckDBPyConnection, root: Path) -> None:
+    listed = (p.relative_to(root).as_posix() for p in (root / "billing").rglob("*.parquet"))
+    found = rollup_keys(listed)
+    for name, keys in found.items():
+        _register_parquet(connection, name, [str(root / key) for key in keys])
+    _register_days(connection, found)
+
+
+def rollup_keys(listed: Iterable[str]) -> dict[str, list[str]]:
+    """The store keys of each rollup's objects among `listed`, sorted: `usage_daily` and
+    `storage_daily` named by their day, `invoice_lines` by month and user; others left out."""
+    found: dict[str, list[str]] = {name: [] for name in (*ROLLUPS, INVOICE_LINES)}
+    for key in sorted(listed):
+        if match := _ROLLUP_KEY.fullmatch(key):
+            found[match["daily"] or INVOICE_LINES].append(key)
+    return found
+
+
+def _day(key: str) -> date:
+    return date.fromisoformat(key.rsplit("/", 1)[1].removesuffix(".parquet"))
+
+
+def _register_days(connection: duckdb.DuckDBPyConnection, found: dict[str, list[str]]) -> None:
+    """`rollup_days`: each day a daily rollup was written for, even one with no rows."""
+    import pyarrow as pa
+
+    days = [(name, _day(key)) for name in ROLLUPS for key in found[name]]
+    table = pa.table(
+        {
+            "rollup": pa.array([name for name, _ in days], pa.string()),
+            "day": pa.array([day for _, day in days], pa.date32()),
+        }
+    )
+    connection.register("rollup_days", table)
+
+
+def _register_parquet(
+    connection: duckdb.DuckDBPyConnection, name: str, locations: list[str]
+) -> None:
+    """A view over the Parquet at `locations` (paths or s3:// URLs), the daily ones with their
+    `day`; an empty table of the rollup's columns when there are none yet."""
+    if not locations:
+        connection.register(name, _empty(name))
+        return
+    relation = connection.read_parquet(locations, filename=True, union_by_name=True)
+    day = f"{_DAY_FROM_FILENAME}, " if name in ROLLUPS else ""
+    relation.select(f"{day}* EXCLUDE (filename)").create_view(name)
+
+
+def _register_s3(
+    connection: duckdb.DuckDBPyConnection, settings: Settings, httpfs: bool | None
+) -> None:
+    from goshen.storage.s3 import S3ArtifactStore, make_s3_client
+
+    assert settings.s3_bucket, "Settings refuses the s3 backend without GOSHEN_S3_BUCKET"
+    store = S3ArtifactStore(settings.s3_bucket, settings.s3_prefix, make_s3_client(settings))
+    found = rollup_keys(info.key for info in store.list("billing"))
+    if httpfs is not False and _load_httpfs(connection, required=httpfs is True):
+        _create_s3_secret(connection, settings)
+        for name, keys in found.items():
+            urls = [f"s3://{store.bucket}/{store.prefix}{key}" for key in keys]
+            _register_parquet(connection, name, urls)
+    else:
+        for name, keys in found.items():
+            connection.register(name, _read_objects(store, name, keys))
+    _register_days(connection, found)
+
+
+def _load_httpfs(connection: duckdb.DuckDBPyConnection, *, required: bool) -> bool:
+    """Load httpfs, installing it first where DuckDB can download it; False when it cannot."""
+    import duckdb
+
+    try:
+        connection.install_extension("httpfs")
+        connection.load_extension("httpfs")
+    except duckdb.Error as exc:
+        if required:
+            raise RuntimeError(
+                "DuckDB's httpfs extension cannot be installed here "
+                f"({str(exc).splitlines()[0]}); pass httpfs=None or False to read the rollups "
+                "through the store's client instead"
+            ) from exc
+        return False
+    return True
+
+
+def _create_s3_secret(connection: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """The DuckDB secret httpfs signs S3 requests with, from the GOSHEN_S3_* settings."""
+    options = [("TYPE", "s3")]
+    if settings.s3_access_key_id and settings.s3_secret_access_key:
+        options += [
+            ("KEY_ID", _literal(settings.s3_access_key_id)),
+            ("SECRET", _literal(settings.s3_secret_access_key)),
+        ]
+    else:
+        options.append(("PROVIDER", "credential_chain"))
+    if settings.s3_region:
+        options.append(("REGION", _literal(settings.s3_region)))
+    if settings.s3_endpoint_url:
+        scheme, _, rest = settings.s3_endpoint_url.partition("://")
+        options += [
+            ("ENDPOINT", _literal(rest.rstrip("/"))),
+            ("URL_STYLE", "'path'"),
+            ("USE_SSL", "true" if scheme == "https" else "false"),
+        ]
+    body = ", ".join(f"{key} {value}" for key, value in options)
+    connection.execute(f"CREATE OR REPLACE SECRET goshen_s3 ({body})").fetchall()
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _read_objects(store: S3ArtifactStore, name: str, keys: list[str]) -> pa.Table:
+    """The objects at `keys` read whole through the store's client, as one table (with `day`
+    for the daily rollups, taken from each object's name as the httpfs view does)."""
+    import pyarrow as pa
+
+    from goshen.billing.rollups import read_parquet
+
+    if not keys:
+        return _empty(name)
+    tables = []
+    for key in keys:
+        table = read_parquet(store.get(key))
+        if name in ROLLUPS:
+            day = pa.array([_day(key)] * table.num_rows, pa.date32())
+            table = table.add_column(0, "day", day)
+        tables.append(table)
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _empty(name: str) -> pa.Table:
+    import pyarrow as pa
+
+    from goshen.billing.invoices import LINES_SCHEMA
+    from goshen.billing.rollups import ROLLUP_SCHEMA
+    from goshen.billing.storage_usage import STORAGE_SCHEMA
+
+    schemas = {"usage_daily": ROLLUP_SCHEMA, "storage_daily": STORAGE_SCHEMA}
+    schema = schemas.get(name)
+    if schema is None:
+        return LINES_SCHEMA.empty_table()
+    return schema.insert(0, pa.field("day", pa.date32())).empty_table()
