@@ -9,8 +9,12 @@
 - `invoice_lines`: `billing/invoices/<month>/<user id>.parquet`, every invoice's lines;
 - `rollup_days`: each day (`rollup`, `day`) a daily rollup was written for, rows or none, so a
   day the schedule missed, or usage that came after its day was rolled up, can be told apart;
-- `invoices`, `users`, `models`, `jobs`, `usage_events`: the platform database's tables, read
-  when `connect()` runs (JSON columns and secrets left out).
+- `invoices`, `users`, `models`, `jobs`, `usage_events`, `workers`, `datasets`,
+  `training_jobs`: the platform database's tables, read when `connect()` runs (JSON columns,
+  secrets and logs left out);
+- `training_estimates`, with `training_jobs`: what each training job's submission estimated
+  (the samples an epoch reads, its epochs, the estimator's seconds and the time limit it held),
+  computed by `goshen.training` from the job's config and its dataset, as submit computed it.
 
 Where they are read from is what GOSHEN_* settings say, as for every other process:
 
@@ -53,8 +57,18 @@ INVOICE_LINES = "invoice_lines"
 PRIVATE_COLUMNS = {
     "users": frozenset({"webhook_secret"}),
     "jobs": frozenset({"logs", "claim_token", "webhook", "idempotency_key", "request_fingerprint"}),
+    "training_jobs": frozenset({"logs"}),
 }
-PLATFORM_TABLES = ("users", "models", "jobs", "usage_events", "invoices")
+PLATFORM_TABLES = (
+    "users",
+    "models",
+    "jobs",
+    "usage_events",
+    "invoices",
+    "workers",
+    "datasets",
+    "training_jobs",
+)
 _ROLLUP_KEY = re.compile(
     r"billing/(?:(?P<daily>usage_daily|storage_daily)/\d{4}-\d{2}-\d{2}"
     r"|invoices/\d{4}-\d{2}/[^/]+)\.parquet"
@@ -119,6 +133,8 @@ def register_platform_tables(
                 db.execution_options(isolation_level="REPEATABLE READ")
             for name in tables:
                 connection.register(name, read_table(db, name))
+            if "training_jobs" in tables:
+                connection.register("training_estimates", training_estimates(db))
     finally:
         engine.dispose()
 
@@ -149,6 +165,43 @@ def read_table(db: Connection, name: str) -> pa.Table:
             for (column, arrow_type), values in zip(fields, columns, strict=True)
         }
     )
+
+
+def training_estimates(db: Connection) -> pa.Table:
+    """Each training job's estimate as its submission made it (goshen.training): `samples`,
+    `epochs`, `estimate_seconds` and `time_limit_seconds`; nulls where its dataset is gone."""
+    import pyarrow as pa
+    from sqlalchemy import select
+
+    from goshen import training
+    from goshen.db.models import Dataset, TrainingJob
+
+    query = (
+        select(TrainingJob.id, TrainingJob.task, TrainingJob.config, Dataset.file_count)
+        .add_columns(Dataset.stats)
+        .outerjoin(Dataset, Dataset.id == TrainingJob.dataset_id)
+        .order_by(TrainingJob.id)
+    )
+    rows: list[dict[str, Any]] = []
+    for job_id, task_name, stored_config, file_count, stats in db.execute(query):
+        task, config = training.Task(task_name), training.TrainingConfig(**stored_config)
+        row = {"training_job_id": job_id, "epochs": config.epochs}
+        if file_count is not None:
+            samples = training.samples_in(Dataset(file_count=file_count, stats=stats), task)
+            row["samples"] = samples
+            row["estimate_seconds"] = training.estimate_seconds(task, config, samples)
+            row["time_limit_seconds"] = training.time_limit_seconds(task, config, samples)
+        rows.append(row)
+    schema = pa.schema(
+        [
+            ("training_job_id", pa.string()),
+            ("samples", pa.int64()),
+            ("epochs", pa.int64()),
+            ("estimate_seconds", pa.float64()),
+            ("time_limit_seconds", pa.int64()),
+        ]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 def _arrow_type(sql_type: Any) -> pa.DataType | None:

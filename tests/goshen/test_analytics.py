@@ -11,9 +11,11 @@ import pyarrow as pa
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from goshen import analytics
+from goshen import accounts, analytics
 from goshen.billing.rollups import ROLLUP_SCHEMA, parquet_bytes, usage_daily_key
 from goshen.config import Settings
+from goshen.db import session_scope
+from goshen.db.models import Dataset, DatasetKind, Role, TrainingJob
 from goshen.storage.s3 import S3ArtifactStore, make_s3_client
 from tests.fixtures.billing_home import seed_billing_home
 from tests.fixtures.storage import S3Server
@@ -72,6 +74,47 @@ def test_views_over_a_seeded_home(
     assert job_columns["created_at"] == "TIMESTAMP WITH TIME ZONE"
     after = sorted(p.relative_to(settings.home_dir) for p in settings.home_dir.rglob("*"))
     assert after == before
+
+
+def test_training_jobs_come_with_their_estimates(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    with session_scope(sessions) as session:
+        user = accounts.create_user(
+            session, email="ada@example.com", role=Role.developer, credits_micros=0
+        )
+        digits = Dataset(
+            user_id=user.id,
+            name="digits",
+            kind=DatasetKind.images,
+            storage_prefix="datasets/digits",
+            file_count=50,
+        )
+        session.add(digits)
+        session.flush()
+        for dataset_id in (digits.id, None):  # the second one's dataset was deleted
+            session.add(
+                TrainingJob(
+                    user_id=user.id,
+                    dataset_id=dataset_id,
+                    task="diffusion",
+                    model_name="tiny",
+                    config={"epochs": 3},
+                    logs="epoch 1\n",
+                )
+            )
+            session.flush()  # ids are time-ordered: this one first
+
+    with analytics.connect(settings, tables=["training_jobs"]) as db:
+        columns = {c[0] for c in db.sql("DESCRIBE training_jobs").fetchall()}
+        estimates = db.sql(
+            "SELECT samples, epochs, estimate_seconds, time_limit_seconds FROM training_estimates"
+            " ORDER BY training_job_id"
+        ).fetchall()
+
+    assert "logs" not in columns and {"task", "estimated_cost_micros"} <= columns
+    # 0.004 s a sample and epoch for diffusion; the limit twice that plus 300 s to start.
+    assert estimates == [(50, 3, pytest.approx(0.6), 302), (None, 3, None, None)]
 
 
 def test_a_home_without_rollups_answers_empty_views(settings: Settings) -> None:

@@ -4,10 +4,7 @@ the finalized invoices disagree."""
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import UTC, date, datetime
-from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -17,18 +14,9 @@ from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import PricingUnit, UsageEvent, User
 from tests.fixtures.billing_home import seed_billing_home, write_usage_daily
+from tests.fixtures.notebooks import run_notebook, use_home
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "usage_and_revenue.py"
-
-
-def run_notebook() -> dict[str, Any]:
-    """Run every cell, as `python notebooks/usage_and_revenue.py` does; its definitions."""
-    spec = importlib.util.spec_from_file_location("usage_and_revenue", NOTEBOOK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    _, defs = module.app.run()
-    return dict(defs)
+NOTEBOOK = "usage_and_revenue"
 
 
 def test_the_notebook_shows_the_seeded_revenue(
@@ -38,7 +26,7 @@ def test_the_notebook_shows_the_seeded_revenue(
     # Usage of today, which the billing_daily schedule rolls up tonight: not shown yet, no error.
     add_event(sessions, home.emails["bo"], datetime.now(UTC))
 
-    defs = run_notebook()
+    defs = run_notebook(NOTEBOOK)
 
     top = defs["top_accounts"].to_dicts()
     assert [row["account"] for row in top] == [home.emails[n] for n in ("ada", "bo", "cy")]
@@ -71,19 +59,18 @@ def test_the_notebook_stops_when_usage_came_after_the_invoice(
     add_event(sessions, ada, datetime(2025, 3, 15, tzinfo=UTC))
 
     with pytest.raises(AssertionError, match="usage_daily does not add up"):
-        run_notebook()
+        run_notebook(NOTEBOOK)
     write_usage_daily(settings, sessions, date(2025, 3, 15))
     with pytest.raises(AssertionError, match="2025-03: the invoices total 125,506"):
-        run_notebook()
+        run_notebook(NOTEBOOK)
 
 
 def test_the_notebook_runs_on_a_platform_with_nothing_billed_yet(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("GOSHEN_HOME", str(settings.home_dir))
-    monkeypatch.setenv("GOSHEN_DATABASE_URL", settings.resolved_database_url)
+    use_home(settings, monkeypatch)
 
-    defs = run_notebook()
+    defs = run_notebook(NOTEBOOK)
 
     assert defs["top_accounts"].is_empty() and defs["reconciliation"].is_empty()
     assert defs["revenue_micros"] == 0
