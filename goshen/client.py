@@ -7,13 +7,15 @@ with GoshenClient("http://127.0.0.1:8000", api_key="gsk_...") as goshen:
     digits = goshen.predict("digits-classifier", {"features": rows})  # labels, probabilities
 
 Training jobs and the models they make (train, wait_for_training_job, deploy_model, ...) are
-GoshenClient's too, from goshen.client_models.
+GoshenClient's too, from goshen.client_models. Errors are typed (goshen.client_errors), and
+reads and idempotent POSTs are retried (goshen.client_retries).
 """
 
 from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
@@ -22,6 +24,21 @@ import httpx
 
 from goshen.client_admin import AdminJobCalls
 from goshen.client_billing import AdminAccountCalls
+from goshen.client_errors import (
+    Conflict,
+    Forbidden,
+    InsufficientCredits,
+    InvalidInput,
+    JobFailed,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    Timeout,
+    Unauthorized,
+    api_error,
+    error_for,
+    job_outcome,
+)
 from goshen.client_http import (
     GoshenAPIError,
     JobEvent,
@@ -33,13 +50,33 @@ from goshen.client_http import (
 )
 from goshen.client_models import TrainedModelCalls
 from goshen.client_ops import AdminOperationsCalls
+from goshen.client_retries import RetryPolicy, send
 
-__all__ = ["GoshenAPIError", "GoshenClient", "JobEvent"]
+__all__ = [
+    "Conflict",
+    "Forbidden",
+    "GoshenAPIError",
+    "GoshenClient",
+    "InsufficientCredits",
+    "InvalidInput",
+    "JobEvent",
+    "JobFailed",
+    "NotFound",
+    "RateLimited",
+    "RetryPolicy",
+    "ServiceUnavailable",
+    "Timeout",
+    "Unauthorized",
+    "error_for",
+]
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
 
 class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls, AdminAccountCalls):
-    """A thin, typed-enough wrapper: one method per API operation, errors as GoshenAPIError."""
+    """A thin, typed-enough wrapper: one method per API operation, errors as GoshenAPIError's
+    subclasses (goshen.client_errors). Reads, and POSTs with an Idempotency-Key, are retried on
+    429, 503 and lost connections up to `max_retries` times (0: never), waiting `Retry-After` or
+    a random time up to min(backoff_cap, backoff_base·2^k) seconds; `retries` holds the policy."""
 
     def __init__(
         self,
@@ -48,7 +85,11 @@ class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls, Admin
         *,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         transport: httpx.BaseTransport | None = None,
+        max_retries: int = 3,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
     ) -> None:
+        self.retries = RetryPolicy(max_retries, backoff_base, backoff_cap)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(
             base_url=base_url, headers=headers, timeout=timeout, transport=transport
@@ -69,9 +110,11 @@ class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls, Admin
         self._http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, path, **kwargs)
+        """The answer's JSON body (None when empty), retried as `retries` allows; an error
+        answer raises its GoshenAPIError subclass (`error_for`)."""
+        response = send(self._http, self.retries, method, path, **kwargs)
         if response.is_error:
-            raise GoshenAPIError(response.status_code, _problem(response))
+            raise error_for(response.status_code, _problem(response), response.headers)
         return response.json() if response.content else None
 
     def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -214,14 +257,14 @@ class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls, Admin
         webhook: str | None = None,
         webhook_events_filter: list[str] | None = None,
         idempotency_key: str | None = None,
+        raise_on_failure: bool = False,
     ) -> dict[str, Any]:
         """Queue a generation job; with `wait` (seconds, at most 60) the answer comes when it
-        ends or the time is up."""
-        headers = {}
+        ends or the time is up (and with `raise_on_failure`, JobFailed if it failed or was
+        canceled). The `idempotency_key`, one of its own unless given, makes retries safe."""
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         if wait is not None:
             headers["Prefer"] = f"wait={wait}"
-        if idempotency_key is not None:
-            headers["Idempotency-Key"] = idempotency_key
         body = _without_none(
             model=model,
             input=model_input,
@@ -231,7 +274,8 @@ class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls, Admin
         timeout = self._http.timeout.read
         if wait is not None and timeout is not None:
             timeout = max(timeout, wait + 10)
-        return self._object("POST", "/v1/generate", json=body, headers=headers, timeout=timeout)
+        job = self._object("POST", "/v1/generate", json=body, headers=headers, timeout=timeout)
+        return job_outcome(job, raise_on_failure and wait is not None)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self._object("GET", f"/v1/jobs/{job_id}")
@@ -246,20 +290,42 @@ class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls, Admin
 
     def job_events(self, job_id: str, last_event_id: int | None = None) -> Iterator[JobEvent]:
         """The job's server-sent events as they happen, until `done`."""
+        return self._job_events(job_id, last_event_id, deadline=None)
+
+    def _job_events(
+        self, job_id: str, last_event_id: int | None, deadline: float | None
+    ) -> Iterator[JobEvent]:
         headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+        # Past the deadline, a read waiting for the next line ends too (keep-alives are 15 s).
+        read = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        timeout = httpx.Timeout(self._http.timeout.connect, read=read)
         with self._http.stream(
-            "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=None
+            "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout
         ) as response:
             if response.is_error:
                 response.read()
-                raise GoshenAPIError(response.status_code, _problem(response))
-            yield from _server_sent_events(response.iter_lines())
+                raise api_error(response)
+            lines = _until(response.iter_lines(), deadline, f"job {job_id}")
+            yield from _server_sent_events(lines)
 
-    def wait_for_job(self, job_id: str) -> dict[str, Any]:
-        """Follow the job's events until it ends; the job as it ended."""
-        for _ in self.job_events(job_id):
-            pass
-        return self.get_job(job_id)
+    def wait_for_job(
+        self, job_id: str, *, timeout: float | None = None, raise_on_failure: bool = False
+    ) -> dict[str, Any]:
+        """Follow the job's events until it ends; the job as it ended. Past `timeout` seconds,
+        Timeout (the job goes on: wait again with its `job_id`); with `raise_on_failure`,
+        JobFailed if it failed or was canceled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last_event_id = None
+        try:
+            while True:  # a stream cut short is followed on from the last event seen
+                for event in self._job_events(job_id, last_event_id, deadline):
+                    last_event_id = event.id
+                    if event.kind == "done":
+                        return job_outcome(self.get_job(job_id), raise_on_failure)
+        except (TimeoutError, httpx.ReadTimeout) as exc:
+            if timeout is None:
+                raise
+            raise Timeout(job_id, timeout) from exc
 
     def upload_dataset(
         self,
@@ -301,7 +367,7 @@ class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls, Admin
             ) as response:
                 if response.is_error:
                     response.read()
-                    raise GoshenAPIError(response.status_code, _problem(response))
+                    raise api_error(response)
                 lines = _until(response.iter_lines(), deadline, f"dataset {dataset_id}")
                 for event in _server_sent_events(lines):
                     if event.kind == "progress" and on_progress is not None:
@@ -313,7 +379,7 @@ class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls, Admin
         """An output file by its signed link (the link itself is the credential)."""
         response = httpx.get(url, timeout=self._http.timeout)
         if response.is_error:
-            raise GoshenAPIError(response.status_code, _problem(response))
+            raise api_error(response)
         return response.content
 
     def webhook_secret(self) -> str:

@@ -6,6 +6,7 @@ GoshenClient (goshen.client) inherits them; imports only httpx and the standard 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -61,11 +62,11 @@ class AdminAccountCalls:
     ) -> dict[str, Any]:
         """Grant credit (`kind="grant"`) or correct a balance (`kind="adjustment"`, signed, with
         a reason). The same `idempotency_key` and body make one ledger entry, however often
-        sent."""
+        sent; without one, the call makes its own, so its retries cannot add twice."""
         body = _without_none(
             kind=kind, amount_micros=amount_micros, reason=reason, expires_at=expires_at
         )
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         return self._object(
             "POST", f"/v1/admin/users/{user_id}/credits", json=body, headers=headers
         )

@@ -12,10 +12,9 @@ from typing import Any, Protocol
 
 import httpx
 
+from goshen.client_errors import api_error
 from goshen.client_http import (
-    GoshenAPIError,
     JobEvent,
-    _problem,
     _server_sent_events,
     _until,
     _without_none,
@@ -159,6 +158,6 @@ def _training_events(
     ) as response:
         if response.is_error:
             response.read()
-            raise GoshenAPIError(response.status_code, _problem(response))
+            raise api_error(response)
         lines = _until(response.iter_lines(), deadline, f"training job {job_id}")
         yield from _server_sent_events(lines, text_kinds=LOG_EVENTS)

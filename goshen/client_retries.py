@@ -1,0 +1,99 @@
+"""How the SDK retries a request: on 429 and 503 (after their `Retry-After`) and on a lost
+connection, with exponential backoff and full jitter. Imports only httpx and the standard library.
+
+Reads (GET, HEAD) are always retried. Anything else is retried only when it carries an
+`Idempotency-Key`: the server then answers a repeat with what the first one did, so a request
+whose answer was lost cannot act twice. A POST without a key is never retried.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from goshen.client_errors import retry_after_seconds
+
+RETRIED_STATUSES = frozenset({429, 503})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The request may not have reached the server, or its answer was lost on the way back.
+CONNECTION_ERRORS = (
+    httpx.ConnectError,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+    httpx.TimeoutException,
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """At most `max_retries` more tries after the first; the k-th waits a random time up to
+    min(backoff_cap, backoff_base·2^k) seconds, or the `Retry-After` asked (plus up to
+    backoff_base). A `Retry-After` longer than `backoff_cap` is not waited for: the error goes to
+    the caller, with its `retry_after`."""
+
+    max_retries: int = 3
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+    draw: Callable[[float, float], float] = random.uniform
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.backoff_base < 0 or self.backoff_cap < 0:
+            raise ValueError("max_retries, backoff_base and backoff_cap must not be negative")
+
+    def allows(self, method: str, headers: Any) -> bool:
+        """Whether a request may be sent again: a read, or one with an Idempotency-Key."""
+        if self.max_retries == 0:
+            return False
+        return method.upper() in SAFE_METHODS or "idempotency-key" in httpx.Headers(headers)
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (0 first): full jitter."""
+        return self.draw(0.0, min(self.backoff_cap, self.backoff_base * 2**retry))
+
+    def delay(self, retry: int, retry_after: float | None) -> float | None:
+        """Seconds to wait before retry number `retry` of an answer that may say `Retry-After`;
+        None: it asks for longer than `backoff_cap`, so do not retry."""
+        if retry_after is None:
+            return self.backoff(retry)
+        if retry_after > self.backoff_cap:
+            return None
+        return retry_after + self.draw(0.0, min(self.backoff_base, self.backoff_cap))
+
+
+def send(
+    http: httpx.Client, policy: RetryPolicy, method: str, path: str, **kwargs: Any
+) -> httpx.Response:
+    """The response to the request, retried as `policy` allows; the last answer or connection
+    error when the retries run out."""
+    retryable = policy.allows(method, kwargs.get("headers"))
+    retry = 0
+    while True:
+        try:
+            response = http.request(method, path, **kwargs)
+        except CONNECTION_ERRORS:
+            if not retryable or retry >= policy.max_retries:
+                raise
+            policy.sleep(policy.backoff(retry))
+        else:
+            if response.status_code not in RETRIED_STATUSES or not retryable:
+                return response
+            wait = policy.delay(retry, retry_after_seconds(response.headers, _body(response)))
+            if wait is None or retry >= policy.max_retries:
+                return response
+            policy.sleep(wait)
+        retry += 1
+
+
+def _body(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
