@@ -1,6 +1,6 @@
 """Read-only DuckDB access to the billing rollups and the platform database, for notebooks.
 
-`connect()` answers an in-memory DuckDB connection with these views:
+`connect()` answers an in-memory DuckDB connection with these tables, all read when it runs:
 
 - `usage_daily`: `billing/usage_daily/<day>.parquet`, one row per day, user, model, unit and
   kind (quantity, cost_micros, event and job counts, p50/p95 run seconds), with its `day`;
@@ -10,28 +10,24 @@
 - `rollup_days`: each day (`rollup`, `day`) a daily rollup was written for, rows or none, so a
   day the schedule missed, or usage that came after its day was rolled up, can be told apart;
 - `invoices`, `users`, `models`, `jobs`, `usage_events`, `workers`, `datasets`,
-  `training_jobs`: the platform database's tables, read when `connect()` runs (JSON columns,
-  secrets and logs left out);
+  `training_jobs`: the platform database's tables, only these (JSON columns, secrets and logs
+  left out);
 - `training_estimates`, with `training_jobs`: what each training job's submission estimated
   (the samples an epoch reads, its epochs, the estimator's seconds and the time limit it held),
   computed by `goshen.training` from the job's config and its dataset, as submit computed it.
 
 Where they are read from is what GOSHEN_* settings say, as for every other process:
 
-- the local store (`GOSHEN_STORAGE_BACKEND=local`): DuckDB scans the Parquet files under
-  `GOSHEN_STORAGE_PATH` (default `GOSHEN_HOME/artifacts`) where they lie;
-- S3 (`GOSHEN_STORAGE_BACKEND=s3`): DuckDB's httpfs extension scans
-  `s3://GOSHEN_S3_BUCKET/GOSHEN_S3_PREFIX/...`, signed with `GOSHEN_S3_ACCESS_KEY_ID` and
-  `GOSHEN_S3_SECRET_ACCESS_KEY` (or, without them, the AWS credential chain), in
-  `GOSHEN_S3_REGION`, at `GOSHEN_S3_ENDPOINT_URL` (MinIO, R2: path-style URLs). DuckDB
-  downloads httpfs on first use; where it cannot (no network), the objects are read through
-  the store's boto3 client into memory instead (`httpfs=False` asks for that at once);
+- the local store (`GOSHEN_STORAGE_BACKEND=local`): the Parquet files under
+  `GOSHEN_STORAGE_PATH` (default `GOSHEN_HOME/artifacts`);
+- S3 (`GOSHEN_STORAGE_BACKEND=s3`): the objects under `s3://GOSHEN_S3_BUCKET/GOSHEN_S3_PREFIX/`,
+  read through the store's boto3 client into memory (DuckDB never holds the keys);
 - the platform database (`GOSHEN_DATABASE_URL`, default SQLite under `GOSHEN_HOME`): read with
-  SQLAlchemy on a read-only engine into Arrow, on SQLite and PostgreSQL alike (DuckDB's sqlite
-  and postgres scanners would need extension downloads too).
+  SQLAlchemy on a read-only engine into Arrow, on SQLite and PostgreSQL alike.
 
-Nothing is written anywhere: the DuckDB database lives in memory, the Parquet is only scanned,
-and the database is opened read-only (a SQLite file that does not exist is an error, not made).
+Nothing can be written anywhere: once the tables are loaded the connection turns off DuckDB's
+external access (no file or URL can be read or written) and locks its configuration, and the
+database is opened read-only (a SQLite file that does not exist is an error, not made).
 """
 
 from __future__ import annotations
@@ -79,29 +75,32 @@ _DAY_FROM_FILENAME = (
 
 
 def connect(
-    settings: Settings | None = None,
-    *,
-    tables: Sequence[str] = PLATFORM_TABLES,
-    httpfs: bool | None = None,
+    settings: Settings | None = None, *, tables: Sequence[str] = PLATFORM_TABLES
 ) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with views over the rollups, the invoices' lines and the
-    platform tables `tables`, as the settings (default: GOSHEN_* variables) configure them.
-
-    `httpfs` (S3 only): None tries DuckDB's httpfs, then the store's client; True requires httpfs;
-    False reads through the store's client.
-    """
+    """An in-memory DuckDB connection holding the rollups, the invoices' lines and the platform
+    tables `tables`, as the settings (default: GOSHEN_* variables) configure them, that can
+    read and write no file."""
     import duckdb
 
+    unknown = [name for name in tables if name not in PLATFORM_TABLES]
+    if unknown:
+        raise ValueError(
+            f"no readable platform table {', '.join(map(repr, unknown))}; "
+            f"the tables are: {', '.join(PLATFORM_TABLES)}"
+        )
     settings = settings or load_settings()
     connection = duckdb.connect(":memory:")
     try:
         # Days are UTC days, as billing counts them, whatever the machine's time zone.
         connection.execute("SET TimeZone = 'UTC'").fetchall()
         if settings.storage_backend is StorageBackend.s3:
-            _register_s3(connection, settings, httpfs)
+            _load_s3(connection, settings)
         else:
-            _register_local(connection, settings.artifacts_dir)
+            _load_local(connection, settings.artifacts_dir)
         register_platform_tables(connection, settings, tables)
+        # Everything is in memory now: no COPY TO, no read_parquet, no ATTACH from here on.
+        connection.execute("SET enable_external_access = false").fetchall()
+        connection.execute("SET lock_configuration = true").fetchall()
     except BaseException:
         connection.close()
         raise
@@ -111,8 +110,8 @@ def connect(
 def register_platform_tables(
     connection: duckdb.DuckDBPyConnection, settings: Settings, tables: Iterable[str]
 ) -> None:
-    """Register each platform table in `tables` as an Arrow table read now, all from one
-    snapshot of the database, on a read-only connection."""
+    """Copy each platform table in `tables` into `connection`, all from one snapshot of the
+    database, read on a read-only connection."""
     from sqlalchemy.engine import make_url
 
     from goshen.db import make_engine
@@ -132,9 +131,9 @@ def register_platform_tables(
             if engine.dialect.name == "postgresql":  # one snapshot for all the tables, as SQLite
                 db.execution_options(isolation_level="REPEATABLE READ")
             for name in tables:
-                connection.register(name, read_table(db, name))
+                connection.from_arrow(read_table(db, name)).create(name)
             if "training_jobs" in tables:
-                connection.register("training_estimates", training_estimates(db))
+                connection.from_arrow(training_estimates(db)).create("training_estimates")
     finally:
         engine.dispose()
 
@@ -226,12 +225,12 @@ def _arrow_type(sql_type: Any) -> pa.DataType | None:
     return arrow.get(python_type)
 
 
-def _register_local(connection: duckdb.DuckDBPyConnection, root: Path) -> None:
+def _load_local(connection: duckdb.DuckDBPyConnection, root: Path) -> None:
     listed = (p.relative_to(root).as_posix() for p in (root / "billing").rglob("*.parquet"))
     found = rollup_keys(listed)
     for name, keys in found.items():
-        _register_parquet(connection, name, [str(root / key) for key in keys])
-    _register_days(connection, found)
+        _load_parquet(connection, name, [str(root / key) for key in keys])
+    _load_days(connection, found)
 
 
 def rollup_keys(listed: Iterable[str]) -> dict[str, list[str]]:
@@ -248,7 +247,7 @@ def _day(key: str) -> date:
     return date.fromisoformat(key.rsplit("/", 1)[1].removesuffix(".parquet"))
 
 
-def _register_days(connection: duckdb.DuckDBPyConnection, found: dict[str, list[str]]) -> None:
+def _load_days(connection: duckdb.DuckDBPyConnection, found: dict[str, list[str]]) -> None:
     """`rollup_days`: each day a daily rollup was written for, even one with no rows."""
     import pyarrow as pa
 
@@ -259,89 +258,34 @@ def _register_days(connection: duckdb.DuckDBPyConnection, found: dict[str, list[
             "day": pa.array([day for _, day in days], pa.date32()),
         }
     )
-    connection.register("rollup_days", table)
+    connection.from_arrow(table).create("rollup_days")
 
 
-def _register_parquet(
-    connection: duckdb.DuckDBPyConnection, name: str, locations: list[str]
-) -> None:
-    """A view over the Parquet at `locations` (paths or s3:// URLs), the daily ones with their
-    `day`; an empty table of the rollup's columns when there are none yet."""
-    if not locations:
-        connection.register(name, _empty(name))
+def _load_parquet(connection: duckdb.DuckDBPyConnection, name: str, paths: list[str]) -> None:
+    """A table of the Parquet files at `paths`, the daily ones with their `day`; empty, with the
+    rollup's columns, when there are none yet."""
+    if not paths:
+        connection.from_arrow(_empty(name)).create(name)
         return
-    relation = connection.read_parquet(locations, filename=True, union_by_name=True)
+    relation = connection.read_parquet(paths, filename=True, union_by_name=True)
     day = f"{_DAY_FROM_FILENAME}, " if name in ROLLUPS else ""
-    relation.select(f"{day}* EXCLUDE (filename)").create_view(name)
+    relation.select(f"{day}* EXCLUDE (filename)").create(name)
 
 
-def _register_s3(
-    connection: duckdb.DuckDBPyConnection, settings: Settings, httpfs: bool | None
-) -> None:
+def _load_s3(connection: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     from goshen.storage.s3 import S3ArtifactStore, make_s3_client
 
     assert settings.s3_bucket, "Settings refuses the s3 backend without GOSHEN_S3_BUCKET"
     store = S3ArtifactStore(settings.s3_bucket, settings.s3_prefix, make_s3_client(settings))
     found = rollup_keys(info.key for info in store.list("billing"))
-    if httpfs is not False and _load_httpfs(connection, required=httpfs is True):
-        _create_s3_secret(connection, settings)
-        for name, keys in found.items():
-            urls = [f"s3://{store.bucket}/{store.prefix}{key}" for key in keys]
-            _register_parquet(connection, name, urls)
-    else:
-        for name, keys in found.items():
-            connection.register(name, _read_objects(store, name, keys))
-    _register_days(connection, found)
-
-
-def _load_httpfs(connection: duckdb.DuckDBPyConnection, *, required: bool) -> bool:
-    """Load httpfs, installing it first where DuckDB can download it; False when it cannot."""
-    import duckdb
-
-    try:
-        connection.install_extension("httpfs")
-        connection.load_extension("httpfs")
-    except duckdb.Error as exc:
-        if required:
-            raise RuntimeError(
-                "DuckDB's httpfs extension cannot be installed here "
-                f"({str(exc).splitlines()[0]}); pass httpfs=None or False to read the rollups "
-                "through the store's client instead"
-            ) from exc
-        return False
-    return True
-
-
-def _create_s3_secret(connection: duckdb.DuckDBPyConnection, settings: Settings) -> None:
-    """The DuckDB secret httpfs signs S3 requests with, from the GOSHEN_S3_* settings."""
-    options = [("TYPE", "s3")]
-    if settings.s3_access_key_id and settings.s3_secret_access_key:
-        options += [
-            ("KEY_ID", _literal(settings.s3_access_key_id)),
-            ("SECRET", _literal(settings.s3_secret_access_key)),
-        ]
-    else:
-        options.append(("PROVIDER", "credential_chain"))
-    if settings.s3_region:
-        options.append(("REGION", _literal(settings.s3_region)))
-    if settings.s3_endpoint_url:
-        scheme, _, rest = settings.s3_endpoint_url.partition("://")
-        options += [
-            ("ENDPOINT", _literal(rest.rstrip("/"))),
-            ("URL_STYLE", "'path'"),
-            ("USE_SSL", "true" if scheme == "https" else "false"),
-        ]
-    body = ", ".join(f"{key} {value}" for key, value in options)
-    connection.execute(f"CREATE OR REPLACE SECRET goshen_s3 ({body})").fetchall()
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    for name, keys in found.items():
+        connection.from_arrow(_read_objects(store, name, keys)).create(name)
+    _load_days(connection, found)
 
 
 def _read_objects(store: S3ArtifactStore, name: str, keys: list[str]) -> pa.Table:
     """The objects at `keys` read whole through the store's client, as one table (with `day`
-    for the daily rollups, taken from each object's name as the httpfs view does)."""
+    for the daily rollups, taken from each object's name as for local files)."""
     import pyarrow as pa
 
     from goshen.billing.rollups import read_parquet

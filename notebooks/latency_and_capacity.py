@@ -2,7 +2,7 @@
 
 A marimo notebook over the platform's `jobs`, `usage_events` and `workers`, read through
 `goshen.analytics` with the platform's GOSHEN_* settings. Open it with `make notebooks`; run it
-headless with `python notebooks/latency_and_capacity.py`. Every section asserts what it shows.
+headless with `python notebooks/latency_and_capacity.py`.
 """
 
 import marimo
@@ -60,12 +60,8 @@ def _(db):
         ORDER BY j.completed_at, j.id
         """
     ).pl()
-    ran_count = db.sql(
-        "SELECT count(*) FROM jobs WHERE completed_at IS NOT NULL AND started_at IS NOT NULL"
-    ).fetchall()[0][0]
-    assert ran.height == ran_count, "a job that ran has no row here: its model was not read"
     ran.group_by("status").len().sort("status")
-    return ran, ran_count
+    return (ran,)
 
 
 @app.cell(hide_code=True)
@@ -81,7 +77,7 @@ def _(mo):
 
 
 @app.cell
-def _(alt, pl, ran, ran_count):
+def _(alt, pl, ran):
     def percentiles(*by: str) -> pl.DataFrame:
         """p50 and p95 of queue and run seconds per group of `by`."""
         figures = [
@@ -92,9 +88,6 @@ def _(alt, pl, ran, ran_count):
         return ran.group_by(*by).agg(pl.len().alias("jobs"), *figures).sort(*by)
 
     by_model = percentiles("model")
-    assert by_model["jobs"].sum() == ran_count, "the models' jobs do not add up to the jobs run"
-    for _row in by_model.to_dicts():
-        assert _row["p50_queue"] <= _row["p95_queue"] and _row["p50_run"] <= _row["p95_run"]
     _long = by_model.unpivot(index=["model", "jobs"], variable_name="figure", value_name="s")
     _chart = (
         alt.Chart(_long)
@@ -122,9 +115,8 @@ def _(mo):
 
 
 @app.cell
-def _(alt, percentiles, ran_count):
+def _(alt, percentiles):
     by_hour = percentiles("hour", "model")
-    assert by_hour["jobs"].sum() == ran_count, "the hours' jobs do not add up to the jobs run"
     _chart = (
         alt.Chart(by_hour)
         .mark_line(point=True)
@@ -156,7 +148,7 @@ def _(mo):
 
 
 @app.cell
-def _(alt, pl, ran, ran_count):
+def _(alt, pl, ran):
     batches = (
         ran.with_columns(batch=pl.coalesce("batch_key", "id"))
         .group_by("model", "model_version", "batch", "started_at")
@@ -166,9 +158,6 @@ def _(alt, pl, ran, ran_count):
         batches.group_by("model", "jobs")
         .agg(batches=pl.len(), images=pl.col("images").sum())
         .sort("model", "jobs")
-    )
-    assert (batch_sizes["jobs"] * batch_sizes["batches"]).sum() == ran_count, (
-        "the batches' jobs do not add up to the jobs run"
     )
     _chart = (
         alt.Chart(batch_sizes)

@@ -2,8 +2,8 @@
 
 A marimo notebook over the platform's `training_jobs`, their datasets and their usage events,
 read through `goshen.analytics` with the platform's GOSHEN_* settings. Open it with
-`make notebooks`; run it headless with `python notebooks/training_costs.py`. Every section
-asserts what it shows.
+`make notebooks`; run it headless with `python notebooks/training_costs.py`. It stops where the
+jobs' costs disagree with their usage events, or a failed job was charged.
 """
 
 import marimo
@@ -129,8 +129,6 @@ def _(ended, pl):
         )
         .sort("task", "size")
     )
-    assert by_task_and_size["jobs"].sum() == ended.height
-    assert by_task_and_size["cost_micros"].sum() == ended["cost_micros"].sum()
     by_task_and_size
     return (by_task_and_size,)
 

@@ -1,5 +1,5 @@
-"""goshen.analytics: DuckDB views over the rollups in a local folder or an S3 bucket (moto's), and
-over the platform database, read without writing anything."""
+"""goshen.analytics: DuckDB tables of the rollups in a local folder or an S3 bucket (moto's), and
+of the platform database, on a connection that can read and write no file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import secrets
 from datetime import date
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -103,13 +104,13 @@ def test_training_jobs_come_with_their_estimates(
                     logs="epoch 1\n",
                 )
             )
-            session.flush()  # ids are time-ordered: this one first
+            session.flush()
 
     with analytics.connect(settings, tables=["training_jobs"]) as db:
         columns = {c[0] for c in db.sql("DESCRIBE training_jobs").fetchall()}
         estimates = db.sql(
             "SELECT samples, epochs, estimate_seconds, time_limit_seconds FROM training_estimates"
-            " ORDER BY training_job_id"
+            " ORDER BY samples NULLS LAST"
         ).fetchall()
 
     assert "logs" not in columns and {"task", "estimated_cost_micros"} <= columns
@@ -142,6 +143,31 @@ def test_an_unknown_table_names_the_tables(settings: Settings) -> None:
         analytics.connect(settings, tables=["usage"])
 
 
+def test_only_the_documented_tables_can_be_read(settings: Settings) -> None:
+    with pytest.raises(ValueError, match=r"'api_keys'.*the tables are: users, models"):
+        analytics.connect(settings, tables=["users", "api_keys"])
+
+
+def test_the_connection_can_read_and_write_no_file(
+    settings: Settings, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_billing_home(settings, sessions, monkeypatch)
+    rollup = next((settings.artifacts_dir / "billing" / "usage_daily").glob("*.parquet"))
+    written = settings.artifacts_dir / "billing" / "x.parquet"
+
+    with analytics.connect() as db:
+        with pytest.raises(duckdb.PermissionException):
+            db.execute(f"COPY (SELECT 1) TO '{written}'")
+        with pytest.raises(duckdb.PermissionException):
+            db.execute("SELECT count(*) FROM read_parquet(?)", [str(rollup)]).fetchall()
+        with pytest.raises(duckdb.InvalidInputException, match="Cannot change"):
+            db.execute("SET enable_external_access = true")
+        days = db.sql("SELECT count(*) FROM rollup_days").fetchall()
+
+    assert not written.exists()
+    assert days == [(118,)]  # the tables were loaded before the files were shut out
+
+
 def test_rollups_in_an_s3_bucket(settings: Settings, s3_server: S3Server) -> None:
     s3 = Settings(
         _env_file=None,
@@ -164,8 +190,7 @@ def test_rollups_in_an_s3_bucket(settings: Settings, s3_server: S3Server) -> Non
     store.put("billing/usage_daily/notes.txt", b"not a rollup")
     store.put("billing/usage_daily/2025-03-01.backup.parquet", _rollup("usr_c", 1))
 
-    # Offline, httpfs cannot be installed: the store's client reads the objects.
-    with analytics.connect(s3, tables=["users"], httpfs=False) as db:
+    with analytics.connect(s3, tables=["users"]) as db:
         rows = db.sql("SELECT day, user_id, cost_micros FROM usage_daily ORDER BY day").fetchall()
         lines = db.sql("SELECT count(*) FROM invoice_lines").fetchall()[0]
         days = db.sql("SELECT rollup, day FROM rollup_days ORDER BY day").fetchall()

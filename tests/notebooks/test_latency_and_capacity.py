@@ -106,7 +106,7 @@ def test_the_notebook_shows_the_seeded_latency_and_capacity(
 
     defs = run_notebook(NOTEBOOK)
 
-    assert defs["ran_count"] == 6
+    assert defs["ran"].height == 6
     by_model = {row["model"]: row for row in defs["by_model"].to_dicts()}
     assert by_model[first.name]["jobs"] == 4 and by_model[second.name]["jobs"] == 2
     # Queue seconds 1, 2, 3 and 9: the median between 2 and 3, the 95th near the top.
@@ -131,5 +131,5 @@ def test_the_notebook_runs_on_a_platform_with_no_jobs_yet(
 
     defs = run_notebook(NOTEBOOK)
 
-    assert defs["ran_count"] == 0 and defs["by_model"].is_empty()
+    assert defs["ran"].is_empty() and defs["by_model"].is_empty()
     assert defs["batch_sizes"].is_empty() and defs["utilisation"].is_empty()
