@@ -147,7 +147,8 @@ def current() -> Admin:
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _client(api_url: str, key: str) -> GoshenClient:
-    return GoshenClient(api_url, key, timeout=CLIENT_TIMEOUT_SECONDS)
+    # One retry: a page waits on its reads, and an admin sees a problem sooner than a long wait.
+    return GoshenClient(api_url, key, timeout=CLIENT_TIMEOUT_SECONDS, max_retries=1)
 
 
 def client(admin: Admin | None = None) -> GoshenClient:

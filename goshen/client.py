@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -24,7 +24,9 @@ import httpx
 
 from goshen.client_admin import AdminJobCalls
 from goshen.client_billing import AdminAccountCalls
+from goshen.client_datasets import DatasetCalls
 from goshen.client_errors import (
+    ENDED_STATUSES,
     Conflict,
     Forbidden,
     InsufficientCredits,
@@ -72,7 +74,9 @@ __all__ = [
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
 
-class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls, AdminAccountCalls):
+class GoshenClient(
+    TrainedModelCalls, DatasetCalls, AdminJobCalls, AdminOperationsCalls, AdminAccountCalls
+):
     """A thin, typed-enough wrapper: one method per API operation, errors as GoshenAPIError's
     subclasses (goshen.client_errors). Reads, and POSTs with an Idempotency-Key, are retried on
     429, 503 and lost connections up to `max_retries` times (0: never), waiting `Retry-After` or
@@ -110,8 +114,9 @@ class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls, Admin
         self._http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The answer's JSON body (None when empty), retried as `retries` allows; an error
-        answer raises its GoshenAPIError subclass (`error_for`)."""
+        """The answer's JSON body (None when empty), retried as `retries` allows (a POST only
+        with `idempotent=True`, for a route that honours its Idempotency-Key); an error answer
+        raises its GoshenAPIError subclass (`error_for`)."""
         response = send(self._http, self.retries, method, path, **kwargs)
         if response.is_error:
             raise error_for(response.status_code, _problem(response), response.headers)
@@ -274,7 +279,9 @@ class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls, Admin
         timeout = self._http.timeout.read
         if wait is not None and timeout is not None:
             timeout = max(timeout, wait + 10)
-        job = self._object("POST", "/v1/generate", json=body, headers=headers, timeout=timeout)
+        job = self._object(
+            "POST", "/v1/generate", json=body, headers=headers, timeout=timeout, idempotent=True
+        )
         return job_outcome(job, raise_on_failure and wait is not None)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
@@ -316,64 +323,28 @@ class GoshenClient(TrainedModelCalls, AdminJobCalls, AdminOperationsCalls, Admin
         JobFailed if it failed or was canceled."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last_event_id = None
+        quiet = 0  # streams in a row that brought no event
         try:
             while True:  # a stream cut short is followed on from the last event seen
+                before = last_event_id
                 for event in self._job_events(job_id, last_event_id, deadline):
                     last_event_id = event.id
                     if event.kind == "done":
                         return job_outcome(self.get_job(job_id), raise_on_failure)
+                # Ended without `done` (a proxy that closes long streams, a job older than its
+                # events): the job itself says whether it has ended.
+                job = self.get_job(job_id)
+                if job.get("status") in ENDED_STATUSES:
+                    return job_outcome(job, raise_on_failure)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"job {job_id} did not end in the time given")
+                quiet = quiet + 1 if last_event_id == before else 0
+                if quiet:
+                    self.retries.sleep(self.retries.backoff(min(quiet, 6)))
         except (TimeoutError, httpx.ReadTimeout) as exc:
             if timeout is None:
                 raise
             raise Timeout(job_id, timeout) from exc
-
-    def upload_dataset(
-        self,
-        path: str | os.PathLike[str],
-        name: str,
-        *,
-        kind: str | None = None,
-        target: str | None = None,
-    ) -> dict[str, Any]:
-        """Upload an image archive or a CSV/Parquet table; it is `uploaded`, and ingests next
-        (`wait_for_dataset`)."""
-        with open(path, "rb") as file:
-            return self._object(
-                "POST",
-                "/v1/datasets",
-                data=_without_none(name=name, kind=kind, target=target),
-                files={"file": (os.path.basename(path), file, "application/octet-stream")},
-                timeout=max(self._http.timeout.read or 0, 300),
-            )
-
-    def get_dataset(self, dataset_id: str) -> dict[str, Any]:
-        """A dataset: its status (uploaded, validating, ready, failed) and ingestion progress."""
-        return self._object("GET", f"/v1/datasets/{dataset_id}")
-
-    def wait_for_dataset(
-        self,
-        dataset_id: str,
-        *,
-        timeout: float | None = None,
-        on_progress: Callable[[dict[str, Any]], None] | None = None,
-    ) -> dict[str, Any]:
-        """Follow the dataset's events until it is ready or failed; the dataset as it ended
-        (check its `status`). `on_progress` gets each progress object (stage, done, total, unit,
-        percent); past `timeout` seconds, TimeoutError."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:  # the server ends a stream after a few minutes; follow on
-            with self._http.stream(
-                "GET", f"/v1/datasets/{dataset_id}/events", timeout=None
-            ) as response:
-                if response.is_error:
-                    response.read()
-                    raise api_error(response)
-                lines = _until(response.iter_lines(), deadline, f"dataset {dataset_id}")
-                for event in _server_sent_events(lines):
-                    if event.kind == "progress" and on_progress is not None:
-                        on_progress(event.data)
-                    elif event.kind == "done":
-                        return event.data
 
     def download(self, url: str) -> bytes:
         """An output file by its signed link (the link itself is the credential)."""

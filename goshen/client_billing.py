@@ -68,7 +68,11 @@ class AdminAccountCalls:
         )
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         return self._object(
-            "POST", f"/v1/admin/users/{user_id}/credits", json=body, headers=headers
+            "POST",
+            f"/v1/admin/users/{user_id}/credits",
+            json=body,
+            headers=headers,
+            idempotent=True,
         )
 
     def admin_usage(

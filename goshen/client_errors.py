@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from goshen.client_http import GoshenAPIError, _problem
 
 # The statuses a job ends in without its output.
 UNSUCCESSFUL_STATUSES = frozenset({"failed", "canceled"})
+ENDED_STATUSES = UNSUCCESSFUL_STATUSES | {"succeeded"}
 
 
 class Unauthorized(GoshenAPIError):
@@ -117,10 +119,13 @@ def retry_after_seconds(
     value = headers.get("retry-after")
     if value is not None:
         value = value.strip()
-        if value.isdigit():
+        if value.isascii() and value.isdigit():  # not "²": str.isdigit takes any digit
             return float(value)
         try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+            moment = parsedate_to_datetime(value)
+            if moment.tzinfo is None:  # "-0000": UTC, not this machine's time
+                moment = moment.replace(tzinfo=UTC)
+            return max(0.0, moment.timestamp() - time.time())
         except (TypeError, ValueError):
             pass  # not a date either: fall back on the problem
     stated = (problem or {}).get("retry_after")

@@ -1,9 +1,11 @@
 """How the SDK retries a request: on 429 and 503 (after their `Retry-After`) and on a lost
 connection, with exponential backoff and full jitter. Imports only httpx and the standard library.
 
-Reads (GET, HEAD) are always retried. Anything else is retried only when it carries an
-`Idempotency-Key`: the server then answers a repeat with what the first one did, so a request
-whose answer was lost cannot act twice. A POST without a key is never retried.
+Reads (GET, HEAD) are always retried. Anything else is retried only when its caller says the
+route honours an `Idempotency-Key` (`idempotent=True`) and the request carries one: the server
+then answers a repeat with what the first one did, so a request whose answer was lost cannot act
+twice. A key sent to a route that ignores it proves nothing, so a header alone is not enough; a
+POST without both is never retried.
 """
 
 from __future__ import annotations
@@ -47,11 +49,13 @@ class RetryPolicy:
         if self.max_retries < 0 or self.backoff_base < 0 or self.backoff_cap < 0:
             raise ValueError("max_retries, backoff_base and backoff_cap must not be negative")
 
-    def allows(self, method: str, headers: Any) -> bool:
-        """Whether a request may be sent again: a read, or one with an Idempotency-Key."""
+    def allows(self, method: str, headers: Any, idempotent: bool = False) -> bool:
+        """Whether a request may be sent again: a read, or one to a route that honours the
+        Idempotency-Key it carries."""
         if self.max_retries == 0:
             return False
-        return method.upper() in SAFE_METHODS or "idempotency-key" in httpx.Headers(headers)
+        keyed = idempotent and "idempotency-key" in httpx.Headers(headers)
+        return method.upper() in SAFE_METHODS or keyed
 
     def backoff(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (0 first): full jitter."""
@@ -68,11 +72,17 @@ class RetryPolicy:
 
 
 def send(
-    http: httpx.Client, policy: RetryPolicy, method: str, path: str, **kwargs: Any
+    http: httpx.Client,
+    policy: RetryPolicy,
+    method: str,
+    path: str,
+    *,
+    idempotent: bool = False,
+    **kwargs: Any,
 ) -> httpx.Response:
-    """The response to the request, retried as `policy` allows; the last answer or connection
-    error when the retries run out."""
-    retryable = policy.allows(method, kwargs.get("headers"))
+    """The response to the request, retried as `policy` allows (`idempotent`: the route honours
+    the request's Idempotency-Key); the last answer or connection error when retries run out."""
+    retryable = policy.allows(method, kwargs.get("headers"), idempotent)
     retry = 0
     while True:
         try:

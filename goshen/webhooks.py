@@ -57,7 +57,9 @@ def verify(
 
     `headers` is any mapping (a dict, httpx's or Starlette's headers), in any case;
     `webhook-signature` may hold several space-separated signatures (secret rotation). The
-    timestamp must lie within `tolerance_seconds` of `now` either way, which refuses replays.
+    timestamp must lie within `tolerance_seconds` of `now` either way, which refuses replays
+    older than that; within it, a receiver that must act once keeps the `webhook-id`s it has
+    handled and skips a repeat (the platform also retries a delivery with the same id).
     `body` is the raw bytes received: parsed and re-serialized JSON no longer matches.
     """
     key = _secret_key(secret)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
 from typing import Any
 
@@ -325,3 +326,48 @@ def test_a_post_without_a_key_whose_answer_was_lost_is_not_sent_again(
 
     assert len(losing.to("/v1/keys")) == 2  # the lost POST, then the list: no second POST
     assert sorted(key["name"] for key in keys) == ["laptop", "test"]  # one key made, not two
+
+
+def test_a_key_alone_does_not_make_a_post_retried() -> None:
+    """A route that ignores Idempotency-Key would act twice: only the SDK's calls to routes that
+    honour it (generate, credit grants) say `idempotent=True`."""
+    client, (sent, slept) = _fake([httpx.RemoteProtocolError("dropped"), _status(200)])
+    with pytest.raises(httpx.RemoteProtocolError):
+        client.request("POST", "/v1/models/m/predict", json={}, headers={"Idempotency-Key": "k"})
+    assert len(sent) == 1 and slept == []
+
+
+def test_a_retry_after_in_other_digits_or_a_utc_date_is_read_right() -> None:
+    assert retry_after_seconds({"retry-after": "²"}) is None
+    later = datetime.now(UTC) + timedelta(seconds=120)
+    stamp = later.strftime("%a, %d %b %Y %H:%M:%S -0000")
+    assert 100 < (retry_after_seconds({"retry-after": stamp}) or 0) <= 121
+
+
+def test_a_job_stream_that_ends_without_done_reads_the_job_and_backs_off() -> None:
+    """A proxy that closes long streams cleanly, or a job with no `done` event: the job itself
+    says when it ended, and empty streams are not reopened at once (no hot loop)."""
+    statuses = iter(["running", "running", "succeeded"])
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, text="", headers={"Content-Type": "text/event-stream"})
+        return httpx.Response(200, json={"id": "job_1", "status": next(statuses)})
+
+    client, (sent, slept) = _fake([answer], backoff_base=0.1)
+
+    assert client.wait_for_job("job_1", timeout=30)["status"] == "succeeded"
+    assert [request.url.path for request in sent].count("/v1/jobs/job_1/events") == 3
+    assert slept == [0.2, 0.4]  # each empty stream waits longer before the next
+
+
+def test_a_job_that_never_ends_times_out_even_when_its_streams_are_empty() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, text="", headers={"Content-Type": "text/event-stream"})
+        return httpx.Response(200, json={"id": "job_1", "status": "queued"})
+
+    client, _ = _fake([answer], backoff_base=0.01)
+    with pytest.raises(Timeout) as waited:
+        client.wait_for_job("job_1", timeout=0.3)
+    assert waited.value.job_id == "job_1"
