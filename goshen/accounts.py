@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -177,6 +177,16 @@ def revoke_key(key: ApiKey) -> ApiKey:
     """Revoke at once; revoking twice keeps the first time."""
     if key.revoked_at is None:
         key.revoked_at = utcnow()
+    return key
+
+
+def update_key(key: ApiKey, changes: Mapping[str, Any]) -> ApiKey:
+    """Rename a key or change its monthly spend cap (`changes` by field); a revoked key cannot
+    change."""
+    if key.revoked_at is not None:
+        raise ConflictError(f"key {key.id} is revoked; revoked keys cannot change")
+    for field, value in changes.items():
+        setattr(key, field, value)
     return key
 
 

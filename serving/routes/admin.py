@@ -142,10 +142,7 @@ def update_any_key(
     """Rename any user's key or set its monthly spend cap (`null` removes it); it applies to
     the key's next request that needs credit held, as for PATCH /v1/keys/{id}."""
     key = accounts.get_key(session, key_id)
-    if key.revoked_at is not None:
-        raise ConflictError(f"key {key.id} is revoked; revoked keys cannot change")
-    for field in body.model_fields_set:
-        setattr(key, field, getattr(body, field))
+    accounts.update_key(key, {field: getattr(body, field) for field in body.model_fields_set})
     principals.announce(session, key.user_id)
     session.commit()
     principals.changed(key.user_id)

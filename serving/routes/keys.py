@@ -8,7 +8,7 @@ from sqlalchemy import select
 from goshen import accounts
 from goshen.accounts import Principal
 from goshen.db.models import ApiKey
-from goshen.errors import ConflictError, PermissionDeniedError
+from goshen.errors import PermissionDeniedError
 from serving.http.dependencies import KeysPrincipal, PrincipalsDep, SessionDep
 from serving.http.pagination import Cursor, Limit, Page, paginate
 from serving.http.paths import KeyId
@@ -72,11 +72,10 @@ def update_key(
     for the key, a chunk of at most GOSHEN_PREDICT_CREDIT_CHUNK_MICROS, for up to 30 s)."""
     if "monthly_spend_cap_micros" in body.model_fields_set:
         _uncapped(principal, "set spend caps")
-    key = accounts.get_key(session, key_id, owner_id=principal.user.id)
-    if key.revoked_at is not None:
-        raise ConflictError(f"key {key.id} is revoked; revoked keys cannot change")
-    for field in body.model_fields_set:
-        setattr(key, field, getattr(body, field))
+    changes = {field: getattr(body, field) for field in body.model_fields_set}
+    key = accounts.update_key(
+        accounts.get_key(session, key_id, owner_id=principal.user.id), changes
+    )
     principals.announce(session, key.user_id)
     session.commit()
     principals.changed(key.user_id)

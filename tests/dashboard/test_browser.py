@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,7 +34,7 @@ from goshen.ids import largest_id_at
 from goshen_launcher.services import child_environment, dashboard_service
 from tests.dashboard.conftest import Dashboard
 from tests.fixtures.accounts import Account
-from tests.fixtures.servers import _free_port
+from tests.fixtures.servers import _free_port, wait_until_answers
 from tests.fixtures.training import digits_archive
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -95,25 +94,12 @@ def dashboard_url(dashboard: Dashboard, tmp_path: Path) -> Iterator[str]:
     process = subprocess.Popen(service.argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = settings.local_url(settings.dashboard_port)
     try:
-        _wait_for(f"{url}/_stcore/health", process, tmp_path / "streamlit.log")
+        wait_until_answers(f"{url}/_stcore/health", process, log=tmp_path / "streamlit.log")
         yield url
     finally:
         process.terminate()
         process.wait(timeout=20)
         log.close()
-
-
-def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"streamlit exited: {log.read_text()[-2000:]}"
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout} s: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture

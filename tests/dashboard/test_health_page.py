@@ -14,14 +14,14 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
+
+from tests.fixtures.servers import wait_until_answers
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 DATABASE_DOWN = {
@@ -41,20 +41,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_until_answers(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the API exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
 @pytest.fixture
 def real_api(tmp_path: Path, mlflow_server: str) -> Iterator[int]:
     port = _free_port()
@@ -72,7 +58,7 @@ def real_api(tmp_path: Path, mlflow_server: str) -> Iterator[int]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_until_answers(f"http://127.0.0.1:{port}/readyz", process)
+        wait_until_answers(f"http://127.0.0.1:{port}/readyz", process)
         yield port
     finally:
         process.terminate()
