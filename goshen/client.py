@@ -1,5 +1,10 @@
 """Python SDK for Goshen's HTTP API.
 
+Applications use `Goshen` (goshen.client_sync) or `AsyncGoshen` (goshen.client_async): the same
+typed calls, sync or awaited (run, submit, stream, wait, cancel, predict, datasets, training,
+keys, usage). `GoshenClient`, below, is the low-level client: one method per API operation, the
+admins' included, answering the API's JSON as dicts (the dashboard's).
+
 from goshen.client import GoshenClient
 with GoshenClient("http://127.0.0.1:8000", api_key="gsk_...") as goshen:
     job = goshen.generate("digits-diffusion", {"digit": 7, "num_images": 4}, wait=60)
@@ -23,6 +28,7 @@ from typing import Any
 import httpx
 
 from goshen.client_admin import AdminJobCalls
+from goshen.client_async import AsyncGoshen, AsyncJobHandle
 from goshen.client_billing import AdminAccountCalls
 from goshen.client_datasets import DatasetCalls
 from goshen.client_errors import (
@@ -53,20 +59,41 @@ from goshen.client_http import (
 from goshen.client_models import TrainedModelCalls
 from goshen.client_ops import AdminOperationsCalls
 from goshen.client_retries import RetryPolicy, send
+from goshen.client_sync import Goshen, JobHandle
+from goshen.client_types import (
+    DoneEvent,
+    Event,
+    Job,
+    LogEvent,
+    OutputEvent,
+    ProgressEvent,
+    StatusEvent,
+)
 
 __all__ = [
+    "AsyncGoshen",
+    "AsyncJobHandle",
     "Conflict",
+    "DoneEvent",
+    "Event",
     "Forbidden",
+    "Goshen",
     "GoshenAPIError",
     "GoshenClient",
     "InsufficientCredits",
     "InvalidInput",
+    "Job",
     "JobEvent",
     "JobFailed",
+    "JobHandle",
+    "LogEvent",
     "NotFound",
+    "OutputEvent",
+    "ProgressEvent",
     "RateLimited",
     "RetryPolicy",
     "ServiceUnavailable",
+    "StatusEvent",
     "Timeout",
     "Unauthorized",
     "error_for",

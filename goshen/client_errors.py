@@ -136,12 +136,14 @@ def retry_after_seconds(
 
 class JobFailed(Exception):
     """A job waited for ended failed or canceled (asked for with `raise_on_failure=True`);
-    `job` is the job as it ended, its `error` among its fields."""
+    `job` is the job as it ended, its `error` among its fields: a dict from GoshenClient, a
+    `goshen.client_types.Job` from Goshen and AsyncGoshen."""
 
-    def __init__(self, job: dict[str, Any]) -> None:
+    def __init__(self, job: Any) -> None:
         self.job = job
-        reason = job.get("error") or "no error recorded"
-        super().__init__(f"job {job.get('id')} ended {job.get('status')}: {reason}")
+        fields = job if isinstance(job, Mapping) else vars(job)
+        reason = fields.get("error") or "no error recorded"
+        super().__init__(f"job {fields.get('id')} ended {fields.get('status')}: {reason}")
 
 
 class Timeout(TimeoutError):

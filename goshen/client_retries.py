@@ -10,9 +10,10 @@ POST without both is never retried.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,7 @@ class RetryPolicy:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     sleep: Callable[[float], None] = time.sleep
+    async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     draw: Callable[[float, float], float] = random.uniform
 
     def __post_init__(self) -> None:
@@ -86,19 +88,57 @@ def send(
     retry = 0
     while True:
         try:
-            response = http.request(method, path, **kwargs)
-        except CONNECTION_ERRORS:
-            if not retryable or retry >= policy.max_retries:
-                raise
-            policy.sleep(policy.backoff(retry))
-        else:
-            if response.status_code not in RETRIED_STATUSES or not retryable:
-                return response
-            wait = policy.delay(retry, retry_after_seconds(response.headers, _body(response)))
-            if wait is None or retry >= policy.max_retries:
-                return response
-            policy.sleep(wait)
+            outcome: httpx.Response | Exception = http.request(method, path, **kwargs)
+        except CONNECTION_ERRORS as exc:
+            outcome = exc
+        wait = _wait_before_retry(policy, retryable, retry, outcome)
+        if wait is None:
+            return _answer(outcome)
+        policy.sleep(wait)
         retry += 1
+
+
+async def send_async(
+    http: httpx.AsyncClient,
+    policy: RetryPolicy,
+    method: str,
+    path: str,
+    *,
+    idempotent: bool = False,
+    **kwargs: Any,
+) -> httpx.Response:
+    """`send` for an httpx.AsyncClient, waiting with `policy.async_sleep`."""
+    retryable = policy.allows(method, kwargs.get("headers"), idempotent)
+    retry = 0
+    while True:
+        try:
+            outcome: httpx.Response | Exception = await http.request(method, path, **kwargs)
+        except CONNECTION_ERRORS as exc:
+            outcome = exc
+        wait = _wait_before_retry(policy, retryable, retry, outcome)
+        if wait is None:
+            return _answer(outcome)
+        await policy.async_sleep(wait)
+        retry += 1
+
+
+def _wait_before_retry(
+    policy: RetryPolicy, retryable: bool, retry: int, outcome: httpx.Response | Exception
+) -> float | None:
+    """Seconds to wait before sending the request again; None: the outcome is final."""
+    if not retryable or retry >= policy.max_retries:
+        return None
+    if isinstance(outcome, Exception):
+        return policy.backoff(retry)
+    if outcome.status_code not in RETRIED_STATUSES:
+        return None
+    return policy.delay(retry, retry_after_seconds(outcome.headers, _body(outcome)))
+
+
+def _answer(outcome: httpx.Response | Exception) -> httpx.Response:
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 def _body(response: httpx.Response) -> dict[str, Any] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Annotated
 
@@ -10,7 +9,6 @@ from fastapi import APIRouter, Depends, Header, Response
 from starlette.concurrency import run_in_threadpool
 
 from goshen.accounts import Principal
-from goshen.errors import InvalidInputError
 from serving.http.dependencies import (
     JobWatcherDep,
     ReadSessionsDep,
@@ -19,7 +17,7 @@ from serving.http.dependencies import (
     StoreDep,
     require_scope,
 )
-from serving.http.headers import IDEMPOTENCY_KEY_PATTERN
+from serving.http.headers import IDEMPOTENCY_KEY_PATTERN, PreferHeader, wait_seconds
 from serving.http.openapi import problem_response
 from serving.jobs.reads import load_job, wait_until_done
 from serving.jobs.submit import submit
@@ -28,27 +26,6 @@ from serving.schemas import JobCreate, JobPublic
 
 router = APIRouter(prefix="/v1", tags=["generation"])
 GeneratePrincipal = Annotated[Principal, Depends(require_scope("generate"))]
-MAX_WAIT_SECONDS = 60
-_PREFER_WAIT = re.compile(r"^\s*wait(?:\s*=\s*(\d+))?\s*$", re.IGNORECASE)
-
-
-def wait_seconds(prefer: str | None) -> int | None:
-    """The `wait` preference of a Prefer header (RFC 7240), in seconds; None when absent."""
-    if prefer is None:
-        return None
-    for preference in prefer.split(","):
-        if not preference.strip().lower().startswith("wait"):
-            continue  # other preferences are not ours to refuse
-        match = _PREFER_WAIT.match(preference)
-        seconds = int(match.group(1)) if match and match.group(1) else MAX_WAIT_SECONDS
-        if match is None or not 1 <= seconds <= MAX_WAIT_SECONDS:
-            raise InvalidInputError(
-                f"Prefer: {preference.strip()} is not understood; send `Prefer: wait` or "
-                f"`Prefer: wait=N` with N from 1 to {MAX_WAIT_SECONDS}",
-                field="Prefer",
-            )
-        return seconds
-    return None
 
 
 @router.post(
@@ -76,7 +53,7 @@ async def generate(
     store: StoreDep,
     reads: ReadSessionsDep,
     watcher: JobWatcherDep,
-    prefer: Annotated[str | None, Header(max_length=200)] = None,
+    prefer: PreferHeader = None,
     idempotency_key: Annotated[
         str | None,
         Header(

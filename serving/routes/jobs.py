@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,11 +29,11 @@ from serving.http.dependencies import (
     StoreDep,
     require_any_scope,
 )
-from serving.http.headers import LastEventId
+from serving.http.headers import LastEventId, PreferHeader, wait_seconds
 from serving.http.pagination import Cursor, Limit, Page, paginate
 from serving.http.paths import JobId
 from serving.jobs import transitions
-from serving.jobs.reads import MAX_EVENTS_PER_READ, events_after, load_job
+from serving.jobs.reads import MAX_EVENTS_PER_READ, events_after, load_job, wait_until_done
 from serving.jobs.transitions import TERMINAL
 from serving.jobs.views import render_event_data, render_job
 from serving.jobs.watch import JobWatcher
@@ -83,15 +83,34 @@ def list_jobs(
 
 
 @router.get("/{job_id}")
-def get_job(
+async def get_job(
     job_id: JobId,
     principal: JobsPrincipal,
-    session: ReadSessionDep,
+    response: Response,
+    reads: ReadSessionsDep,
     settings: SettingsDep,
     store: StoreDep,
+    watcher: JobWatcherDep,
+    prefer: PreferHeader = None,
 ) -> JobPublic:
-    job = _owned(session, job_id, principal.user.id)
-    return render_job(job, _model_names(session, [job])[job.model_id], store, settings.api_url)
+    """A job of yours. With `Prefer: wait` (or `wait=N`, N at most 60) the answer comes when the
+    job ends or N seconds pass, whichever is first: long polling, for clients that cannot hold
+    the event stream open."""
+    started = time.monotonic()
+    wait = wait_seconds(prefer)
+    job, name = await run_in_threadpool(_read_owned, reads, job_id, principal.user.id)
+    if wait is not None:
+        if job.status not in TERMINAL:  # owned: 404 before any waiting
+            await wait_until_done(reads, watcher, job_id, started + wait)
+            job, name = await run_in_threadpool(_read_owned, reads, job_id, principal.user.id)
+        response.headers["Preference-Applied"] = f"wait={wait}"
+    return render_job(job, name, store, settings.api_url)
+
+
+def _read_owned(reads: sessionmaker[Session], job_id: str, user_id: str) -> tuple[Job, str]:
+    with reads() as session:
+        job = _owned(session, job_id, user_id)
+        return job, _model_names(session, [job])[job.model_id]
 
 
 @router.post("/{job_id}/cancel", responses={409: {"description": "the job already ended"}})
