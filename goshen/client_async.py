@@ -18,10 +18,17 @@ from typing import Any, TypeVar
 import httpx
 
 from goshen.client_calls import AsyncDriver, Call, Sleep, Steps, open_upload
+from goshen.client_calls import read_object as _read
 from goshen.client_errors import api_error
 from goshen.client_operations import Operations
 from goshen.client_retries import CONNECTION_ERRORS, RetryPolicy, send_async
-from goshen.client_streams import STREAM_READ_TIMEOUT_SECONDS, EventParser, Resumption
+from goshen.client_streams import (
+    STREAM_READ_TIMEOUT_SECONDS,
+    EventParser,
+    Resumption,
+    job_events,
+    training_log,
+)
 from goshen.client_sync import DEFAULT_TIMEOUT_SECONDS, connection, reply_of
 from goshen.client_types import Event, Job
 
@@ -77,11 +84,17 @@ class AsyncGoshen(Operations, AsyncDriver):
         """The handle of a job submitted earlier, maybe by another process."""
         return AsyncJobHandle(self, job_id)
 
-    async def stream(
+    def stream(self, job_id: str, *, last_event_id: int | None = None) -> AsyncIterator[Event]:
+        """`Goshen.stream`: the job's events, typed, until `done`, resumed when cut."""
+        return self._follow(job_events(job_id, last_event_id, self.retries))
+
+    def training_logs(
         self, job_id: str, *, last_event_id: int | None = None
     ) -> AsyncIterator[Event]:
-        """`Goshen.stream`: the job's events, typed, until `done`, resumed when cut."""
-        resume = Resumption(job_id, last_event_id, self.retries)
+        """`Goshen.training_logs`: the training job's log and status, until `done`."""
+        return self._follow(training_log(job_id, last_event_id, self.retries))
+
+    async def _follow(self, resume: Resumption) -> AsyncIterator[Event]:
         while True:
             error: Exception | None = None
             try:
@@ -91,7 +104,7 @@ class AsyncGoshen(Operations, AsyncDriver):
                     if response.is_error:
                         await response.aread()
                         raise api_error(response)
-                    parser = EventParser()
+                    parser = EventParser(resume.text_kinds)
                     async for line in response.aiter_lines():
                         event = parser.feed(line)
                         if event is not None:
@@ -100,9 +113,11 @@ class AsyncGoshen(Operations, AsyncDriver):
                                 return
             except CONNECTION_ERRORS as exc:
                 error = exc
-            if error is None and (done := resume.ended(await self.get_job(job_id))) is not None:
-                yield done
-                return
+            if error is None:
+                found = await self._drive(_read(resume.object_path))
+                if (done := resume.ended(found)) is not None:
+                    yield done
+                    return
             await self.retries.async_sleep(resume.cut(error))
 
     def _stream_timeout(self) -> httpx.Timeout:

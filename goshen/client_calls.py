@@ -160,6 +160,12 @@ def _one(call: Call) -> Steps[Any]:
     return (yield call)
 
 
+def read_object(path: str) -> Steps[dict[str, Any]]:
+    """GET `path`: the JSON object it answers."""
+    found: dict[str, Any] = yield Call("GET", path)
+    return found
+
+
 class operation(Generic[P, T]):  # a decorator, lower case like property
     """A method of both clients from one generator of steps (see the module's docstring)."""
 

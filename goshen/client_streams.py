@@ -1,24 +1,28 @@
-"""Following a job's server-sent events for `Goshen.stream` and `AsyncGoshen.stream`: each event
-typed as it is read, and a stream that was cut opened again from the last event seen
-(`Last-Event-ID`), so that no event is lost and none comes twice. Imports only httpx, pydantic
-and the standard library.
+"""Following server-sent events for `Goshen` and `AsyncGoshen` (`stream`, a job's events;
+`training_logs`, a training job's log): each event typed as it is read, and a stream that was
+cut opened again from the last event seen (`Last-Event-ID`), so that no event is lost and none
+comes twice. Imports only httpx, pydantic and the standard library.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
+from typing import Any
 
 from goshen.client_retries import RetryPolicy
-from goshen.client_types import DoneEvent, Event, Job, event_of
+from goshen.client_types import ENDED, DoneEvent, Event, event_of
 
 # Keep-alives come every 15 s: a stream silent for longer than this is taken as lost.
 STREAM_READ_TIMEOUT_SECONDS = 60.0
 
 
 class EventParser:
-    """Server-sent events, a line at a time (the lines without their line ends)."""
+    """Server-sent events, a line at a time (the lines without their line ends). Their data is
+    JSON, but for `text_kinds`, whose data is a line of text, read as `{"message": line}`."""
 
-    def __init__(self) -> None:
+    def __init__(self, text_kinds: Collection[str] = ()) -> None:
+        self._text_kinds = text_kinds
         self._id = 0
         self._kind = "message"
         self._data: list[str] = []
@@ -32,18 +36,30 @@ class EventParser:
         elif line.startswith("data:"):
             self._data.append(line[5:].removeprefix(" "))
         elif not line and self._data:
-            event = event_of(self._id, self._kind, json.loads("\n".join(self._data)))
+            text = "\n".join(self._data)
+            data = {"message": text} if self._kind in self._text_kinds else json.loads(text)
+            event = event_of(self._id, self._kind, data)
             self._kind, self._data = "message", []
             return event
         return None
 
 
 class Resumption:
-    """Where a job's stream is, and how long to wait before opening it again once cut."""
+    """Where a stream is, and how long to wait before opening it again once cut. `path`: the
+    stream's; `object_path`: what says whether it has ended (a job, a training job);
+    `text_kinds`: its events whose data is text."""
 
-    def __init__(self, job_id: str, last_event_id: int | None, policy: RetryPolicy) -> None:
-        self.job_id = job_id
-        self.path = f"/v1/jobs/{job_id}/events"
+    def __init__(
+        self,
+        path: str,
+        object_path: str,
+        last_event_id: int | None,
+        policy: RetryPolicy,
+        text_kinds: Collection[str] = (),
+    ) -> None:
+        self.path = path
+        self.object_path = object_path
+        self.text_kinds = text_kinds
         self.last_event_id = last_event_id
         self._policy = policy
         self._cuts = 0  # cuts in a row with no event between them
@@ -67,9 +83,20 @@ class Resumption:
             raise error
         return self._policy.backoff(min(self._cuts - 1, 6))
 
-    def ended(self, job: Job) -> DoneEvent | None:
-        """After a stream closed without `done` (its events were older than the API keeps):
-        a `done` for a job that has ended."""
-        if not job.ended:
+    def ended(self, found: dict[str, Any]) -> DoneEvent | None:
+        """After a stream closed without `done` (its events were older than the API keeps), the
+        object at `object_path` as read: a `done` when it has ended."""
+        if found.get("status") not in ENDED:
             return None
-        return DoneEvent(id=self.last_event_id or 0, status=job.status, error=job.error)
+        return DoneEvent(
+            id=self.last_event_id or 0, status=found["status"], error=found.get("error")
+        )
+
+
+def job_events(job_id: str, last_event_id: int | None, policy: RetryPolicy) -> Resumption:
+    return Resumption(f"/v1/jobs/{job_id}/events", f"/v1/jobs/{job_id}", last_event_id, policy)
+
+
+def training_log(job_id: str, last_event_id: int | None, policy: RetryPolicy) -> Resumption:
+    path = f"/v1/training-jobs/{job_id}"
+    return Resumption(f"{path}/logs", path, last_event_id, policy, text_kinds=("log",))

@@ -24,10 +24,17 @@ from typing import Any, TypeVar
 import httpx
 
 from goshen.client_calls import Call, Sleep, Steps, SyncDriver, open_upload
+from goshen.client_calls import read_object as _read
 from goshen.client_errors import api_error
 from goshen.client_operations import Operations
 from goshen.client_retries import CONNECTION_ERRORS, RetryPolicy, send
-from goshen.client_streams import STREAM_READ_TIMEOUT_SECONDS, EventParser, Resumption
+from goshen.client_streams import (
+    STREAM_READ_TIMEOUT_SECONDS,
+    EventParser,
+    Resumption,
+    job_events,
+    training_log,
+)
 from goshen.client_types import Event, Job
 
 T = TypeVar("T")
@@ -91,7 +98,14 @@ class Goshen(Operations, SyncDriver):
         """The job's events as they happen, typed, until `done`; `last_event_id` starts after
         the events already seen. A stream that breaks is opened again after the last event
         read, so none is lost or repeated."""
-        resume = Resumption(job_id, last_event_id, self.retries)
+        return self._follow(job_events(job_id, last_event_id, self.retries))
+
+    def training_logs(self, job_id: str, *, last_event_id: int | None = None) -> Iterator[Event]:
+        """The training job's events until `done`: a LogEvent per line of its log, a
+        StatusEvent on changes; resumed like `stream` when cut."""
+        return self._follow(training_log(job_id, last_event_id, self.retries))
+
+    def _follow(self, resume: Resumption) -> Iterator[Event]:
         while True:
             error: Exception | None = None
             try:
@@ -101,7 +115,7 @@ class Goshen(Operations, SyncDriver):
                     if response.is_error:
                         response.read()
                         raise api_error(response)
-                    parser = EventParser()
+                    parser = EventParser(resume.text_kinds)
                     for line in response.iter_lines():
                         event = parser.feed(line)
                         if event is not None:
@@ -110,9 +124,11 @@ class Goshen(Operations, SyncDriver):
                                 return
             except CONNECTION_ERRORS as exc:
                 error = exc
-            if error is None and (done := resume.ended(self.get_job(job_id))) is not None:
-                yield done
-                return
+            if error is None:
+                found = self._drive(_read(resume.object_path))
+                if (done := resume.ended(found)) is not None:
+                    yield done
+                    return
             self.retries.sleep(resume.cut(error))
 
     def _stream_timeout(self) -> httpx.Timeout:

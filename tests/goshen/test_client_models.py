@@ -10,7 +10,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,25 +17,21 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from goshen import catalog, registry, training
+from goshen import catalog, registry
 from goshen.client import GoshenAPIError, GoshenClient
 from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import (
     Model,
     Role,
-    TrainingJob,
-    TrainingStatus,
     User,
 )
 from serving.routes import training as training_routes
 from tests.fixtures.accounts import Account
 from tests.fixtures.models import RegisteredModel, add_owned_classifier, add_version_record
-from tests.fixtures.training import digits_archive
+from tests.fixtures.training import LINES, PRICE, digits_archive, run_training_job
 
 ROWS = np.random.default_rng(2).random((3, 64), dtype=np.float32)
-PRICE = 100  # micro-credits a training second, as the settings default it
-LINES = ["loading 40 images", "  epoch 1/1: loss 0.91", "", "registered version 1"]
 
 
 @pytest.fixture
@@ -44,18 +39,6 @@ def archive(tmp_path: Path) -> Path:
     path = tmp_path / "digits.zip"
     path.write_bytes(digits_archive({0: "zero", 1: "one"}))
     return path
-
-
-def _run_job(sessions: sessionmaker[Session], job_id: str, lines: list[str]) -> None:
-    """What a training run writes to its job: it starts, logs and succeeds."""
-    with session_scope(sessions) as session:
-        assert training.mark_running(session, job_id, "dagster-run-1")
-        job = session.get_one(TrainingJob, job_id)
-        assert job.started_at is not None
-        job.started_at = job.started_at - timedelta(seconds=3)
-        for line in lines:
-            training.append_log(session, job_id, line)
-        training.finish(session, job_id, TrainingStatus.succeeded, price_micros_per_second=PRICE)
 
 
 def test_the_sdk_submits_a_training_job_and_follows_its_log_to_the_end(
@@ -78,7 +61,7 @@ def test_the_sdk_submits_a_training_job_and_follows_its_log_to_the_end(
         with pytest.raises(TimeoutError, match=job["id"]):  # it never runs: nothing launches it
             sdk.wait_for_training_job(job["id"], timeout=0.5)
 
-        _run_job(sessions, job["id"], LINES)
+        run_training_job(sessions, job["id"], LINES)
         events = list(sdk.training_logs(job["id"]))
         logged = [event.data["message"] for event in events if event.kind == "log"]
         assert logged == LINES  # whitespace and blank lines as the run wrote them

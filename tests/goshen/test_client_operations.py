@@ -13,7 +13,7 @@ from goshen.client_calls import Call, Sleep, Steps
 from goshen.client_errors import JobFailed, Timeout
 from goshen.client_operations import Operations
 from goshen.client_retries import RetryPolicy
-from goshen.client_streams import EventParser, Resumption
+from goshen.client_streams import EventParser, job_events, training_log
 from goshen.client_types import (
     DoneEvent,
     Job,
@@ -123,7 +123,7 @@ def test_the_parser_types_each_kind_and_keeps_unknown_ones() -> None:
 
 def test_a_stream_resumes_after_the_last_event_and_gives_up_after_repeated_cuts() -> None:
     policy = RetryPolicy(max_retries=2, backoff_base=1, draw=lambda low, high: high)
-    resume = Resumption("job_1", None, policy)
+    resume = job_events("job_1", None, policy)
     assert resume.headers() == {}
     resume.seen(LogEvent(id=7, message="a"))
     assert resume.headers() == {"Last-Event-ID": "7"}
@@ -136,8 +136,21 @@ def test_a_stream_resumes_after_the_last_event_and_gives_up_after_repeated_cuts(
     assert resume.cut(cut) == 1  # an event read: the count starts over
 
 
+def test_a_training_log_reads_its_lines_as_text() -> None:
+    resume = training_log("trn_1", None, RetryPolicy())
+    parser = EventParser(resume.text_kinds)
+    lines = ["id: 12", "event: log", "data: epoch 1 loss=0.5", ""]
+    events = [event for line in lines if (event := parser.feed(line)) is not None]
+    assert events == [LogEvent(id=12, message="epoch 1 loss=0.5")]
+    assert (resume.path, resume.object_path) == (
+        "/v1/training-jobs/trn_1/logs",
+        "/v1/training-jobs/trn_1",
+    )
+
+
 def test_a_stream_closed_without_done_ends_with_one_for_a_job_that_ended() -> None:
-    resume = Resumption("job_1", 41, RetryPolicy())
-    assert resume.ended(Job.of(_job("running"))) is None
-    done = resume.ended(Job.of(_job("canceled", error="canceled by its owner")))
+    resume = job_events("job_1", 41, RetryPolicy())
+    assert resume.object_path == "/v1/jobs/job_1"
+    assert resume.ended(_job("running")) is None
+    done = resume.ended(_job("canceled", error="canceled by its owner"))
     assert done == DoneEvent(id=41, status="canceled", error="canceled by its owner")

@@ -2,22 +2,19 @@
 end to end: uvicorn serving the API on PostgreSQL, a worker running a tiny random-weights digits
 model from a real MLflow registry, and an ONNX classifier deployed for predictions.
 
-Every test takes `sdk`, once a `Goshen` and once an `AsyncGoshen` driven through `Blocking` (each
-awaited call run to its end on one event loop, async iterators read item by item), so one body
-checks both. Faults are injected between the SDK and the real server by `Faults`, a transport
-that wraps httpx's own: it loses one answer after the server acted, or cuts an event stream after
-a number of events, as a proxy or a network would.
+Every test takes `connect` (tests/fixtures/sdk.py), which makes a `Goshen` in one run of it and
+an `AsyncGoshen` driven through `Blocking` in the other, so one body checks both. Faults are
+injected between the SDK and the real server by `Faults`, a transport that wraps httpx's own: it
+loses one answer after the server acted, or cuts an event stream after a number of events, as a
+proxy or a network would.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.client import (
-    AsyncGoshen,
     DoneEvent,
-    Goshen,
     InsufficientCredits,
     InvalidInput,
     JobFailed,
@@ -44,151 +39,10 @@ from goshen.config import Settings
 from goshen.db.models import Job, Model
 from tests.fixtures.accounts import Account, create_account
 from tests.fixtures.models import RegisteredModel, deploy_classifier
+from tests.fixtures.sdk import Faults
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
 STEPS = 6  # denoising steps of each test job: its progress events
-
-
-class Blocking:
-    """An AsyncGoshen (or one of its handles) called as if it were blocking."""
-
-    def __init__(self, target: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._target = target
-        self._loop = loop
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._target, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            result = attribute(*args, **kwargs)
-            if asyncio.iscoroutine(result):
-                result = self._loop.run_until_complete(result)
-            if isinstance(result, AsyncIterator):
-                return self._iterate(result)
-            if type(result).__name__ == "AsyncJobHandle":
-                return Blocking(result, self._loop)
-            return result
-
-        return call
-
-    def _iterate(self, items: AsyncIterator[Any]) -> Iterator[Any]:
-        while True:
-            try:
-                yield self._loop.run_until_complete(anext(items))
-            except StopAsyncIteration:
-                return
-
-
-@dataclass
-class Exchange:
-    request: httpx.Request
-    status: int
-    headers: httpx.Headers
-    sent_at: float
-    answered_at: float
-
-
-class Faults(httpx.BaseTransport, httpx.AsyncBaseTransport):
-    """httpx's real transports, recording each exchange. `lose` ("METHOD /path"): the first
-    answer to it is read, then lost. `cut_after`: the first event stream breaks after that many
-    events."""
-
-    def __init__(self, lose: str | None = None, cut_after: int | None = None) -> None:
-        self.real = httpx.HTTPTransport()
-        self.real_async = httpx.AsyncHTTPTransport()
-        self.exchanges: list[Exchange] = []
-        self.lose = lose
-        self.cut_after = cut_after
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        sent_at = time.monotonic()
-        response = self.real.handle_request(request)
-        if self._is_stream(response):
-            return self._cut(request, response, sync=True)
-        response.read()
-        return self._recorded(request, response, sent_at)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        sent_at = time.monotonic()
-        response = await self.real_async.handle_async_request(request)
-        if self._is_stream(response):
-            return self._cut(request, response, sync=False)
-        await response.aread()
-        return self._recorded(request, response, sent_at)
-
-    def to(self, path: str) -> list[Exchange]:
-        return [exchange for exchange in self.exchanges if exchange.request.url.path == path]
-
-    def _is_stream(self, response: httpx.Response) -> bool:
-        return response.headers.get("content-type", "").startswith("text/event-stream")
-
-    def _recorded(
-        self, request: httpx.Request, response: httpx.Response, sent_at: float
-    ) -> httpx.Response:
-        self.exchanges.append(
-            Exchange(request, response.status_code, response.headers, sent_at, time.monotonic())
-        )
-        if self.lose == f"{request.method} {request.url.path}":
-            self.lose = None
-            raise httpx.RemoteProtocolError("server disconnected", request=request)
-        return response
-
-    def _cut(self, request: httpx.Request, response: httpx.Response, sync: bool) -> httpx.Response:
-        self.exchanges.append(
-            Exchange(request, response.status_code, response.headers, 0, time.monotonic())
-        )
-        cut_after, self.cut_after = self.cut_after, None
-        if cut_after is None:
-            return response
-        upstream = response.stream
-
-        def broken(request: httpx.Request = request) -> httpx.RemoteProtocolError:
-            return httpx.RemoteProtocolError("peer closed the connection", request=request)
-
-        class Cut(httpx.SyncByteStream, httpx.AsyncByteStream):
-            def __iter__(self) -> Iterator[bytes]:
-                seen = 0
-                for chunk in upstream:  # type: ignore[union-attr]
-                    seen += chunk.count(b"\n\n")
-                    yield chunk
-                    if seen >= cut_after:
-                        raise broken()
-
-            async def __aiter__(self) -> AsyncIterator[bytes]:
-                seen = 0
-                async for chunk in upstream:  # type: ignore[union-attr]
-                    seen += chunk.count(b"\n\n")
-                    yield chunk
-                    if seen >= cut_after:
-                        raise broken()
-
-        return httpx.Response(
-            response.status_code, headers=response.headers, stream=Cut(), request=request
-        )
-
-
-@pytest.fixture(params=["sync", "async"])
-def connect(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
-    """`connect(url, key, **options)`: a Goshen, or an AsyncGoshen called through Blocking."""
-    loop = asyncio.new_event_loop()
-    opened: list[Any] = []
-
-    def make(url: str, key: str, **options: Any) -> Any:
-        options.setdefault("backoff_base", 0.05)
-        if request.param == "sync":
-            client: Any = Goshen(url, key, **options)
-            opened.append(client.close)
-            return client
-        async_client = AsyncGoshen(url, key, **options)
-        opened.append(lambda: loop.run_until_complete(async_client.aclose()))
-        return Blocking(async_client, loop)
-
-    yield make
-    for close in opened:
-        close()
-    loop.close()
 
 
 @pytest.fixture
