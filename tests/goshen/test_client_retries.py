@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
 from typing import Any
@@ -43,6 +43,7 @@ from goshen.client_errors import retry_after_seconds
 from goshen.config import Settings
 from goshen.db.models import Job, Model
 from tests.fixtures.accounts import Account, create_account
+from tests.fixtures.sdk import Faults
 
 Answer = Callable[[httpx.Request], httpx.Response]
 
@@ -174,45 +175,6 @@ def test_each_status_has_its_error_and_every_one_is_a_goshen_api_error(
 # Against the real API.
 
 
-@dataclass
-class Exchange:
-    request: httpx.Request
-    status: int
-    headers: httpx.Headers
-    sent_at: float
-    answered_at: float
-
-
-class RecordingTransport(httpx.BaseTransport):
-    """The real HTTP transport, recording each exchange; the first answer to `lose` (a
-    "METHOD /path") is read, then lost: the server acted, the client sees the connection drop."""
-
-    def __init__(self, lose: str | None = None) -> None:
-        self.real = httpx.HTTPTransport()
-        self.exchanges: list[Exchange] = []
-        self.lose = lose
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        sent_at = time.monotonic()
-        response = self.real.handle_request(request)
-        response.read()
-        self.exchanges.append(
-            Exchange(request, response.status_code, response.headers, sent_at, time.monotonic())
-        )
-        if self.lose == f"{request.method} {request.url.path}":
-            self.lose = None
-            raise httpx.RemoteProtocolError(
-                "server disconnected without an answer", request=request
-            )
-        return response
-
-    def to(self, path: str) -> list[Exchange]:
-        return [exchange for exchange in self.exchanges if exchange.request.url.path == path]
-
-    def close(self) -> None:
-        self.real.close()
-
-
 @pytest.fixture
 def catalog_model(make_model: Callable[..., Model]) -> Model:
     """A priced catalog entry: generating queues a job that no worker runs here."""
@@ -233,7 +195,7 @@ def test_a_real_429_is_retried_after_its_retry_after(
     limited = Settings(
         **{**settings.model_dump(), "_env_file": None, "rate_limit_default": "2/second"}
     )
-    recording = RecordingTransport()
+    recording = Faults()
     with run_api(limited) as served:
         with GoshenClient(served.api_url, developer.key, transport=recording) as patient:
             balances = [patient.balance() for _ in range(5)]  # over 2 a second: at least one 429
@@ -300,7 +262,7 @@ def test_waiting_raises_timeout_with_the_job_id_and_job_failed_only_when_asked(
 def test_a_generate_whose_answer_was_lost_is_retried_with_its_key_making_one_job(
     live_api: Settings, developer: Account, catalog_model: Model, sessions: sessionmaker[Session]
 ) -> None:
-    losing = RecordingTransport(lose="POST /v1/generate")
+    losing = Faults(lose="POST /v1/generate")
     with GoshenClient(live_api.api_url, developer.key, transport=losing) as client:
         job = client.generate(catalog_model.name, {"digit": 5})
         listed = [listed["id"] for listed in client.list_jobs()]
@@ -318,7 +280,7 @@ def test_a_generate_whose_answer_was_lost_is_retried_with_its_key_making_one_job
 def test_a_post_without_a_key_whose_answer_was_lost_is_not_sent_again(
     live_api: Settings, developer: Account
 ) -> None:
-    losing = RecordingTransport(lose="POST /v1/keys")
+    losing = Faults(lose="POST /v1/keys")
     with GoshenClient(live_api.api_url, developer.key, transport=losing) as client:
         with pytest.raises(httpx.RemoteProtocolError):
             client.create_key("laptop")
