@@ -17,17 +17,17 @@ app = marimo.App(width="medium")
 
 @app.cell
 def _():
+    import io
     import itertools
     import os
     import random
-    import struct
     import tempfile
     import time
-    import zlib
     from pathlib import Path
 
     import marimo as mo
     import polars as pl
+    from PIL import Image
 
     from goshen.client import (
         Conflict,
@@ -43,20 +43,20 @@ def _():
         Conflict,
         DoneEvent,
         Goshen,
+        Image,
         LogEvent,
         OutputEvent,
         Path,
         ProgressEvent,
         StatusEvent,
+        io,
         itertools,
         mo,
         os,
         pl,
         random,
-        struct,
         tempfile,
         time,
-        zlib,
     )
 
 
@@ -521,54 +521,15 @@ def _(CLASSIFIER, GENERATOR, features, goshen, job, mo, models, pl, streamed, ti
     return balance, usage, usage_by_model
 
 
-@app.cell(hide_code=True)
-def _(mo):
-    mo.md(r"""
-    ## Appendix: reading the PNGs
-
-    The platform's digits generators write 8-bit grayscale PNGs. Pillow reads them
-    (`Image.open(io.BytesIO(png))`), but it is not among the notebooks' dependencies, so this
-    reads them with zlib: the image's rows of pixels, each undone from its PNG filter.
-    """)
-    return
-
-
 @app.cell
-def _(struct, zlib):
+def _(Image, io):
     def png_pixels(png: bytes) -> list[list[int]]:
-        """The rows of pixels (0 to 255) of an 8-bit grayscale, non-interlaced PNG."""
-        assert png.startswith(b"\x89PNG\r\n\x1a\n"), "the download is not a PNG"
-        at, data, header = 8, b"", (0, 0, 0, 0, 0)
-        while at < len(png):
-            length, kind = struct.unpack(">I4s", png[at : at + 8])
-            body = png[at + 8 : at + 8 + length]
-            if kind == b"IHDR":
-                header = struct.unpack(">IIBB2xB", body)
-            elif kind == b"IDAT":
-                data += body
-            at += 12 + length
-        width, height, depth, color, interlace = header
-        assert (depth, color, interlace) == (8, 0, 0), (
-            "this reads 8-bit grayscale PNGs, as the digits generators write: point "
-            "GOSHEN_QUICKSTART_GENERATOR at a digits model"
-        )
-        raw, rows, above = zlib.decompress(data), [], [0] * width
-        for y in range(height):
-            start = y * (width + 1)
-            kind, row = raw[start], list(raw[start + 1 : start + 1 + width])
-            for x in range(width):
-                left, up = (row[x - 1] if x else 0), above[x]
-                corner = above[x - 1] if x else 0
-                guess = left + up - corner  # Paeth: the neighbour nearest the guess
-                paeth = min(
-                    (abs(guess - left), 0, left),
-                    (abs(guess - up), 1, up),
-                    (abs(guess - corner), 2, corner),
-                )[2]
-                row[x] = (row[x] + (0, left, up, (left + up) // 2, paeth)[kind]) & 255
-            rows.append(row)
-            above = row
-        return rows
+        """The rows of a PNG's pixels, in grey levels from 0 to 255."""
+        with Image.open(io.BytesIO(png)) as image:
+            gray = image.convert("L")
+            width, height = gray.size
+            values = list(gray.getdata())
+        return [values[y * width : (y + 1) * width] for y in range(height)]
 
     return (png_pixels,)
 

@@ -122,7 +122,7 @@ def test_the_notebook_generates_predicts_uploads_trains_and_adds_up_the_usage(
 
     job = defs["job"]
     assert job.status == "succeeded" and len(job.images) == defs["NUM_IMAGES"] == 4
-    # The notebook's own PNG reader against Pillow's, on the images it downloaded.
+    # The pixels the notebook read, against the images the API serves.
     downloaded = [httpx.get(image.url).content for image in job.images]
     decoded = [np.asarray(Image.open(io.BytesIO(png))).tolist() for png in downloaded]
     assert defs["pixels"] == decoded and all(len(rows) == 8 for rows in decoded)
