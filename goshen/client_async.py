@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -20,6 +22,7 @@ import httpx
 from goshen.client_calls import AsyncDriver, Call, Sleep, Steps, open_upload
 from goshen.client_calls import read_object as _read
 from goshen.client_errors import api_error
+from goshen.client_http import GoshenAPIError
 from goshen.client_operations import Operations
 from goshen.client_retries import CONNECTION_ERRORS, RetryPolicy, send_async
 from goshen.client_streams import (
@@ -37,7 +40,8 @@ T = TypeVar("T")
 
 class AsyncGoshen(Operations, AsyncDriver):
     """`Goshen` for asyncio: the same calls, each awaited; listings and streams are async
-    iterators. Retries wait with `retries.async_sleep`."""
+    iterators. Retries wait with `retries.async_sleep`. An upload reads its file in the event
+    loop's thread, 64 KiB at a time (httpx reads multipart files synchronously)."""
 
     def __init__(
         self,
@@ -124,14 +128,22 @@ class AsyncGoshen(Operations, AsyncDriver):
         return httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT_SECONDS)
 
     async def _drive(self, steps: Steps[T]) -> T:
-        reply: Any = None
-        while True:
-            try:
-                step = steps.send(reply)
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
-            reply = await self._perform(step)
+        # Each step's outcome goes back into the operation: its answer, or the error it raised
+        # (which the operation may catch); the operation is closed however it ends.
+        with closing(steps):
+            step = next(steps)
+            while True:
+                try:
+                    reply = await self._perform(step)
+                except (GoshenAPIError, httpx.HTTPError, OSError) as exc:
+                    outcome = partial(steps.throw, exc)
+                else:
+                    outcome = partial(steps.send, reply)
+                try:
+                    step = outcome()
+                except StopIteration as stop:
+                    result: T = stop.value
+                    return result
 
     async def _perform(self, step: Call | Sleep) -> Any:
         if isinstance(step, Sleep):

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from goshen.client_retries import RetryPolicy
 from goshen.client_types import ENDED, DoneEvent, Event, event_of
 
+
+class _Numbered(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+E = TypeVar("E", bound=_Numbered)
 # Keep-alives come every 15 s: a stream silent for longer than this is taken as lost.
 STREAM_READ_TIMEOUT_SECONDS = 60.0
 
@@ -69,7 +76,8 @@ class Resumption:
             return {}
         return {"Last-Event-ID": str(self.last_event_id)}
 
-    def seen(self, event: Event) -> Event:
+    def seen(self, event: E) -> E:
+        """`event` was read: the stream resumes after it, and the cuts start over."""
         self.last_event_id = event.id
         self._cuts = 0
         return event

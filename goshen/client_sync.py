@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -26,6 +28,7 @@ import httpx
 from goshen.client_calls import Call, Sleep, Steps, SyncDriver, open_upload
 from goshen.client_calls import read_object as _read
 from goshen.client_errors import api_error
+from goshen.client_http import GoshenAPIError
 from goshen.client_operations import Operations
 from goshen.client_retries import CONNECTION_ERRORS, RetryPolicy, send
 from goshen.client_streams import (
@@ -135,14 +138,22 @@ class Goshen(Operations, SyncDriver):
         return httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT_SECONDS)
 
     def _drive(self, steps: Steps[T]) -> T:
-        reply: Any = None
-        while True:
-            try:
-                step = steps.send(reply)
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
-            reply = self._perform(step)
+        # Each step's outcome goes back into the operation: its answer, or the error it raised
+        # (which the operation may catch); the operation is closed however it ends.
+        with closing(steps):
+            step = next(steps)
+            while True:
+                try:
+                    reply = self._perform(step)
+                except (GoshenAPIError, httpx.HTTPError, OSError) as exc:
+                    outcome = partial(steps.throw, exc)
+                else:
+                    outcome = partial(steps.send, reply)
+                try:
+                    step = outcome()
+                except StopIteration as stop:
+                    result: T = stop.value
+                    return result
 
     def _perform(self, step: Call | Sleep) -> Any:
         if isinstance(step, Sleep):

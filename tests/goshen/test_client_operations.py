@@ -5,12 +5,15 @@ real API are in test_client_sync_and_async.py."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
 import pytest
 
-from goshen.client_calls import Call, Sleep, Steps
-from goshen.client_errors import JobFailed, Timeout
+from goshen.client import AsyncGoshen, Goshen
+from goshen.client_calls import Call, Sleep, Steps, operation
+from goshen.client_errors import JobFailed, NotFound, Timeout
 from goshen.client_operations import Operations
 from goshen.client_retries import RetryPolicy
 from goshen.client_streams import EventParser, job_events, training_log
@@ -154,3 +157,47 @@ def test_a_stream_closed_without_done_ends_with_one_for_a_job_that_ended() -> No
     assert resume.ended(_job("running")) is None
     done = resume.ended(_job("canceled", error="canceled by its owner"))
     assert done == DoneEvent(id=41, status="canceled", error="canceled by its owner")
+
+
+def _exists(client: Any, job_id: str) -> Steps[bool]:
+    """An operation that handles an error answer itself, as a test's own."""
+    try:
+        yield Call("GET", f"/v1/jobs/{job_id}")
+    except NotFound:
+        return False
+    finally:
+        client.finished.append(job_id)
+    return True
+
+
+class _SyncProbe(Goshen):
+    exists = operation(_exists)
+    finished: list[str]
+
+
+class _AsyncProbe(AsyncGoshen):
+    exists = operation(_exists)
+    finished: list[str]
+
+
+def _answers(request: httpx.Request) -> httpx.Response:
+    if request.url.path.endswith("/missing"):
+        return httpx.Response(404, json={"status": 404, "detail": "no such job"})
+    return httpx.Response(200, json=_job("queued"))
+
+
+def test_both_drivers_give_an_error_answer_to_the_operation_and_close_it() -> None:
+    """httpx.MockTransport stands in for the API: the operation is the test's own, and only a
+    fake answers 404 for one path and 200 for another on cue."""
+    sync = _SyncProbe("http://goshen.test", "gsk_test", transport=httpx.MockTransport(_answers))
+    sync.finished = []
+    assert (sync.exists("job_1"), sync.exists("missing")) == (True, False)
+    assert sync.finished == ["job_1", "missing"]  # each operation ran its `finally`
+
+    async def run_async() -> tuple[bool, bool, list[str]]:
+        transport = httpx.MockTransport(_answers)
+        async with _AsyncProbe("http://goshen.test", "gsk_test", transport=transport) as probe:
+            probe.finished = []
+            return await probe.exists("job_1"), await probe.exists("missing"), probe.finished
+
+    assert asyncio.run(run_async()) == (True, False, ["job_1", "missing"])
