@@ -1,9 +1,8 @@
 """Python SDK for Goshen's HTTP API.
 
-Applications use `Goshen` (goshen.client_sync) or `AsyncGoshen` (goshen.client_async): the same
-typed calls, sync or awaited (run, submit, stream, wait, cancel, predict, datasets, training,
-keys, usage). `GoshenClient`, below, is the low-level client: one method per API operation, the
-admins' included, answering the API's JSON as dicts (the dashboard's).
+Applications use `Goshen` or `AsyncGoshen` (goshen.client_sync, goshen.client_async): the same
+typed calls, sync or awaited. `GoshenClient`, below, is the low-level client: one method per API
+operation, the admins' included, answering JSON as dicts (the dashboard and the CLI use it).
 
 from goshen.client import GoshenClient
 with GoshenClient("http://127.0.0.1:8000", api_key="gsk_...") as goshen:
@@ -29,7 +28,7 @@ import httpx
 
 from goshen.client_admin import AdminJobCalls
 from goshen.client_async import AsyncGoshen, AsyncJobHandle
-from goshen.client_billing import AdminAccountCalls
+from goshen.client_billing import AccountCalls, AdminAccountCalls
 from goshen.client_datasets import DatasetCalls
 from goshen.client_errors import (
     ENDED_STATUSES,
@@ -102,7 +101,12 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 
 
 class GoshenClient(
-    TrainedModelCalls, DatasetCalls, AdminJobCalls, AdminOperationsCalls, AdminAccountCalls
+    TrainedModelCalls,
+    DatasetCalls,
+    AccountCalls,
+    AdminJobCalls,
+    AdminOperationsCalls,
+    AdminAccountCalls,
 ):
     """A thin, typed-enough wrapper: one method per API operation, errors as GoshenAPIError's
     subclasses (goshen.client_errors). Reads, and POSTs with an Idempotency-Key, are retried on
@@ -322,9 +326,12 @@ class GoshenClient(
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._object("POST", f"/v1/jobs/{job_id}/cancel")
 
-    def job_events(self, job_id: str, last_event_id: int | None = None) -> Iterator[JobEvent]:
-        """The job's server-sent events as they happen, until `done`."""
-        return self._job_events(job_id, last_event_id, deadline=None)
+    def job_events(
+        self, job_id: str, last_event_id: int | None = None, *, deadline: float | None = None
+    ) -> Iterator[JobEvent]:
+        """The job's server-sent events as they happen, until `done`; past the monotonic
+        `deadline`, TimeoutError (or httpx.ReadTimeout while no event comes)."""
+        return self._job_events(job_id, last_event_id, deadline)
 
     def _job_events(
         self, job_id: str, last_event_id: int | None, deadline: float | None

@@ -1,5 +1,6 @@
-"""The SDK's calls admins run accounts and billing by: users, keys and their spend caps, credit
-grants and ledgers, usage and invoices across every user.
+"""The SDK's calls over accounts and billing: a developer's own usage, and those admins run
+accounts by (users, keys and their spend caps, credit grants and ledgers, usage and invoices
+across every user).
 
 GoshenClient (goshen.client) inherits them; imports only httpx and the standard library.
 """
@@ -19,6 +20,15 @@ class _Calls(Protocol):
     def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]: ...
 
     def paginate(self, path: str, **params: Any) -> Iterator[dict[str, Any]]: ...
+
+
+class AccountCalls:
+    """A developer's own usage."""
+
+    def usage(self: _Calls, *, start: str | None = None, end: str | None = None) -> dict[str, Any]:
+        """Your metered usage over [start, end) (ISO dates or times; this month by default):
+        `totals`, `by_day`, `by_model`, and your `credit` now."""
+        return self._object("GET", "/v1/usage", params=_without_none(start=start, end=end))
 
 
 class AdminAccountCalls:

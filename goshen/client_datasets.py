@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, Protocol, cast
 
 import httpx
 
 from goshen.client_errors import api_error
 from goshen.client_http import _server_sent_events, _until, _without_none
+from goshen.client_progress import OnProgress, ProgressFile
 
 
 class _Calls(Protocol):
@@ -22,6 +23,8 @@ class _Calls(Protocol):
     _http: httpx.Client
 
     def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]: ...
+
+    def paginate(self, path: str, **params: Any) -> Iterator[dict[str, Any]]: ...
 
 
 class DatasetCalls:
@@ -34,21 +37,35 @@ class DatasetCalls:
         *,
         kind: str | None = None,
         target: str | None = None,
+        on_progress: OnProgress | None = None,
     ) -> dict[str, Any]:
         """Upload an image archive or a CSV/Parquet table; it is `uploaded`, and ingests next
-        (`wait_for_dataset`)."""
+        (`wait_for_dataset`). `on_progress(sent, total)` is called as its bytes are sent."""
         with open(path, "rb") as file:
+            body: BinaryIO = file
+            if on_progress is not None:
+                # httpx reads (and seeks) it as it would the file itself.
+                body = cast(BinaryIO, ProgressFile(file, on_progress))
             return self._object(
                 "POST",
                 "/v1/datasets",
                 data=_without_none(name=name, kind=kind, target=target),
-                files={"file": (os.path.basename(path), file, "application/octet-stream")},
+                files={"file": (os.path.basename(path), body, "application/octet-stream")},
                 timeout=max(self._http.timeout.read or 0, 300),
             )
+
+    def list_datasets(self: _Calls) -> Iterator[dict[str, Any]]:
+        """Your datasets, newest first, fetched a page at a time."""
+        return self.paginate("/v1/datasets")
 
     def get_dataset(self: _Calls, dataset_id: str) -> dict[str, Any]:
         """A dataset: its status (uploaded, validating, ready, failed) and ingestion progress."""
         return self._object("GET", f"/v1/datasets/{dataset_id}")
+
+    def delete_dataset(self: _Calls, dataset_id: str) -> dict[str, Any]:
+        """Delete the dataset's files and record; the dataset as it was. Conflict (409) while a
+        queued or running training job uses it."""
+        return self._object("DELETE", f"/v1/datasets/{dataset_id}")
 
     def wait_for_dataset(
         self: _Calls,

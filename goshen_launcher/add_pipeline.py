@@ -9,7 +9,6 @@ no orphan version behind.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,21 @@ from goshen.tracking import running_tracking_server
 
 
 @dataclass(frozen=True)
+class PipelineRequest:
+    """What `goshen models add-pipeline` was asked: the folder, the entry's name, and the
+    entry's fields to set (None: a new entry's default, an existing entry's value kept)."""
+
+    folder: Path
+    name: str
+    description: str | None = None
+    unit: str | None = None
+    price_micros: int | None = None
+    owner: str | None = None
+    private: bool = False
+    no_deploy: bool = False
+
+
+@dataclass(frozen=True)
 class Target:
     """What a registration changes: entry `name` (a new one when `model_id` is None), its
     registered model, and the version it serves before."""
@@ -38,52 +52,52 @@ class Target:
     serving: str | None
 
 
-def add_pipeline(settings: Settings, args: argparse.Namespace) -> int:
-    """Register `args.folder` and add it to the catalog as `args` say; the exit status."""
-    if args.private and args.owner is None:
+def add_pipeline(settings: Settings, request: PipelineRequest) -> int:
+    """Register `request.folder` and add it to the catalog as `request` says; the exit status."""
+    if request.private and request.owner is None:
         raise InvalidInputError(
             "--private needs --owner EMAIL: a private entry without an owner can be called "
             "by nobody, admins included",
             field="owner",
         )
-    folder = Path(args.folder)
+    folder = request.folder
     registry.check_pipeline_folder(folder)
     engine = make_engine(settings.resolved_database_url)
     try:
         migrate.upgrade(engine)
         sessions = make_sessionmaker(engine)
         with sessions() as session:
-            target = _target(session, args)
+            target = _target(session, request)
         with running_tracking_server(settings) as uri:
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
             registered = registry.log_diffusers_pipeline(folder, target.registered_model)
             try:
                 with session_scope(sessions) as session:
-                    _record(session, target, registered, args)
+                    _record(session, target, registered, request)
             except Exception:
                 _unregister(registered)
                 raise
     finally:
         engine.dispose()
-    print(_outcome(target, registered, args))
+    print(_outcome(target, registered, request))
     return 0
 
 
-def _target(session: Session, args: argparse.Namespace) -> Target:
+def _target(session: Session, request: PipelineRequest) -> Target:
     """The entry the folder will add to or create; refuses what no registration may change."""
     owner_id = None
-    if args.owner is not None:
-        owner = accounts.get_user_by_email(session, args.owner)
+    if request.owner is not None:
+        owner = accounts.get_user_by_email(session, request.owner)
         if owner is None:
             raise NotFoundError(
-                f"no user with email {args.owner}; create them first (POST /v1/admin/users)"
+                f"no user with email {request.owner}; create them first (POST /v1/admin/users)"
             )
         owner_id = owner.id
-    name = pipeline_entries.entry_name(args.name, owner_id)
+    name = pipeline_entries.entry_name(request.name, owner_id)
     model = pipeline_entries.entry_to_update(session, name, owner_id)
     if model is None:
-        if args.no_deploy:
+        if request.no_deploy:
             raise ConflictError(
                 f"the catalog has no model {name!r} to keep serving; --no-deploy registers a "
                 "new version of an existing entry, leave it out to add this one"
@@ -94,7 +108,7 @@ def _target(session: Session, args: argparse.Namespace) -> Target:
 
 
 def _record(
-    session: Session, target: Target, registered: RegisteredVersion, args: argparse.Namespace
+    session: Session, target: Target, registered: RegisteredVersion, request: PipelineRequest
 ) -> None:
     model = pipeline_entries.entry_to_update(session, target.name, target.owner_id)
     if (model.id if model is not None else None) != target.model_id:
@@ -109,21 +123,21 @@ def _record(
             registered_model=registered.name,
             version=registered.version,
             run_id=registered.run_id,
-            description=args.description or "",
-            pricing_unit=PricingUnit(args.unit or PricingUnit.image),
-            price_micros=args.price_micros or 0,
+            description=request.description or "",
+            pricing_unit=PricingUnit(request.unit or PricingUnit.image),
+            price_micros=request.price_micros or 0,
             owner_id=target.owner_id,
         )
         return
     # Flags given on an update change the entry; those left out keep what it has.
-    if args.description is not None:
-        model.description = args.description
-    if args.unit is not None:
-        model.pricing_unit = PricingUnit(args.unit)
-    if args.price_micros is not None:
-        model.price_micros = args.price_micros
+    if request.description is not None:
+        model.description = request.description
+    if request.unit is not None:
+        model.pricing_unit = PricingUnit(request.unit)
+    if request.price_micros is not None:
+        model.price_micros = request.price_micros
     pipeline_entries.add_version(
-        session, model, registered.version, run_id=registered.run_id, deploy=not args.no_deploy
+        session, model, registered.version, run_id=registered.run_id, deploy=not request.no_deploy
     )
 
 
@@ -145,10 +159,10 @@ def _unregister(registered: RegisteredVersion) -> None:
     )
 
 
-def _outcome(target: Target, registered: RegisteredVersion, args: argparse.Namespace) -> str:
+def _outcome(target: Target, registered: RegisteredVersion, request: PipelineRequest) -> str:
     done = f"registered version {registered.version} of {registered.name}"
-    whose = f" (private to {args.owner})" if target.owner_id else ""
-    if args.no_deploy:
+    whose = f" (private to {request.owner})" if target.owner_id else ""
+    if request.no_deploy:
         serving = f"version {target.serving}" if target.serving else "nothing"
         return (
             f"{done}, registered only: model {target.name}{whose} still serves {serving}; "
@@ -157,5 +171,6 @@ def _outcome(target: Target, registered: RegisteredVersion, args: argparse.Names
         )
     replaced = f", replacing version {target.serving}" if target.serving else ""
     return (
-        f"{done}; model {target.name}{whose} serves it{replaced}: generate with model {args.name}"
+        f"{done}; model {target.name}{whose} serves it{replaced}: "
+        f"generate with model {request.name}"
     )

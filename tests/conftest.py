@@ -19,6 +19,8 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.workers",
     "tests.fixtures.training",
+    "tests.fixtures.cli",
+    "tests.fixtures.sdk",
 ]
 
 

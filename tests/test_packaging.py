@@ -120,6 +120,31 @@ def test_a_script_that_needs_a_heavy_package_fails_under_the_blocker(tmp_path: P
     assert "ModuleNotFoundError: No module named 'sqlalchemy' (blocked)" in result.stderr
 
 
+def test_the_goshen_command_runs_without_heavy_packages(tmp_path: Path) -> None:
+    # The developer's commands on a base install: `goshen` loads, answers --help, and reaches
+    # the API (here a closed port: exit 7), importing no surface and no heavy library.
+    script = tmp_path / "goshen_commands.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys
+            from goshen_launcher.cli import main
+
+            assert main(["--help"]) == 0
+            assert main(["generate", "--help"]) == 0
+            os.environ["GOSHEN_API_KEY"] = "gsk_x"
+            os.environ["GOSHEN_API_URL"] = "http://127.0.0.1:" + os.environ["GOSHEN_API_PORT"]
+            assert main(["keys", "create", "ci"]) == 7
+            loaded = {name.partition(".")[0] for name in sys.modules}
+            assert not loaded & {"serving", "goshen_pipelines", "streamlit"}, loaded
+            """
+        )
+    )
+    result = run_blocked(tmp_path, f"script:{script}")
+    assert result.returncode == 0, result.stderr
+    assert "goshen: cannot reach the API at" in result.stderr
+
+
 @pytest.mark.slow
 def test_base_install_imports_the_sdk(tmp_path: Path) -> None:
     # A copy, so that building the editable install writes nothing into the checkout.

@@ -27,8 +27,7 @@ from goshen.db.models import (
     Visibility,
 )
 from goshen.errors import ConflictError
-from goshen_launcher.add_pipeline import add_pipeline
-from goshen_launcher.cli import build_parser
+from goshen_launcher.add_pipeline import PipelineRequest, add_pipeline
 from serving.app import create_app
 from tests.fixtures.accounts import Account
 
@@ -89,6 +88,9 @@ def test_db_commands(empty_database_url: str, tmp_path: Path) -> None:
     assert "base (empty)" in goshen("db", "current", settings=settings).stdout
     upgraded = goshen("db", "upgrade", settings=settings)
     assert upgraded.returncode == 0 and migrate.head_revision() in upgraded.stdout
+    one_back = goshen("db", "downgrade", "-1", settings=settings)  # a revision, not an option
+    assert one_back.returncode == 0, one_back.stderr
+    assert migrate.head_revision() not in one_back.stdout
     downgraded = goshen("db", "downgrade", "base", settings=settings)
     assert downgraded.returncode == 0, downgraded.stderr
     engine = make_engine(empty_database_url)
@@ -296,11 +298,8 @@ def test_a_version_the_catalog_cannot_record_is_deleted(
     monkeypatch.setattr(pipeline_entries, "add_entry", lost_the_name)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # see goshen() above
     name = f"tiny-sd-{secrets.token_hex(3)}"
-    args = build_parser().parse_args(
-        ["models", "add-pipeline", str(tiny_sd_pipeline), "--name", name]
-    )
     with pytest.raises(ConflictError):
-        add_pipeline(serving_settings, args)
+        add_pipeline(serving_settings, PipelineRequest(tiny_sd_pipeline, name))
     assert f"the just-registered version 1 of {name} was deleted" in capsys.readouterr().err
     assert registered_versions(mlflow_server, name) == []
     with sessions() as session:
