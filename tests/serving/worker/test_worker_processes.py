@@ -164,8 +164,10 @@ def test_three_workers_finish_200_jobs_while_one_is_killed_mid_job(
     assert {job.status for job in jobs} == {JobStatus.succeeded}
     taken_over = [job for job in jobs if job.attempt >= 2]
     assert taken_over, "no job was taken from the killed worker"
-    # Back in the queue within the lease TTL plus the recovery interval (and a little slack).
-    bound = serving_settings.job_lease_seconds + serving_settings.queue_recovery_seconds + 2
+    # Back in the queue once its lease ran out: within the lease TTL plus the recovery interval,
+    # with slack for a shared 2-core machine under load (a CI run measured 9.2 s against 5.5),
+    # far short of anything but lease expiry (a restart, the 240 s wait) taking it back.
+    bound = serving_settings.job_lease_seconds + serving_settings.queue_recovery_seconds + 15
     for job in taken_over:
         recovered_at = datetime.fromisoformat(job.attempt_errors[0]["at"])
         assert (recovered_at - killed_at).total_seconds() <= bound
