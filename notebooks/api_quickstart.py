@@ -468,10 +468,12 @@ def _(mo):
 @app.cell
 def _(CLASSIFIER, GENERATOR, features, goshen, job, mo, models, pl, streamed, time, training_ended):
     # From the first job, by the API's clock. Predictions are metered in batches, written a
-    # fraction of a second after they answer: read until the one above is counted.
-    for _ in range(50):
+    # fraction of a second after they answer: read until the one above is counted (a minute
+    # at most: a loaded machine can take seconds to write them).
+    _deadline = time.monotonic() + 60
+    while True:
         usage = goshen.usage(start=job.created_at.isoformat())
-        if usage.totals.requests:
+        if usage.totals.requests or time.monotonic() > _deadline:
             break
         time.sleep(0.2)
     usage_by_model = pl.DataFrame(
