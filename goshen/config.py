@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     job_retry_base_seconds: float = Field(default=2.0, ge=0, le=3600)
     job_timeout_seconds: float = Field(default=600.0, gt=0, le=24 * 3600)
     max_active_jobs_per_user: int = Field(default=100, ge=1)
+    # Requests one account may have in progress at once in one API process; more answer 429.
+    max_requests_in_flight_per_account: int = Field(default=8, ge=1, le=10_000)
 
     # Rate limits, each "<quota>/<window>" (serving.http.rate_limits): per API key and route
     # class, and failed authentications per client address. Off: nothing is counted.
@@ -155,7 +157,13 @@ class Settings(BaseSettings):
 
     webhook_allow_loopback: bool = False
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # Deliveries one dispatcher has in flight at once, and to one receiver (scheme, host, port).
+    webhook_concurrency: int = Field(default=32, ge=1, le=1024)
+    webhook_concurrency_per_receiver: int = Field(default=4, ge=1, le=1024)
     shutdown_grace_seconds: float = Field(default=20.0, gt=0, le=600)
+    # The API's connections: time to receive a request's headers, and connections per address.
+    api_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    api_max_connections_per_client: int = Field(default=256, ge=1, le=100_000)
     startup_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
 
     @field_validator("database_url")

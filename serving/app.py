@@ -25,6 +25,7 @@ from serving.http.principal_cache import PrincipalCache
 from serving.http.problems import install_problem_handlers
 from serving.http.rate_limits import RateLimitPolicyHeader, RateLimits
 from serving.http.state import ApiState
+from serving.http.streams import StreamHub
 from serving.jobs.effects import JobEffects
 from serving.jobs.watch import JobWatcher
 from serving.predict.credit import PredictCredit
@@ -61,7 +62,7 @@ API_DESCRIPTION = """Goshen's HTTP API. Authenticate with an API key in the `Aut
 `Authorization: Bearer gsk_...`. Errors are `application/problem+json` (RFC 9457)."""
 
 
-def build_state(settings: Settings, metrics: ApiMetrics) -> ApiState:
+def build_state(settings: Settings, metrics: ApiMetrics, streams: StreamHub) -> ApiState:
     """Open the databases (migrated, built-in models in place) and build the long-lived parts."""
     engine = make_engine(
         settings.resolved_database_url, timeout=settings.dependency_timeout_seconds
@@ -108,6 +109,7 @@ def build_state(settings: Settings, metrics: ApiMetrics) -> ApiState:
             else None
         ),
         rate_limits=RateLimits(settings),
+        streams=streams,
     )
 
 
@@ -148,13 +150,18 @@ def running(state: ApiState) -> Iterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    # Built with the app, not in its lifespan: the server tells it when it begins to stop.
+    streams = StreamHub()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = build_state(settings, metrics)
+        state = build_state(settings, metrics, streams)
         app.state.api = state  # read only by serving.http.dependencies.api_state
         with running(state):
-            yield
+            try:
+                yield
+            finally:
+                streams.begin_shutdown()  # a server that did not tell them (serving.server)
 
     app = FastAPI(
         title="Goshen",
@@ -201,4 +208,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # FastAPI would answer a text/plain body to a JSON route with 422s about its fields.
         app.include_router(router, dependencies=[Depends(json_bodies_only)])
     install_openapi(app)
+    app.state.streams = streams  # read by serving.server
     return app

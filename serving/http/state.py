@@ -13,6 +13,7 @@ from serving.catalog.cache import CatalogCache
 from serving.http.metrics import ApiMetrics
 from serving.http.principal_cache import PrincipalCache
 from serving.http.rate_limits import RateLimits
+from serving.http.streams import StreamHub
 from serving.jobs.effects import JobEffects
 from serving.jobs.watch import JobWatcher
 from serving.predict.credit import PredictCredit
@@ -39,3 +40,4 @@ class ApiState:
     usage: UsageRecorder
     predict_credit: PredictCredit | None  # None: billing is off
     rate_limits: RateLimits
+    streams: StreamHub  # open event streams, told to end when the server stops
