@@ -31,6 +31,7 @@ from goshen.storage import ArtifactStore
 from serving.jobs.events import add_event
 from serving.jobs.views import webhook_payload
 from serving.webhooks import outbox
+from serving.webhooks.payload import storable
 
 log = logging.getLogger(__name__)
 
@@ -105,4 +106,6 @@ class JobEffects:
         model = session.get(Model, job.model_id)
         assert model is not None, "catalog entries with jobs are never deleted (RESTRICT)"
         payload = webhook_payload(job, model.name, event, self.store, self.api_url)
-        outbox.enqueue_event(session, job, event, payload)
+        # Stored with the output's storage keys, not links: retries go on for hours, longer
+        # than a link lives, so each attempt signs its own (serving.webhooks.payload).
+        outbox.enqueue_event(session, job, event, storable(payload, job.output))

@@ -1,197 +1,161 @@
 """`goshen webhooks`: claims due outbox rows, posts them signed, and retries for hours.
 
-Claims are short transactions (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so several dispatchers
-share the outbox) that push `next_attempt_at` ahead by a lease: a crashed dispatcher's claims
-come back by themselves. Posting happens outside any transaction, to the address that passed the
-URL guard at that moment, and its outcome is written only if the claim is still ours.
+The dispatcher is one continuous loop over a bounded pool: whenever it has room (at most
+GOSHEN_WEBHOOK_CONCURRENCY attempts in flight, GOSHEN_WEBHOOK_CONCURRENCY_PER_RECEIVER to one
+receiver) it claims what is due, and it never waits for a batch to finish, so one slow receiver
+never delays another's deliveries. It wakes on a PostgreSQL NOTIFY, when an attempt ends, and at
+least every MAX_POLL_SECONDS, so a retry is picked up within about a second of falling due.
+Attempts run as asyncio tasks on one event loop, each under its own deadline
+(serving.webhooks.attempt); the database calls run in threads. Claims and outcomes are
+serving.webhooks.claims: crash-safe leases, outcomes written only while the claim is ours.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-import random
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-import httpx
-from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.config import Settings
-from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
-from goshen.db.models import DeliveryStatus, Job, User, WebhookDelivery, utcnow
+from goshen.db import make_engine, make_sessionmaker, migrate
+from goshen.db.models import utcnow
 from goshen.db.notifications import WEBHOOKS_CHANNEL, Listener
-from goshen.errors import InvalidInputError
-from serving.webhooks.outbox import canonical_body
-from serving.webhooks.signing import signature_headers, webhook_secret_for
-from serving.webhooks.url_guard import resolve_webhook_url
+from goshen.storage import ArtifactStore, make_store
+from serving.webhooks.attempt import AttemptResult, ClaimedDelivery, post_delivery
+from serving.webhooks.claims import claim_due, record_attempt
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# Svix / Standard Webhooks: after the first attempt, wait this long before each retry.
-RETRY_DELAYS_SECONDS = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
-RETRY_JITTER = 0.1
-MAX_ATTEMPTS = 1 + len(RETRY_DELAYS_SECONDS)
-# A receiver answering 410 Gone asks not to be sent this again (Standard Webhooks).
-GIVE_UP_STATUS_CODES = frozenset({410})
-MAX_RESPONSE_BYTES = 64 * 1024
+# The lease of a claim: the attempt's deadline plus this, for recording its outcome.
 CLAIM_MARGIN_SECONDS = 30.0
 BATCH_SIZE = 16
 STOP_CHECK_SECONDS = 0.5
-USER_AGENT = "Goshen-Webhooks/1"
+# The longest the dispatcher sleeps without looking for due rows: retries fall due by the
+# clock, and nothing notifies then.
+MAX_POLL_SECONDS = 1.0
+DATABASE_THREADS = 4
 
 
-@dataclass(frozen=True)
-class ClaimedDelivery:
-    """One attempt this dispatcher owns: what to send, where, and with which key."""
+class Dispatcher:
+    """The pool: attempts in flight, by receiver, on the running event loop."""
 
-    id: str
-    event_id: str
-    url: str
-    body: bytes
-    attempt: int
-    secret: str
+    def __init__(
+        self, factory: sessionmaker[Session], settings: Settings, store: ArtifactStore
+    ) -> None:
+        self.factory = factory
+        self.settings = settings
+        self.store = store
+        self.lease = timedelta(seconds=settings.webhook_timeout_seconds + CLAIM_MARGIN_SECONDS)
+        self.in_flight: dict[asyncio.Task[None], str] = {}
+        # Claims and outcomes on threads of their own: DNS lookups, which may hang past their
+        # deadline holding a thread, must never delay recording an outcome past its lease.
+        self.database = ThreadPoolExecutor(DATABASE_THREADS, thread_name_prefix="webhook-db")
 
+    async def in_database(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.database, call)
 
-@dataclass(frozen=True)
-class AttemptResult:
-    status_code: int | None
-    error: str | None
+    def close(self) -> None:
+        self.database.shutdown(wait=True)
 
     @property
-    def delivered(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
+    def room(self) -> int:
+        return self.settings.webhook_concurrency - len(self.in_flight)
 
-
-def retry_delay(attempt: int) -> float | None:
-    """Seconds to wait after failed attempt number `attempt` (from 1), or None to give up."""
-    if attempt >= MAX_ATTEMPTS:
-        return None
-    return RETRY_DELAYS_SECONDS[attempt - 1] * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
-
-
-def claim_due(
-    factory: sessionmaker[Session], *, now: datetime, lease: timedelta, limit: int
-) -> list[ClaimedDelivery]:
-    """Take up to `limit` due deliveries for one attempt each, in one short transaction."""
-    due = (
-        select(WebhookDelivery, Job.user_id)
-        .join(Job, Job.id == WebhookDelivery.job_id)
-        .where(
-            WebhookDelivery.status == DeliveryStatus.pending,
-            WebhookDelivery.next_attempt_at <= now,
+    async def claim(self, limit: int, now: datetime | None = None) -> list[ClaimedDelivery]:
+        """Due deliveries for up to `limit` more attempts, within every receiver's limit."""
+        claim = functools.partial(
+            claim_due,
+            self.factory,
+            now=now or utcnow(),
+            lease=self.lease,
+            limit=limit,
+            store=self.store,
+            busy=Counter(self.in_flight.values()),
+            per_receiver=self.settings.webhook_concurrency_per_receiver,
         )
-        .order_by(WebhookDelivery.next_attempt_at)
-        .limit(limit)
-        # PostgreSQL: dispatchers skip each other's rows. SQLite renders no FOR UPDATE; its
-        # transactions begin IMMEDIATE, which serializes claims.
-        .with_for_update(skip_locked=True, of=WebhookDelivery)
-    )
-    with session_scope(factory) as session:
-        claimed = []
-        for delivery, user_id in session.execute(due).all():
-            delivery.attempt += 1
-            delivery.next_attempt_at = now + lease
-            user = session.get_one(User, user_id)
-            claimed.append(
-                ClaimedDelivery(
-                    id=delivery.id,
-                    event_id=delivery.event_id,
-                    url=delivery.url,
-                    body=canonical_body(delivery.payload),
-                    attempt=delivery.attempt,
-                    secret=webhook_secret_for(session, user),
-                )
-            )
-    return claimed
+        return await self.in_database(claim)
+
+    def start(self, claim: ClaimedDelivery, at: datetime | None = None) -> asyncio.Task[None]:
+        task = asyncio.create_task(self.attempt(claim, at))
+        self.in_flight[task] = claim.receiver
+        task.add_done_callback(self.in_flight.pop)
+        return task
+
+    async def attempt(self, claim: ClaimedDelivery, at: datetime | None) -> None:
+        """Post, then record; a failure to record leaves the claim to expire and come back."""
+        started, clock = at or utcnow(), time.monotonic()
+        try:
+            result = await post_delivery(claim, self.settings, at=started)
+            finished = started + timedelta(seconds=time.monotonic() - clock)
+            record = functools.partial(record_attempt, self.factory, claim, result, at=finished)
+            await self.in_database(record)
+        except OperationalError as exc:
+            log.warning("webhook %s: outcome not recorded (%s); it is retried", claim.event_id, exc)
+            return
+        except Exception:  # one attempt's bug must not end the others; its claim comes back
+            log.exception("webhook %s attempt %d broke", claim.event_id, claim.attempt)
+            return
+        log.info("webhook %s attempt %d: %s", claim.event_id, claim.attempt, _summary(result))
+
+    async def run(self, listener: Listener, stop: threading.Event) -> None:
+        """Claim whenever there is room, until `stop`; then let the attempts in flight end."""
+        waiting = _Waiting(listener)
+        while not stop.is_set():
+            if self.room > 0:
+                try:
+                    for claim in await self.claim(self.room):
+                        self.start(claim)
+                except OperationalError as exc:
+                    log.warning("platform database unavailable, retrying: %s", exc)
+                except Exception:  # a row that cannot be claimed must not stop every delivery
+                    log.exception("could not claim due webhooks; retrying")
+            poll = min(self.settings.queue_poll_seconds, MAX_POLL_SECONDS)
+            await waiting.until_work(set(self.in_flight), poll, stop)
+        if self.in_flight:
+            await asyncio.wait(set(self.in_flight))
+        await waiting.finish()
 
 
-def post_delivery(claim: ClaimedDelivery, settings: Settings, *, at: datetime) -> AttemptResult:
-    """One signed POST, to the address the URL guard passed just now; never raises for HTTP."""
-    try:
-        target = resolve_webhook_url(claim.url, allow_loopback=settings.webhook_allow_loopback)
-    except InvalidInputError as exc:
-        return AttemptResult(None, str(exc))
-    headers = {
-        "Host": target.host_header,
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-        **signature_headers(claim.secret, claim.event_id, int(at.timestamp()), claim.body),
-    }
-    extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
-    deadline = time.monotonic() + settings.webhook_timeout_seconds
-    # A client per attempt: no pooled connection, verified for one name, is reused for another.
-    client = httpx.Client(
-        follow_redirects=False, timeout=settings.webhook_timeout_seconds, trust_env=False
-    )
-    try:
-        with (
-            client,
-            client.stream(
-                "POST",
-                target.connect_url,
-                content=claim.body,
-                headers=headers,
-                extensions=extensions,
-            ) as response,
-        ):
-            head = _read_bounded(response, deadline)
-    except httpx.HTTPError as exc:
-        return AttemptResult(None, f"{type(exc).__name__}: {str(exc) or 'no detail'}")
-    except TimeoutError:
-        return AttemptResult(None, "the response took longer than GOSHEN_WEBHOOK_TIMEOUT_SECONDS")
-    return _result(response, head)
+class _Waiting:
+    """Waits on the LISTEN connection in a thread, one wait at a time (it is not thread-safe)."""
 
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.pending: asyncio.Future[list[tuple[str, str]]] | None = None
 
-def _read_bounded(response: httpx.Response, deadline: float) -> bytes:
-    """At most MAX_RESPONSE_BYTES of the (still encoded) body, within the deadline."""
-    received = bytearray()
-    for chunk in response.iter_raw():
-        received += chunk
-        if len(received) >= MAX_RESPONSE_BYTES:
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError
-    return bytes(received[:MAX_RESPONSE_BYTES])
+    async def until_work(
+        self, attempts: set[asyncio.Task[None]], seconds: float, stop: threading.Event
+    ) -> None:
+        """Until a NOTIFY, an attempt ends (room), `stop`, or `seconds`, whichever is first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not stop.is_set() and (left := deadline - loop.time()) > 0:
+            if self.pending is None:
+                wait = self.listener.wait
+                self.pending = asyncio.ensure_future(asyncio.to_thread(wait, STOP_CHECK_SECONDS))
+            watched: set[asyncio.Future[Any]] = {self.pending, *attempts}
+            done, _ = await asyncio.wait(watched, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            if self.pending in done:
+                notified, self.pending = self.pending.result(), None
+                if notified:
+                    return
+            if done & attempts:
+                return
 
-
-def _result(response: httpx.Response, head: bytes) -> AttemptResult:
-    status = response.status_code
-    if 200 <= status < 300:
-        return AttemptResult(status, None)
-    if 300 <= status < 400:
-        location = response.headers.get("location", "nowhere")
-        return AttemptResult(status, f"HTTP {status} redirect to {location} (not followed)")
-    snippet = head[:200].decode("utf-8", "replace")
-    return AttemptResult(status, f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}")
-
-
-def record_attempt(
-    factory: sessionmaker[Session], claim: ClaimedDelivery, result: AttemptResult, *, at: datetime
-) -> None:
-    """Store an attempt's outcome and schedule what follows, unless the claim was lost."""
-    values: dict[str, object] = {"status_code": result.status_code, "last_error": result.error}
-    delay = None if result.status_code in GIVE_UP_STATUS_CODES else retry_delay(claim.attempt)
-    if result.delivered:
-        values |= {"status": DeliveryStatus.delivered, "delivered_at": at}
-    elif delay is None:
-        values |= {"status": DeliveryStatus.failed}
-    else:
-        values |= {"next_attempt_at": at + timedelta(seconds=delay)}
-    with session_scope(factory) as session:
-        session.execute(
-            update(WebhookDelivery)
-            .where(
-                WebhookDelivery.id == claim.id,
-                WebhookDelivery.attempt == claim.attempt,
-                WebhookDelivery.status == DeliveryStatus.pending,
-            )
-            .values(**values)
-        )
+    async def finish(self) -> None:
+        if self.pending is not None:
+            await self.pending
 
 
 def deliver_due(
@@ -200,24 +164,23 @@ def deliver_due(
     *,
     limit: int = BATCH_SIZE,
     now: datetime | None = None,
+    store: ArtifactStore | None = None,
 ) -> int:
-    """One pass: claim what is due at `now`, post it all concurrently, record; the count."""
+    """One pass: claim what is due at `now`, post it concurrently, record; the count claimed."""
     started = now or utcnow()
-    lease = timedelta(seconds=settings.webhook_timeout_seconds + CLAIM_MARGIN_SECONDS)
-    claims = claim_due(factory, now=started, lease=lease, limit=limit)
-    if not claims:
-        return 0
-    clock = time.monotonic()
 
-    def attempt(claim: ClaimedDelivery) -> None:
-        result = post_delivery(claim, settings, at=started)
-        finished = started + timedelta(seconds=time.monotonic() - clock)
-        record_attempt(factory, claim, result, at=finished)
-        log.info("webhook %s attempt %d: %s", claim.event_id, claim.attempt, _summary(result))
+    async def one_pass() -> int:
+        dispatcher = Dispatcher(factory, settings, store or make_store(settings))
+        try:
+            claims = await dispatcher.claim(limit, now=started)
+            tasks = [dispatcher.start(claim, at=started) for claim in claims]
+            if tasks:
+                await asyncio.wait(tasks)
+        finally:
+            dispatcher.close()
+        return len(claims)
 
-    with ThreadPoolExecutor(max_workers=len(claims), thread_name_prefix="webhook") as pool:
-        list(pool.map(attempt, claims))
-    return len(claims)
+    return asyncio.run(_with_threads(settings, one_pass()))
 
 
 def _summary(result: AttemptResult) -> str:
@@ -232,16 +195,12 @@ def run_dispatcher(settings: Settings, stop: threading.Event) -> int:
     listener = Listener(settings.resolved_database_url, (WEBHOOKS_CHANNEL,))
     try:
         migrate.upgrade(engine)
-        factory = make_sessionmaker(engine)
+        dispatcher = Dispatcher(make_sessionmaker(engine), settings, make_store(settings))
         log.info("webhook dispatcher ready")
-        while not stop.is_set():
-            try:
-                busy = deliver_due(factory, settings) == BATCH_SIZE
-            except OperationalError as exc:
-                log.warning("platform database unavailable, retrying: %s", exc)
-                busy = False
-            if not busy:
-                _wait_for_work(listener, settings.queue_poll_seconds, stop)
+        try:
+            asyncio.run(_with_threads(settings, dispatcher.run(listener, stop)))
+        finally:
+            dispatcher.close()
         log.info("webhook dispatcher stopped")
     finally:
         listener.close()
@@ -249,10 +208,11 @@ def run_dispatcher(settings: Settings, stop: threading.Event) -> int:
     return 0
 
 
-def _wait_for_work(listener: Listener, poll_seconds: float, stop: threading.Event) -> None:
-    """Until a webhook NOTIFY (PostgreSQL), `stop`, or the poll interval; in slices, so that a
-    stop request is seen within STOP_CHECK_SECONDS."""
-    deadline = time.monotonic() + poll_seconds
-    while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-        if listener.wait(min(left, STOP_CHECK_SECONDS)):
-            return
+async def _with_threads(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
+    """`work`, with a thread for the DNS lookup of every attempt in flight: the default executor
+    (a few threads on a small machine) would queue lookups behind each other, eating into their
+    deadlines."""
+    threads = settings.webhook_concurrency + 4
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook")
+    asyncio.get_running_loop().set_default_executor(executor)
+    return await work

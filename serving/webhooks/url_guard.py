@@ -1,6 +1,10 @@
 """The webhook URL guard (SSRF): URLs that resolve to private, loopback, link-local, multicast
 or reserved addresses, in any spelling, are refused at submit and again at every delivery; a
-delivery connects to the address that was checked."""
+delivery connects to the address that was checked.
+
+A refusal is permanent (a delivery ends at once) unless the host's name does not resolve now:
+a DNS outage or a record not yet published passes, so those are retried on the schedule.
+"""
 
 from __future__ import annotations
 
@@ -108,6 +112,15 @@ class WebhookTarget:
         return None if _ip_literal(host) is not None else host
 
 
+class WebhookUrlRefused(InvalidInputError):
+    """A webhook URL the guard refuses; `permanent` is False only for a name that does not
+    resolve now (retrying may succeed), True for everything about the URL or its addresses."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message, field="webhook")
+        self.permanent = permanent
+
+
 def check_webhook_url(url: str, *, allow_loopback: bool) -> None:
     """Refuse (InvalidInputError on `webhook`) a URL that is malformed or reaches a private host."""
     resolve_webhook_url(url, allow_loopback=allow_loopback)
@@ -159,12 +172,13 @@ def _addresses(host: str, port: int) -> list[IPAddress]:
     try:
         answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise _refused(f"its host {host} does not resolve ({exc}); check the name") from None
+        reason = f"its host {host} does not resolve ({exc}); check the name"
+        raise _refused(reason, permanent=False) from None
     # IPv4 and IPv6 socket addresses start with the address, a str.
     found = [answer[4][0] for answer in answers]
     addresses = list(dict.fromkeys(_normalized(ip) for ip in found if isinstance(ip, str)))
     if not addresses:
-        raise _refused(f"its host {host} resolves to no address")
+        raise _refused(f"its host {host} resolves to no address", permanent=False)
     return addresses
 
 
@@ -192,10 +206,10 @@ def _normalized(text_address: str) -> IPAddress:
     return address
 
 
-def _refused(reason: str) -> InvalidInputError:
+def _refused(reason: str, *, permanent: bool = True) -> WebhookUrlRefused:
     # The URL itself stays out of the message: webhook URLs often carry a token.
-    return InvalidInputError(
+    return WebhookUrlRefused(
         f"webhook URL refused: {reason}. Use a public http(s) URL whose host resolves only to "
         "public addresses",
-        field="webhook",
+        permanent=permanent,
     )

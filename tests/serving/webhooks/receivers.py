@@ -3,7 +3,11 @@ and a TLS context whose certificate names one host."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -101,3 +105,60 @@ def tls_receiver_context(tmp_path: Path, certified_name: str) -> tuple[str, ssl.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
     return str(tmp_path / "ca.pem"), context
+
+
+class DripReceiver:
+    """A raw-socket receiver that never finishes its answer: after reading a request it sends
+    `HTTP/1.1 200 OK`, `Content-Length: 0` and the start of an `X-Drip` header, then one more
+    byte of that header every `interval` seconds, up to `drops` bytes — every read of a
+    per-read timeout longer than `interval` gets something. `hung_up` is set (with the seconds
+    since the request arrived in `held_seconds`) once the client closes the connection."""
+
+    HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Drip: "
+
+    def __init__(self, interval: float = 1.5, drops: int = 12) -> None:
+        self.interval, self.drops = interval, drops
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.requested = threading.Event()
+        self.hung_up = threading.Event()
+        self.held_seconds: float | None = None
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # closed by close()
+            connection, _ = self.listener.accept()
+            with connection:
+                self._drip(connection)
+
+    def _drip(self, connection: socket.socket) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += connection.recv(65536)
+        self.requested.set()
+        started = time.monotonic()
+        connection.sendall(self.HEAD)
+        connection.settimeout(self.interval)
+        for _ in range(self.drops):
+            try:
+                if connection.recv(65536) == b"":  # rest of the body, then the client's close
+                    break
+                continue
+            except TimeoutError:
+                pass  # a quiet interval: drip one more byte
+            except OSError:
+                break  # reset by the client
+            try:
+                connection.sendall(b"x")
+            except OSError:
+                break
+        else:
+            return  # dripped to the end; the client never hung up
+        self.held_seconds = time.monotonic() - started
+        self.hung_up.set()

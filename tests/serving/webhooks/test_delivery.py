@@ -23,17 +23,17 @@ import pytest
 
 from goshen.config import Settings
 from goshen.db.models import DeliveryStatus
-from serving.webhooks.delivery import (
+from goshen.storage import make_store
+from serving.webhooks import delivery as dispatch
+from serving.webhooks.attempt import AttemptResult, ClaimedDelivery
+from serving.webhooks.claims import (
     MAX_ATTEMPTS,
     RETRY_DELAYS_SECONDS,
-    AttemptResult,
-    ClaimedDelivery,
     claim_due,
-    deliver_due,
     record_attempt,
     retry_delay,
-    run_dispatcher,
 )
+from serving.webhooks.delivery import deliver_due, run_dispatcher
 from serving.webhooks.outbox import canonical_body
 from serving.webhooks.signing import verify
 from serving.webhooks.url_guard import check_webhook_url
@@ -160,9 +160,9 @@ def test_a_slow_receiver_hits_the_timeout(
     deliver_due(sessions, hook_settings)
 
     assert time.monotonic() - started < 2.2  # the 1 s timeout, not the 2.5 s answer
-    delivery = delivery_of(sessions, job)
-    assert delivery.status == DeliveryStatus.pending and delivery.status_code is None
-    assert "Timeout" in (delivery.last_error or "")
+    stored = delivery_of(sessions, job)
+    assert stored.status == DeliveryStatus.pending and stored.status_code is None
+    assert "GOSHEN_WEBHOOK_TIMEOUT_SECONDS" in (stored.last_error or "")
 
 
 def test_the_retry_schedule_backs_off_for_hours() -> None:
@@ -204,10 +204,14 @@ def test_a_crashed_dispatchers_claim_comes_back_and_its_late_result_is_ignored(
     job = make_job(sessions, webhook="https://hooks.example.com/x")
     queue_event(sessions, job)
     now, lease = datetime.now(UTC), timedelta(seconds=40)
+    store = make_store(hook_settings)
 
-    (lost,) = claim_due(sessions, now=now, lease=lease, limit=10)
-    assert claim_due(sessions, now=now + timedelta(seconds=39), lease=lease, limit=10) == []
-    (again,) = claim_due(sessions, now=now + timedelta(seconds=41), lease=lease, limit=10)
+    def claim(at: datetime) -> list[ClaimedDelivery]:
+        return claim_due(sessions, now=at, lease=lease, limit=10, store=store)
+
+    (lost,) = claim(now)
+    assert claim(now + timedelta(seconds=39)) == []
+    (again,) = claim(now + timedelta(seconds=41))
     assert (lost.attempt, again.attempt) == (1, 2) and lost.event_id == again.event_id
     assert lost.body == again.body == canonical_body(PAYLOAD)
 
@@ -266,9 +270,11 @@ def test_a_name_that_rebinds_to_loopback_is_refused_at_delivery(
     deliver_due(sessions, with_settings(settings, webhook_timeout_seconds=1.0))
 
     assert receiver.received == []
-    delivery = delivery_of(sessions, job)
-    assert delivery.status == DeliveryStatus.pending and delivery.status_code is None
-    assert "127.0.0.1, a loopback address" in (delivery.last_error or "")
+    # A permanent refusal: the delivery ends after this one attempt, saying why.
+    stored = delivery_of(sessions, job)
+    assert stored.status == DeliveryStatus.failed and stored.status_code is None
+    assert stored.attempt == 1
+    assert "127.0.0.1, a loopback address" in (stored.last_error or "")
 
 
 @pytest.mark.parametrize(
@@ -306,10 +312,15 @@ def test_https_checks_the_urls_name_while_connecting_to_the_checked_address(
 
 
 def test_the_dispatcher_delivers_soon_after_commit_and_stops(
-    sessions: Sessions, hook_settings: Settings, receiver: Receiver, backend: str
+    sessions: Sessions,
+    hook_settings: Settings,
+    receiver: Receiver,
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # On PostgreSQL the poll is far longer than the test waits: only NOTIFY can wake it.
     poll = 30.0 if backend == "postgresql" else 0.1
+    monkeypatch.setattr(dispatch, "MAX_POLL_SECONDS", poll)
     dispatcher_settings = with_settings(hook_settings, queue_poll_seconds=poll)
     stop = threading.Event()
     dispatcher = threading.Thread(target=run_dispatcher, args=(dispatcher_settings, stop))
