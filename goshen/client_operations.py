@@ -129,7 +129,13 @@ class Operations:
     @operation
     def predict(self, model: str, inputs: dict[str, Any] | list[Any]) -> Steps[Prediction]:
         """Run an ONNX model on `inputs` (by input name, or the rows of its one input; nested
-        lists or anything with `.tolist()`, such as numpy arrays)."""
+        lists or anything with `.tolist()`, such as numpy arrays), or on a whole request body
+        `{"inputs": ...}` as the model's published examples are: `predict(name,
+        model.examples[0])` sends the example as it is."""
+        if isinstance(inputs, dict) and list(inputs) == ["inputs"]:
+            # A request body. Read as an input named `inputs` it would mean the same request:
+            # alone, it is the model's one input, which a bare list of rows also is.
+            inputs = inputs["inputs"]
         if isinstance(inputs, dict):
             inputs = {name: _listed(value) for name, value in inputs.items()}
         else:

@@ -9,6 +9,13 @@ from goshen.db.models import Model, ModelVersion
 from serving.schemas import AdminModelPublic, ModelPublic
 from serving.schemas.models import ModelVersionPublic
 
+# What a published `value_range` is: a hint, not a rule (README, "Running predictions").
+VALUE_RANGE_HINT = (
+    "value_range is a hint, not a rule: the values the model was made for (a table model's: "
+    "those seen in training). POST /v1/models/{name}/predict does not check it; values outside "
+    "it are answered as any others, with what the model makes of them."
+)
+
 
 def public_model(
     model: Model, *, viewer_id: str | None = None, live: ModelVersion | None = None
@@ -25,12 +32,39 @@ def public_model(
         live_version=catalog.serving_version(model),
         visibility=model.visibility,
         pricing={"unit": str(model.pricing_unit), "price_micros": model.price_micros},
-        input_schema=model.input_schema,
+        input_schema=with_range_hints(model.input_schema),
+        # Request bodies for POST /v1/models/{name}/predict ({"inputs": {...}}) for ONNX
+        # models, bodies for POST /v1/generate's `input` for generators, sent as they are.
         examples=model.examples,
         classes=model.classes,
         owned=owned,
         trained=trained_summary(live) if owned and live is not None else None,
     )
+
+
+def with_range_hints(schema: dict[str, Any]) -> dict[str, Any]:
+    """An ONNX signature's schema saying, on each tensor with a `value_range`, that /predict does
+    not check it (`value_range_checked: false`), and why (`value_range_note`). Said here, where
+    entries are shown, so that every entry says it, whenever its schema was recorded."""
+    ranged = False
+    marked: dict[str, Any] = dict(schema)
+    for key in ("inputs", "outputs"):
+        specs = schema.get(key)
+        if not isinstance(specs, list):
+            continue
+        marked[key] = [_range_marked(spec) for spec in specs]
+        ranged = ranged or any(_has_range(spec) for spec in specs)
+    if ranged:
+        marked["value_range_note"] = VALUE_RANGE_HINT
+    return marked
+
+
+def _has_range(spec: Any) -> bool:
+    return isinstance(spec, dict) and spec.get("value_range") is not None
+
+
+def _range_marked(spec: Any) -> Any:
+    return {**spec, "value_range_checked": False} if _has_range(spec) else spec
 
 
 def trained_summary(row: ModelVersion) -> dict[str, Any]:

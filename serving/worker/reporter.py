@@ -82,10 +82,6 @@ class BatchReporter:
         with self._lock:
             return [index for index in range(len(self.claims)) if index not in self.ended]
 
-    def _active(self) -> list[int]:
-        with self._lock:
-            return [index for index in range(len(self.claims)) if index not in self.stopped]
-
     def _check_deadlines(self) -> None:
         now = time.monotonic()
         with self._lock:
@@ -107,28 +103,40 @@ class BatchReporter:
             with self._lock:
                 for index in range(len(self.claims)):
                     self.stopped.setdefault(index, "released")
-        entries = self.take()
-        to_end = self._to_end()
+        entries, active, to_end = self._snapshot()
         with session_scope(self.context.factory) as session:
             if to_end:  # balances before jobs, as every transaction that ends jobs takes them
                 ledger.lock_balances(session, (self.claims[i].user_id for i, _ in to_end))
-            for index in self._active():
+            for index in active:
                 self._note(index, lease.report(session, self.claims[index], entries))
             for index, reason in to_end:
                 lease.report(session, self.claims[index], entries)
                 end_early(self.context, session, self.claims[index], reason)
-                with self._lock:
-                    self.ended.add(index)
+        # Ended only once committed: after a failed tick the next one (or the batch's last
+        # transaction) ends them, with the entries that came since.
+        with self._lock:
+            self.ended.update(index for index, _ in to_end)
         if time.monotonic() - self._last_heartbeat >= self.context.settings.job_lease_seconds / 3:
             self._heartbeat()
 
-    def _to_end(self) -> list[tuple[int, str]]:
+    def _snapshot(self) -> tuple[list[Entry], list[int], list[tuple[int, str]]]:
+        """The entries to write, the jobs that go on and the jobs to end, taken together.
+
+        Under one lock, so that each job is in exactly one of the two lists and gets the entries
+        at most once: a job the sampling thread stops meanwhile (its deadline) or that this tick
+        finds canceled is ended by the next tick with the entries that came after these, and its
+        progress never repeats or goes back. A tick that fails drops its entries rather than
+        risk writing them twice: a lost step is made good by the next one, a repeated one would
+        run backwards."""
         with self._lock:
-            return [
+            entries, self._entries = self._entries, []
+            to_end = [
                 (index, reason)
                 for index, reason in self.stopped.items()
                 if index not in self.ended and reason != "lost"
             ]
+            active = [index for index in range(len(self.claims)) if index not in self.stopped]
+        return entries, active, to_end
 
     def _heartbeat(self) -> None:
         lease_seconds = self.context.settings.job_lease_seconds
