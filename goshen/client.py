@@ -58,6 +58,7 @@ from goshen.client_http import (
 from goshen.client_models import TrainedModelCalls
 from goshen.client_ops import AdminOperationsCalls
 from goshen.client_retries import RetryPolicy, send
+from goshen.client_streams import reopening
 from goshen.client_sync import Goshen, JobHandle
 from goshen.client_types import (
     DoneEvent,
@@ -329,9 +330,10 @@ class GoshenClient(
     def job_events(
         self, job_id: str, last_event_id: int | None = None, *, deadline: float | None = None
     ) -> Iterator[JobEvent]:
-        """The job's server-sent events as they happen, until `done`; past the monotonic
+        """The job's server-sent events until `done` (client_streams.reopening); past the monotonic
         `deadline`, TimeoutError (or httpx.ReadTimeout while no event comes)."""
-        return self._job_events(job_id, last_event_id, deadline)
+        opened = lambda after: self._job_events(job_id, after, deadline)  # noqa: E731
+        return reopening(opened, last_event_id, self.retries)
 
     def _job_events(
         self, job_id: str, last_event_id: int | None, deadline: float | None

@@ -19,6 +19,8 @@ from goshen.client_http import (
     _until,
     _without_none,
 )
+from goshen.client_retries import RetryPolicy
+from goshen.client_streams import reopening
 
 # A training job's log stream carries its lines as plain text, not JSON.
 LOG_EVENTS = ("log",)
@@ -30,6 +32,7 @@ class _Calls(Protocol):
     """What these calls need of the client that inherits them."""
 
     _http: httpx.Client
+    retries: RetryPolicy
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any: ...
 
@@ -74,8 +77,10 @@ class TrainedModelCalls:
     ) -> Iterator[JobEvent]:
         """The job's server-sent events as they happen, until `done`: `log` (`{"message": line}`)
         per line of its log, `status` on changes, `done` (`{"status": ...}`) when it ends.
-        `last_event_id` resumes after the events already seen."""
-        return _training_events(self, job_id, last_event_id, deadline=None)
+        `last_event_id` resumes after the events already seen; a stream the server ends because
+        it is stopping is opened again (client_streams.reopening)."""
+        opened = lambda after: _training_events(self, job_id, after, deadline=None)  # noqa: E731
+        return reopening(opened, last_event_id, self.retries)
 
     def wait_for_training_job(
         self: _Calls,
@@ -89,7 +94,8 @@ class TrainedModelCalls:
         deadline = None if timeout is None else time.monotonic() + timeout
         last_event_id = None
         while True:  # a stream a proxy cut short is followed on from the last event seen
-            for event in _training_events(self, job_id, last_event_id, deadline):
+            opened = lambda after: _training_events(self, job_id, after, deadline)  # noqa: E731
+            for event in reopening(opened, last_event_id, self.retries):
                 last_event_id = event.id
                 if event.kind == "log" and on_log is not None:
                     on_log(event.data["message"])

@@ -2,14 +2,24 @@
 `training_logs`, a training job's log): each event typed as it is read, and a stream that was
 cut opened again from the last event seen (`Last-Event-ID`), so that no event is lost and none
 comes twice. Imports only httpx, pydantic and the standard library.
+
+Two events end a stream from the server's side and never reach the caller: `shutdown` (that API
+process is stopping: the stream is opened again, on whichever process answers, after the last
+event seen, as after a cut) and `unauthorized` (the key was revoked or its user disabled while
+the stream was open: `Unauthorized` is raised).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import closing
 from typing import Any, Protocol, TypeVar
 
+import httpx
+
+from goshen.client_errors import Unauthorized
+from goshen.client_http import JobEvent
 from goshen.client_retries import RetryPolicy
 from goshen.client_types import ENDED, DoneEvent, Event, event_of
 
@@ -22,6 +32,28 @@ class _Numbered(Protocol):
 E = TypeVar("E", bound=_Numbered)
 # Keep-alives come every 15 s: a stream silent for longer than this is taken as lost.
 STREAM_READ_TIMEOUT_SECONDS = 60.0
+SHUTDOWN_EVENT = "shutdown"
+UNAUTHORIZED_EVENT = "unauthorized"
+
+
+# Streams a server may end with `shutdown` in a row, with no event between, before the client
+# gives up (with the backoff, a few minutes: longer than any rolling restart).
+MAX_SERVER_ENDS = 20
+
+
+class ServerEndedStream(httpx.RemoteProtocolError):
+    """The server ended the stream with `shutdown`: a cut like any other (the stream is opened
+    again after the last event seen, without asking whether the object ended meanwhile), but
+    one that never counts against the retries: a rolling restart may end it several times."""
+
+
+def server_ended(kind: str, data: dict[str, Any]) -> bool:
+    """Whether an event of `kind` is the server ending the stream for it to be opened again
+    (`shutdown`); raises Unauthorized for `unauthorized`, whose stream will not open again."""
+    if kind == UNAUTHORIZED_EVENT:
+        detail = data.get("detail") or "the API key no longer works"
+        raise Unauthorized(401, {"title": "Unauthorized", "status": 401, "detail": detail})
+    return kind == SHUTDOWN_EVENT
 
 
 class EventParser:
@@ -44,10 +76,11 @@ class EventParser:
             self._data.append(line[5:].removeprefix(" "))
         elif not line and self._data:
             text = "\n".join(self._data)
-            data = {"message": text} if self._kind in self._text_kinds else json.loads(text)
-            event = event_of(self._id, self._kind, data)
-            self._kind, self._data = "message", []
-            return event
+            kind, self._kind, self._data = self._kind, "message", []
+            data = {"message": text} if kind in self._text_kinds else json.loads(text)
+            if server_ended(kind, data):
+                raise ServerEndedStream(str(data.get("detail") or "the API process is stopping"))
+            return event_of(self._id, kind, data)
         return None
 
 
@@ -87,7 +120,11 @@ class Resumption:
         (`error`: how it broke; None: it was closed). Raises `error` once the stream has
         broken more than `max_retries` times in a row with no event between."""
         self._cuts += 1
-        if error is not None and self._cuts > self._policy.max_retries:
+        # A shutdown is no failure (a rolling restart ends streams several times), but a server
+        # that does nothing else, MAX_SERVER_ENDS times in a row, is not coming back.
+        ended = isinstance(error, ServerEndedStream)
+        limit = MAX_SERVER_ENDS if ended else self._policy.max_retries
+        if error is not None and self._cuts > limit:
             raise error
         return self._policy.backoff(min(self._cuts - 1, 6))
 
@@ -108,3 +145,27 @@ def job_events(job_id: str, last_event_id: int | None, policy: RetryPolicy) -> R
 def training_log(job_id: str, last_event_id: int | None, policy: RetryPolicy) -> Resumption:
     path = f"/v1/training-jobs/{job_id}"
     return Resumption(f"{path}/logs", path, last_event_id, policy, text_kinds=("log",))
+
+
+def reopening(
+    opened: Callable[[int | None], Iterator[JobEvent]],
+    last_event_id: int | None,
+    policy: RetryPolicy,
+) -> Iterator[JobEvent]:
+    """The events of the stream `opened(last_event_id)`, opened again after the last event seen
+    when the server ends it with `shutdown` (after a short pause: the next process may still be
+    starting); `unauthorized` raises Unauthorized. Other ends are the caller's to judge."""
+    reopened = 0  # times in a row the server ended the stream with no event between
+    while True:
+        with closing(opened(last_event_id)) as events:  # type: ignore[type-var]
+            for event in events:
+                if server_ended(event.kind, event.data):
+                    break
+                last_event_id, reopened = event.id, 0
+                yield event
+            else:
+                return
+        reopened += 1
+        if reopened > MAX_SERVER_ENDS:
+            raise ServerEndedStream(f"the server ended the stream {reopened} times in a row")
+        policy.sleep(policy.backoff(min(reopened - 1, 6)))

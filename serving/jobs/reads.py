@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from goshen.db.models import Job, JobEvent
+from serving.http.streams import StreamHub
 from serving.jobs.transitions import TERMINAL
 from serving.jobs.watch import JobWatcher
 
@@ -37,13 +41,27 @@ def events_after(reads: sessionmaker[Session], job_id: str, after: int) -> list[
 
 
 async def wait_until_done(
-    reads: sessionmaker[Session], watcher: JobWatcher, job_id: str, deadline: float
+    reads: sessionmaker[Session],
+    watcher: JobWatcher,
+    job_id: str,
+    deadline: float,
+    hub: StreamHub | None = None,
 ) -> None:
-    """Return once the job has ended or the monotonic `deadline` has passed."""
-    with watcher.watching(job_id) as waiter:
+    """Return once the job has ended, the monotonic `deadline` has passed, or (with `hub`) the
+    server begins to stop: the caller then answers with the job as it is, at once."""
+    with watcher.watching(job_id) as waiter, _stopping_wakes(hub, waiter.event):
         while True:
             job = await run_in_threadpool(load_job, reads, job_id)
             remaining = deadline - time.monotonic()
-            if job.status in TERMINAL or remaining <= 0:
+            if job.status in TERMINAL or remaining <= 0 or (hub is not None and hub.closing):
                 return
             await waiter.changed(remaining)
+
+
+@contextmanager
+def _stopping_wakes(hub: StreamHub | None, event: asyncio.Event) -> Iterator[None]:
+    if hub is None:
+        yield
+        return
+    with hub.open(event.set):
+        yield

@@ -3,15 +3,18 @@ cancel."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 
 from goshen import training
 from goshen.accounts import Principal
@@ -19,16 +22,19 @@ from goshen.billing import training_charges
 from goshen.config import Settings
 from goshen.db.models import TrainingJob
 from goshen.registry_rest import shown
-from serving.http.dependencies import ReadSessionsDep, SessionDep, SettingsDep, require_scope
+from serving.http.dependencies import ApiStateDep, SessionDep, SettingsDep, require_scope
 from serving.http.headers import LastEventId
 from serving.http.openapi import problem_response
 from serving.http.pagination import Cursor, Limit, Page, paginate
 from serving.http.paths import TrainingJobId
+from serving.http.streams import KeyCheck, StreamGuard, bearer_key
+from serving.jobs.watch import wait_for_event
 from serving.schemas.training import TrainingJobCreate, TrainingJobLinks, TrainingJobPublic
 
 router = APIRouter(prefix="/v1/training-jobs", tags=["training"])
 TrainingPrincipal = Annotated[Principal, Depends(require_scope("training"))]
-LOG_POLL_SECONDS = 0.5
+# No notification announces new log lines: an open log stream reads the job this often.
+LOG_POLL_SECONDS = 1.0
 KEEPALIVE_SECONDS = 15.0
 
 
@@ -143,47 +149,68 @@ def cancel_training_job(
 )
 def stream_training_logs(
     job_id: TrainingJobId,
+    request: Request,
     principal: TrainingPrincipal,
     session: SessionDep,
-    reads: ReadSessionsDep,
+    state: ApiStateDep,
     last_event_id: LastEventId = None,
 ) -> StreamingResponse:
     """Server-sent events: `log` per line, `status` on changes, `done` when the job ends.
 
     Each event's id is the log offset after it, so a client resuming with `Last-Event-ID`
-    gets only the lines it missed.
+    gets only the lines it missed. A stream may also end with `shutdown` (reconnect with
+    `Last-Event-ID`) or `unauthorized` (the key was revoked or its user disabled meanwhile).
     """
     training.get_owned(session, job_id, principal.user.id)
     session.close()  # the stream polls with short sessions of its own
-    events = _log_events(reads, job_id, last_event_id or 0)
+    key = KeyCheck(state.principals, state.read_sessions, bearer_key(request), principal)
+    guard = StreamGuard(state.streams, key)
+    events = _log_events(state.read_sessions, guard, job_id, last_event_id or 0)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
-def _log_events(factory: sessionmaker[Session], job_id: str, offset: int) -> Iterator[str]:
+def _read_log(factory: sessionmaker[Session], job_id: str) -> tuple[str, str, bool]:
+    """The job's log, status, and whether it has ended, in a short session of its own."""
+    with factory() as session:
+        job = session.get(TrainingJob, job_id)
+        assert job is not None, "training jobs are never deleted while streamed"
+        return job.logs, str(job.status), job.status in training.TERMINAL
+
+
+async def _log_events(
+    factory: sessionmaker[Session], guard: StreamGuard, job_id: str, offset: int
+) -> AsyncIterator[str]:
+    """Async, so that an open stream holds no worker thread between its reads."""
     status = None
     last_sent = time.monotonic()
-    while True:
-        with factory() as session:
-            job = session.get(TrainingJob, job_id)
-            assert job is not None, "training jobs are never deleted while streamed"
-            logs, current, terminal = job.logs, job.status, job.status in training.TERMINAL
-        for line in logs[offset:].splitlines(keepends=True):
-            if not line.endswith("\n"):
-                break  # a line still being written; send it whole next time
-            offset += len(line)
-            yield _event("log", line.rstrip("\n"), offset)
-            last_sent = time.monotonic()
-        if current != status:
-            status = current
-            yield _event("status", json.dumps({"status": str(current)}), offset)
-        if terminal:
-            yield _event("done", json.dumps({"status": str(current)}), offset)
-            return
-        if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
-            yield ": keep-alive\n\n"
-            last_sent = time.monotonic()
-        time.sleep(LOG_POLL_SECONDS)
+    woken = asyncio.Event()
+    read_at = 0.0
+    with guard.open(woken.set):
+        while True:
+            if (final := guard.final_event()) is not None:
+                yield final
+                return
+            if time.monotonic() - read_at >= LOG_POLL_SECONDS:
+                read_at = time.monotonic()
+                logs, current, terminal = await run_in_threadpool(_read_log, factory, job_id)
+                for line in logs[offset:].splitlines(keepends=True):
+                    if not line.endswith("\n"):
+                        break  # a line still being written; send it whole next time
+                    offset += len(line)
+                    yield _event("log", line.rstrip("\n"), offset)
+                    last_sent = time.monotonic()
+                if current != status:
+                    status = current
+                    yield _event("status", json.dumps({"status": current}), offset)
+                if terminal:
+                    yield _event("done", json.dumps({"status": current}), offset)
+                    return
+            if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
+                yield ": keep-alive\n\n"
+                last_sent = time.monotonic()
+            await wait_for_event(woken, max(read_at + LOG_POLL_SECONDS - time.monotonic(), 0.0))
+            woken.clear()
 
 
 def _event(name: str, data: str, event_id: int) -> str:
