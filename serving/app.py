@@ -19,6 +19,7 @@ from serving.catalog.cache import CatalogCache
 from serving.catalog.registry_sync import RegistrySync
 from serving.http.body_limit import BodySizeLimit
 from serving.http.content_type import json_bodies_only
+from serving.http.inflight import Lanes
 from serving.http.metrics import ApiMetrics, install_metrics
 from serving.http.openapi import install_openapi
 from serving.http.principal_cache import PrincipalCache
@@ -110,6 +111,7 @@ def build_state(settings: Settings, metrics: ApiMetrics, streams: StreamHub) -> 
         ),
         rate_limits=RateLimits(settings),
         streams=streams,
+        lanes=Lanes.build(settings.max_requests_in_flight_per_account),
     )
 
 

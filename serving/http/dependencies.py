@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Annotated, TypeVar, cast
 
 from fastapi import Depends, HTTPException, Request
@@ -18,8 +18,10 @@ from goshen.db import session_scope
 from goshen.db.models import utcnow
 from goshen.storage import ArtifactStore
 from serving.catalog.cache import CatalogCache
+from serving.http.inflight import Lanes, hold_in_flight
 from serving.http.principal_cache import PrincipalCache
 from serving.http.state import ApiState
+from serving.http.streams import StreamHub
 from serving.jobs.effects import JobEffects
 from serving.jobs.watch import JobWatcher
 
@@ -69,6 +71,11 @@ JobWatcherDep = Annotated[JobWatcher, Depends(_part(lambda state: state.job_watc
 JobEffectsDep = Annotated[JobEffects, Depends(_part(lambda state: state.job_effects))]
 
 
+StreamsDep = Annotated[StreamHub, Depends(_part(lambda state: state.streams))]
+# The app's in-flight counts and submission turns per account, and its hot-read threads.
+LanesDep = Annotated[Lanes, Depends(_part(lambda state: state.lanes))]
+
+
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
@@ -76,21 +83,31 @@ def _unauthorized(detail: str) -> HTTPException:
 async def get_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
+) -> AsyncIterator[Principal]:
     """The caller, from the `Authorization: Bearer` header (the only place a key is accepted).
 
     Cached in memory (serving.http.principal_cache: a revocation anywhere drops the cache before the
     next request), else read through the read-only engine, so authentication never waits for
     the write lock; the once-a-minute last_used_at is a write of its own. Async, so a cached
-    key costs no hop to a worker thread. The request then counts against the key's rate limit
-    for its route's class (serving.http.rate_limits).
+    key costs no hop to a worker thread. The request then holds one of its account's slots
+    (serving.http.inflight; 429 when they are taken) until the route's function returns (the
+    dependency's scope is "function": an event stream gives its slot back before it streams),
+    and counts against the key's rate limit for its route's class (serving.http.rate_limits).
     """
     if credentials is None:
         raise _unauthorized("missing API key: send `Authorization: Bearer gsk_...`")
     principal = await principal_for(request, credentials.credentials)
-    counted_as = route_class(request.method, request.scope["path"])
-    await api_state(request).rate_limits.admit(request.scope, principal.key.id, counted_as)
-    return principal
+    release = hold_in_flight(request.scope, api_state(request).lanes.in_flight, principal.user.id)
+    try:
+        counted_as = route_class(request.method, request.scope["path"])
+        await api_state(request).rate_limits.admit(request.scope, principal.key.id, counted_as)
+        yield principal
+    finally:
+        release()
+
+
+# Every route's principal: the slot it holds is given back when the route's function returns.
+_Principal = Annotated[Principal, Depends(get_principal, scope="function")]
 
 
 async def authenticate(request: Request, scope: str, counted_as: RouteClass) -> Principal:
@@ -153,7 +170,7 @@ def _touch(request: Request, key_id: str) -> None:
 
 
 def require_any_scope(*scopes: str) -> Callable[[Principal], Awaitable[Principal]]:
-    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def check(principal: _Principal) -> Principal:
         if not any(principal.has_scope(scope) for scope in scopes):
             wanted = " or ".join(f"'{scope}'" for scope in scopes)
             raise HTTPException(403, f"this API key lacks the {wanted} scope")
@@ -167,12 +184,12 @@ def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
     return require_any_scope(scope)
 
 
-async def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def require_admin(principal: _Principal) -> Principal:
     if not principal.is_admin:
         raise HTTPException(403, "admin routes need an admin user's key with the 'admin' scope")
     return principal
 
 
-CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+CurrentPrincipal = _Principal
 KeysPrincipal = Annotated[Principal, Depends(require_scope("keys"))]
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]

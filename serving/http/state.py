@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from goshen.config import Settings
 from goshen.storage import ArtifactStore
 from serving.catalog.cache import CatalogCache
+from serving.http.inflight import Lanes
 from serving.http.metrics import ApiMetrics
 from serving.http.principal_cache import PrincipalCache
 from serving.http.rate_limits import RateLimits
@@ -41,3 +42,4 @@ class ApiState:
     predict_credit: PredictCredit | None  # None: billing is off
     rate_limits: RateLimits
     streams: StreamHub  # open event streams, told to end when the server stops
+    lanes: Lanes  # requests in flight per account, submission turns, hot-read threads

@@ -5,19 +5,22 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from goshen.accounts import Principal
 from serving.http.dependencies import (
     JobWatcherDep,
+    LanesDep,
     ReadSessionsDep,
     SessionDep,
     SettingsDep,
     StoreDep,
+    StreamsDep,
     require_scope,
 )
 from serving.http.headers import IDEMPOTENCY_KEY_PATTERN, PreferHeader, wait_seconds
+from serving.http.inflight import end_in_flight
 from serving.http.openapi import problem_response
 from serving.jobs.reads import load_job, wait_until_done
 from serving.jobs.submit import submit
@@ -41,18 +44,24 @@ GeneratePrincipal = Annotated[Principal, Depends(require_scope("generate"))]
         404: {"description": "no such model, or not one this key may call"},
         409: {"description": "the model takes no jobs now (no live version, disabled, failed)"},
         422: {"description": "a field or an input value is wrong; `errors` names each"},
-        429: {"description": "this account has the most queued and running jobs it may have"},
+        429: {
+            "description": "this account has the most queued and running jobs it may have, or "
+            "the most requests in progress at once (GOSHEN_MAX_REQUESTS_IN_FLIGHT_PER_ACCOUNT)"
+        },
     },
 )
 async def generate(
     body: JobCreate,
+    request: Request,
     response: Response,
     principal: GeneratePrincipal,
+    lanes: LanesDep,
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
     reads: ReadSessionsDep,
     watcher: JobWatcherDep,
+    streams: StreamsDep,
     prefer: PreferHeader = None,
     idempotency_key: Annotated[
         str | None,
@@ -69,18 +78,22 @@ async def generate(
     """
     started = time.monotonic()
     wait = wait_seconds(prefer)
-    submission = await run_in_threadpool(
-        submit,
-        session,
-        principal,
-        body,
-        settings,
-        idempotency_key=idempotency_key,
-        interactive=wait is not None,
-    )
+    # The account's submissions go one at a time through its row lock (serving.jobs.submit):
+    # in this process they wait for their turn here, holding no thread.
+    async with lanes.submissions.turn(principal.user.id):
+        submission = await run_in_threadpool(
+            submit,
+            session,
+            principal,
+            body,
+            settings,
+            idempotency_key=idempotency_key,
+            interactive=wait is not None,
+        )
     job = submission.job
     if wait is not None:
-        await wait_until_done(reads, watcher, job.id, started + wait)
+        end_in_flight(request)  # waiting holds no thread: it takes none of the account's slots
+        await wait_until_done(reads, watcher, job.id, started + wait, streams)
         job = await run_in_threadpool(load_job, reads, job.id)
         response.headers["Preference-Applied"] = f"wait={wait}"
     if submission.replayed:

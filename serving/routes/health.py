@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
@@ -53,8 +56,12 @@ class Readiness(BaseModel):
     checks: ReadinessChecks
 
 
+# /healthz and /readyz are async and take no thread of the shared pool, so that they answer
+# while another account's burst holds its threads (readiness checks run in threads of their own).
+
+
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     """The process is up and serving."""
     return {"status": "ok"}
 
@@ -64,7 +71,7 @@ def healthz() -> dict[str, str]:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "a required check failed"}},
 )
-def readyz(state: ApiStateDep) -> JSONResponse:
+async def readyz(state: ApiStateDep) -> JSONResponse:
     """Ready for traffic (200) or not (503), with each check and what failed.
 
     Required: the database, the artifact store, and the served catalog (the first reconcile
@@ -76,7 +83,7 @@ def readyz(state: ApiStateDep) -> JSONResponse:
     checks run at once, each
     bounded by GOSHEN_DEPENDENCY_TIMEOUT_SECONDS, so this answers within about that long.
     """
-    checks = _checks(state)
+    checks = await _checks(state)
     required = (checks.database, checks.storage, checks.models)
     if not all(check.ok for check in required):
         status: Literal["ok", "degraded", "unavailable"] = "unavailable"
@@ -89,7 +96,7 @@ def readyz(state: ApiStateDep) -> JSONResponse:
     )
 
 
-def _checks(state: ApiState) -> ReadinessChecks:
+async def _checks(state: ApiState) -> ReadinessChecks:
     """Every check, run at once; one that has not answered by the deadline failed."""
     settings = state.settings
     timeout = settings.dependency_timeout_seconds
@@ -103,7 +110,7 @@ def _checks(state: ApiState) -> ReadinessChecks:
         ("models", models), lambda: catalog_check(state.read_sessions, models, timeout), 0
     )
     pending: list[Future[Any]] = [database, storage, mlflow, catalog]
-    wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+    await _wait(pending, timeout=max(0.0, deadline - time.monotonic()))
     late = f"did not answer within {timeout:g} s"
     return ReadinessChecks(
         database=_result(database, f"the database {late}"),
@@ -111,6 +118,33 @@ def _checks(state: ApiState) -> ReadinessChecks:
         registry=_result(mlflow, f"the MLflow registry {late}"),
         models=catalog.result() if catalog.done() else _late_catalog(models, late),
     )
+
+
+async def _wait(checks: list[Future[Any]], timeout: float) -> None:
+    """Until every check has answered or `timeout` passed, without blocking the event loop.
+
+    The checks' futures are shared with other probes, so they are only watched, never wrapped
+    (`asyncio.wrap_future` would cancel a shared check when this probe's wait is cancelled).
+    """
+    loop = asyncio.get_running_loop()
+    answered: list[asyncio.Future[None]] = []
+    for check in checks:
+        done: asyncio.Future[None] = loop.create_future()
+        check.add_done_callback(functools.partial(_tell, loop, done))
+        answered.append(done)
+    await asyncio.wait(answered, timeout=timeout)
+
+
+def _tell(loop: asyncio.AbstractEventLoop, done: asyncio.Future[None], _: Future[Any]) -> None:
+    """Called in the check's thread when it answered: wake the probe on its loop."""
+    # A check that answers after the server stopped has no probe left to tell.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_set_done, done)
+
+
+def _set_done(done: asyncio.Future[None]) -> None:
+    if not done.done():  # its probe may have stopped waiting
+        done.set_result(None)
 
 
 def _late_catalog(models: PredictModels, late: str) -> CatalogCheck:
@@ -214,4 +248,4 @@ _recent = _RecentChecks()
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(state: ApiStateDep) -> Response:
-    return state.metrics.render()
+    return state.metrics.render(state.read_sessions)
