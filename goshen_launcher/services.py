@@ -74,12 +74,11 @@ def platform_services(settings: Settings) -> list[Service]:
 
 
 def _api(settings: Settings) -> Service:
+    # `goshen api`, not bare uvicorn: on SIGTERM it ends its event streams and stops within the
+    # grace period `goshen up` waits. Its host and port reach it with every other setting.
     return Service(
         name="api",
-        argv=(
-            *(sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory"),
-            *("--host", settings.host, "--port", str(settings.api_port)),
-        ),
+        argv=(sys.executable, "-m", "goshen_launcher.cli", "api"),
         health_url=f"{settings.local_url(settings.api_port)}/healthz",
         port_setting=f"{ENV_PREFIX}API_PORT",
         port=settings.api_port,

@@ -1,0 +1,227 @@
+"""`goshen api`: the API on uvicorn, with what a server that faces its clients needs.
+
+- **SIGTERM stops it within GOSHEN_SHUTDOWN_GRACE_SECONDS.** Event streams can stay open for
+  hours, and uvicorn waits for open responses before it stops; so the first thing the server
+  does when it begins to stop is tell every open stream to end (`StreamHub.begin_shutdown`: each
+  sends a `shutdown` event and closes, and its client resumes with `Last-Event-ID` on another
+  process). Requests in progress then get most of the grace period (uvicorn's graceful-shutdown
+  timeout, whole seconds); the app's own shutdown (background threads, databases) the rest.
+- **A client must send a request's headers within GOSHEN_API_HEADER_TIMEOUT_SECONDS** of opening
+  the connection, or of the first byte of its next request on a kept-alive one (uvicorn's
+  keep-alive timeout bounds the wait between requests); otherwise it gets a 408 and the
+  connection is closed. uvicorn has no such timeout, so a client sending a byte a second would
+  hold its connection as long as it liked.
+- **One client address holds at most GOSHEN_API_MAX_CONNECTIONS_PER_CLIENT connections**; more
+  are closed as soon as they open. The address is the TCP peer's: behind a proxy or load
+  balancer every connection comes from the proxy, so the cap protects an API exposed directly,
+  and behind a proxy the proxy's own limits are the ones that count (set the cap above what the
+  proxy opens).
+
+Both limits live in an h11 protocol of our own (uvicorn would pick httptools when installed).
+`uvicorn serving.app:create_app --factory` serves the same app without these protections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import signal
+import socket
+from collections import Counter
+from types import FrameType
+from typing import Any
+
+import h11
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
+
+from goshen.config import Settings
+from serving.app import create_app
+from serving.http.problems import PROBLEM_JSON, Problem
+from serving.http.streams import StreamHub
+
+log = logging.getLogger(__name__)
+
+# The share of the grace period requests in progress get; the app's shutdown has the rest.
+REQUESTS_SHARE_OF_GRACE = 0.75
+
+
+def serve(settings: Settings) -> int:
+    """Serve the API until SIGTERM or Ctrl-C; the exit status (0 stopped, 130 interrupted)."""
+    app = create_app(settings)
+    server = ApiServer(api_config(app, settings), app.state.streams)
+    server.run()
+    return 130 if signal.SIGINT in server.stop_signals else 0
+
+
+def api_config(app: FastAPI, settings: Settings) -> ApiConfig:
+    """uvicorn's settings for `app` under Goshen's: address, log level, shutdown and limits."""
+    return ApiConfig(
+        app,
+        host=settings.host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=graceful_shutdown_seconds(settings.shutdown_grace_seconds),
+        header_timeout=settings.api_header_timeout_seconds,
+        max_connections_per_client=settings.api_max_connections_per_client,
+    )
+
+
+def graceful_shutdown_seconds(grace: float) -> int:
+    """How long requests in progress may run after SIGTERM (uvicorn's setting is typed as whole
+    seconds)."""
+    return max(1, math.floor(grace * REQUESTS_SHARE_OF_GRACE))
+
+
+class ClientConnections:
+    """Open connections by client address, capped: one server's count, shared by its
+    connections (all on the event loop's thread)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._open: Counter[str] = Counter()
+        self._refusing: set[str] = set()
+
+    def admit(self, address: str) -> bool:
+        """Count a new connection from `address`; False (not counted) if it is at the cap."""
+        if self._open[address] >= self.cap:
+            if address not in self._refusing:  # once per episode: a flood must not flood the log
+                self._refusing.add(address)
+                log.warning(
+                    "%s holds %d connections, GOSHEN_API_MAX_CONNECTIONS_PER_CLIENT: closing "
+                    "its new ones until some close",
+                    address,
+                    self.cap,
+                )
+            return False
+        self._open[address] += 1
+        return True
+
+    def release(self, address: str) -> None:
+        self._open[address] -= 1
+        if self._open[address] <= 0:
+            del self._open[address]
+        self._refusing.discard(address)
+
+
+class ApiConfig(uvicorn.Config):
+    """uvicorn's Config, on GuardedH11Protocol, carrying the limits that protocol enforces."""
+
+    def __init__(
+        self, app: Any, *, header_timeout: float, max_connections_per_client: int, **options: Any
+    ) -> None:
+        # No WebSocket routes: an upgraded connection would leave the protocol and its count.
+        super().__init__(app, http=GuardedH11Protocol, ws="none", **options)
+        self.header_timeout = header_timeout
+        self.clients = ClientConnections(max_connections_per_client)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers and a cap on the
+    connections per client address (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        assert isinstance(config, ApiConfig), "GuardedH11Protocol serves an ApiConfig"
+        self.header_timeout = config.header_timeout
+        self.clients = config.clients
+        self.counted_as: str | None = None
+        self.header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        address = self.client[0] if self.client else None  # None on a Unix socket: not capped
+        if address is not None:
+            if not self.clients.admit(address):
+                self.transport.close()
+                return
+            self.counted_as = address
+        self._start_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_deadline()
+        if self.counted_as is not None:
+            self.clients.release(self.counted_as)
+            self.counted_as = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            # The first bytes of a request on a kept-alive connection start its deadline (on a
+            # new connection it has been running since it opened).
+            self._start_header_deadline()
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._cancel_header_deadline()  # the headers are in (or the request was refused)
+
+    def _start_header_deadline(self) -> None:
+        if self.header_deadline is None:
+            self.header_deadline = self.loop.call_later(
+                self.header_timeout, self._headers_timed_out
+            )
+
+    def _cancel_header_deadline(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def _headers_timed_out(self) -> None:
+        self.header_deadline = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if self.conn.our_state is h11.IDLE:
+            self.transport.write(self._request_timeout_response())
+        self.transport.close()
+
+    def _request_timeout_response(self) -> bytes:
+        detail = (
+            f"the request's headers did not arrive within {self.header_timeout:g} s of the "
+            "connection opening (or of the request's first byte); send them at once"
+        )
+        body = Problem(title="Request Timeout", status=408, detail=detail).model_dump_json(
+            exclude_none=True
+        )
+        headers = [
+            (b"content-type", PROBLEM_JSON.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        events = (
+            h11.Response(status_code=408, headers=headers, reason=b"Request Timeout"),
+            h11.Data(data=body.encode()),
+            h11.EndOfMessage(),
+        )
+        return b"".join(self.conn.send(event) or b"" for event in events)
+
+
+class ApiServer(uvicorn.Server):
+    """uvicorn's Server that ends the app's open streams first when it begins to stop."""
+
+    def __init__(self, config: uvicorn.Config, streams: StreamHub) -> None:
+        super().__init__(config)
+        self.streams = streams
+        self.stop_signals: list[int] = []
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # On the loop, before uvicorn waits for open responses: a stream ends only when told.
+        log.info("stopping: ending %d open streams and long polls", self.streams.open_streams)
+        self.streams.begin_shutdown()
+        await super().shutdown(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # As uvicorn does (a second Ctrl-C stops waiting), but noting the signal instead of
+        # raising it again once stopped: `serve` turns it into an exit status.
+        self.stop_signals.append(sig)
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
