@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     worker_max_batch_size: int = Field(default=8, ge=1, le=64)
     worker_batch_wait_seconds: float = Field(default=0.0, ge=0, le=10)
     worker_model_cache_size: int = Field(default=2, ge=1, le=64)
+    # How long a queued job waits for a worker that has its model loaded; 0: no affinity.
+    worker_affinity_seconds: float = Field(default=2.0, ge=0, le=60)
     worker_drain_seconds: float = Field(default=10.0, ge=0, le=3600)
     diffusion_engine: DiffusionEngine = DiffusionEngine.onnx
 

@@ -75,10 +75,23 @@ def train_digits() -> None:
     run_with_settings(run)
 
 
-def worker() -> None:
-    """Run a job worker."""
+def worker(
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="`all`, or GPU indexes like 0,1: one worker per GPU, each pinned to its device, "
+            "supervised and stopped together (exit code 2 when no such GPU is visible). "
+            "Without it: one worker, on the first GPU or the CPU."
+        ),
+    ] = None,
+) -> None:
+    """Run a job worker (or one per GPU with --gpus)."""
 
     def run(settings: Settings) -> int:
+        if gpus is not None:
+            from goshen_launcher.gpu_workers import run_gpu_workers
+
+            return run_gpu_workers(settings, gpus)
         # The worker lives with the serving code; it needs no web framework.
         from serving.worker.loop import run_worker
 
@@ -108,16 +121,10 @@ def api() -> None:
     """Run the HTTP API alone."""
 
     def run(settings: Settings) -> int:
-        import uvicorn
+        # uvicorn, with the API's shutdown (streams told to end) and connection limits.
+        from serving.server import serve
 
-        uvicorn.run(
-            "serving.app:create_app",
-            factory=True,
-            host=settings.host,
-            port=settings.api_port,
-            log_level=settings.log_level.lower(),
-        )
-        return 0
+        return serve(settings)
 
     run_with_settings(run)
 

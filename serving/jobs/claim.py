@@ -4,6 +4,12 @@ Claims lock the rows they take with `FOR UPDATE SKIP LOCKED` on PostgreSQL, so c
 never wait on each other or take the same job; on SQLite every transaction starts with
 BEGIN IMMEDIATE (goshen.db.engine), which serializes claims. Every claim sets a new claim token
 and a lease: the token fences the worker's writes (serving.jobs.lease).
+
+Model affinity (GOSHEN_WORKER_AFFINITY_SECONDS): a worker takes queued jobs for the models it has
+loaded first, and leaves a job for a model it has not loaded to another live worker that has it,
+but only for that many seconds after the job became runnable: then the job is the oldest like any
+other and the first free worker takes it, so nothing waits longer. Without such another worker
+(one worker alone, or a model nobody has loaded) a claim is the plain oldest-first one.
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVarTuple
 
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, Select, or_, select
 from sqlalchemy.orm import Session
 
-from goshen.db.models import Job, JobStatus, utcnow
+from goshen.db.models import Job, JobStatus, Worker, WorkerStatus, utcnow
 from serving.jobs.effects import JobEffects
 
 
@@ -42,6 +48,48 @@ class Claim:
         return int(self.input.get("num_images", 1))
 
 
+@dataclass(frozen=True)
+class Affinity:
+    """The models this worker has loaded (`own`) and those only other live workers have loaded
+    (`held_back`): jobs for the latter wait up to `seconds` for those workers."""
+
+    own: frozenset[str]
+    held_back: frozenset[str]
+    seconds: float
+
+
+def affinity_for(
+    session: Session,
+    worker_id: str,
+    own: frozenset[str],
+    *,
+    seconds: float,
+    stale_after_seconds: float,
+    now: datetime | None = None,
+) -> Affinity | None:
+    """What a claim by `worker_id` (which has the models `own` loaded) should prefer and hold
+    back; None (a plain claim) when affinity is off or no other live worker has a model this one
+    lacks. Live: idle, busy or unhealthy, heartbeat at most `stale_after_seconds` old."""
+    if seconds <= 0:
+        return None
+    now = now or utcnow()
+    rows = session.scalars(
+        select(Worker.loaded_models).where(
+            Worker.id != worker_id,
+            Worker.status.in_((WorkerStatus.idle, WorkerStatus.busy, WorkerStatus.unhealthy)),
+            Worker.heartbeat_at >= now - timedelta(seconds=stale_after_seconds),
+        )
+    )
+    others = {
+        str(entry["model_id"])
+        for loaded in rows
+        for entry in loaded or ()
+        if isinstance(entry, dict) and entry.get("model_id")
+    }
+    held_back = frozenset(others - own)
+    return Affinity(own, held_back, seconds) if held_back else None
+
+
 Columns = TypeVarTuple("Columns")
 
 
@@ -61,30 +109,116 @@ def claim_batch(
     max_images: int,
     lease_seconds: float,
     now: datetime | None = None,
+    affinity: Affinity | None = None,
 ) -> list[Claim]:
     """Claim the next runnable job and, up to `max_images` images in all, queued jobs that may
-    share its batch (same model, version and batch key). Empty when nothing is runnable."""
+    share its batch (same model, version and batch key). Empty when nothing is runnable.
+
+    With `affinity` (affinity_for), jobs for its held-back models are not taken until they
+    have been runnable `affinity.seconds`; and unless the oldest job left has waited that long,
+    a job for a model this worker has loaded goes first."""
     now = now or utcnow()
-    batch = _head_group(session, max_images, now)
+    if affinity is None:
+        batch = _oldest_batch(session, max_images, now)
+    else:
+        batch = _affine_batch(session, affinity, max_images, now)
     if not batch:
-        # The head's whole group is taken by other workers: the next free job, then its group.
-        first = session.scalars(
-            _oldest_first(_runnable(select(Job), now)).limit(1).with_for_update(skip_locked=True)
-        ).first()
-        if first is None:
-            return []
-        batch = [first, *_compatible(session, first, max_images - _images(first), now)]
+        return []
     return _start_attempts(session, batch, worker_id, effects, lease_seconds, now)
 
 
-def _head_group(session: Session, max_images: int, now: datetime) -> list[Job]:
-    """In one query: free jobs of the queue head's group (model, version, batch key), oldest
-    first, within `max_images` images; the first is always taken, whatever its size."""
-    head = (
-        _oldest_first(_runnable(select(Job.model_id, Job.model_version, Job.batch_key), now))
+def claim_affine(
+    session: Session,
+    worker_id: str,
+    effects: JobEffects,
+    *,
+    own: frozenset[str],
+    affinity_seconds: float,
+    stale_after_seconds: float,
+    max_images: int,
+    lease_seconds: float,
+) -> list[Claim]:
+    """claim_batch with model affinity for a worker that has the models `own` loaded, asking
+    which models the other workers hold only when that can change the claim: when the queue's
+    head is for a model this worker has loaded, own-first and oldest-first agree and the plain
+    claim stands (a worker busy with its models pays a savepoint, not a query). When another
+    live worker has a model this one lacks, the plain claim is rolled back to its savepoint,
+    which unlocks its rows for the other workers, and the affine claim is made instead."""
+    now = utcnow()
+    if affinity_seconds <= 0:
+        batch = _oldest_batch(session, max_images, now)
+    else:
+        plain = session.begin_nested()
+        batch = _oldest_batch(session, max_images, now)
+        affinity = None
+        if batch and batch[0].model_id not in own:
+            affinity = affinity_for(
+                session,
+                worker_id,
+                own,
+                seconds=affinity_seconds,
+                stale_after_seconds=stale_after_seconds,
+                now=now,
+            )
+        if affinity is None:
+            plain.commit()
+        else:
+            plain.rollback()
+            batch = _affine_batch(session, affinity, max_images, now)
+    if not batch:
+        return []
+    return _start_attempts(session, batch, worker_id, effects, lease_seconds, now)
+
+
+def _oldest_batch(
+    session: Session, max_images: int, now: datetime, where: ColumnElement[bool] | None = None
+) -> list[Job]:
+    """The oldest free job (among those `where` allows) and what may share its batch."""
+    batch = _head_group(session, max_images, now, where)
+    if batch:
+        return batch
+    # The head's whole group is taken by other workers: the next free job, then its group.
+    query = _runnable(select(Job), now)
+    if where is not None:
+        query = query.where(where)
+    first = session.scalars(_oldest_first(query).limit(1).with_for_update(skip_locked=True)).first()
+    if first is None:
+        return []
+    return [first, *_compatible(session, first, max_images - _images(first), now)]
+
+
+def _affine_batch(
+    session: Session, affinity: Affinity, max_images: int, now: datetime
+) -> list[Job]:
+    """Own models first, held-back ones only once overdue; the oldest first once one is."""
+    cutoff = now - timedelta(seconds=affinity.seconds)
+    allowed = or_(Job.model_id.not_in(affinity.held_back), Job.run_after <= cutoff)
+    head = session.execute(
+        _oldest_first(
+            _runnable(select(Job.model_id, (Job.run_after <= cutoff).label("overdue")), now)
+        )
+        .where(allowed)
         .limit(1)
-        .subquery()
-    )
+    ).first()
+    if head is None:
+        return []
+    if affinity.own and head.model_id not in affinity.own and not head.overdue:
+        own = _oldest_batch(session, max_images, now, Job.model_id.in_(affinity.own))
+        if own:
+            return own
+    return _oldest_batch(session, max_images, now, allowed)
+
+
+def _head_group(
+    session: Session, max_images: int, now: datetime, where: ColumnElement[bool] | None = None
+) -> list[Job]:
+    """In one query: free jobs of the queue head's group (model, version, batch key), oldest
+    first, within `max_images` images; the first is always taken, whatever its size. `where`
+    narrows the jobs the head is chosen from."""
+    candidates = _runnable(select(Job.model_id, Job.model_version, Job.batch_key), now)
+    if where is not None:
+        candidates = candidates.where(where)
+    head = _oldest_first(candidates).limit(1).subquery()
     group = _oldest_first(
         _runnable(select(Job), now).where(
             Job.model_id == head.c.model_id,

@@ -50,6 +50,8 @@ _WORKER_COLUMNS = (
     "pid",
     "device_name",
     "device_memory_bytes",
+    "device",
+    "memory_used_bytes",
     "loaded_models",
     "status",
     "status_detail",

@@ -27,9 +27,18 @@ class WorkerPublic(PublicBody):
     host: str
     pid: int
     device_name: str
-    device_memory_bytes: int | None
+    device_memory_bytes: int | None = Field(description="the device's total memory")
+    device: str | None = Field(
+        description='where it computes: "cuda:N" (the GPU it is pinned to) or "cpu"; null for '
+        "workers that started before devices were reported"
+    )
+    memory_used_bytes: int | None = Field(
+        description="memory it uses now, as of its last heartbeat: CUDA's allocated memory on "
+        "a GPU, else the process's resident memory"
+    )
     loaded_models: list[dict[str, Any]] = Field(
-        description="the models it has loaded, as `{model, version}`"
+        description="the models it has loaded, as `{model, model_id, version}`: it takes queued "
+        "jobs for these first (GOSHEN_WORKER_AFFINITY_SECONDS)"
     )
     status: WorkerStatus = Field(
         description="as the worker last reported it: idle, busy, draining, stopped, or unhealthy "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 from goshen import registry
@@ -68,11 +69,20 @@ class RegistrySource:
 
 
 class GeneratorCache:
-    """Loaded generators by (model id, version), least recently used unloaded first."""
+    """Loaded generators by (model id, version), least recently used unloaded first.
 
-    def __init__(self, source: ModelSource, capacity: int) -> None:
+    `on_change` runs after every load (and the unloads it causes), outside the lock: the worker
+    reports what it holds at once, so claims elsewhere see it before its next heartbeat."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        capacity: int,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self.source = source
         self.capacity = capacity
+        self.on_change = on_change
         self._loaded: OrderedDict[tuple[str, str], tuple[str, ImageGenerator]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -91,15 +101,22 @@ class GeneratorCache:
                     "unloading %s v%s (generator cache holds %d)", name, old_version, self.capacity
                 )
                 old.close()
+        if self.on_change is not None:
+            self.on_change()
         return generator
 
     def loaded(self) -> list[dict[str, str]]:
         """What is loaded, for the workers table."""
         with self._lock:
             return [
-                {"model": name, "version": version}
-                for (_, version), (name, _) in self._loaded.items()
+                {"model": name, "model_id": model_id, "version": version}
+                for (model_id, version), (name, _) in self._loaded.items()
             ]
+
+    def model_ids(self) -> frozenset[str]:
+        """The catalog ids of the models loaded (any version): what claims prefer."""
+        with self._lock:
+            return frozenset(model_id for model_id, _ in self._loaded)
 
     def close(self) -> None:
         with self._lock:

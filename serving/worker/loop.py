@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -30,19 +31,45 @@ from goshen.config import Settings
 from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
 from goshen.db.models import Worker, WorkerStatus, utcnow
 from goshen.db.notifications import JOBS_CHANNEL, Listener
-from goshen.runtimes.devices import detect_device
+from goshen.runtimes.devices import Device, detect_device
 from goshen.storage import make_store
 from serving.jobs import transitions
-from serving.jobs.claim import Claim, claim_batch, claim_compatible
+from serving.jobs.claim import Claim, claim_affine, claim_compatible
 from serving.worker.context import WorkerContext, WorkerStopping
 from serving.worker.generator_cache import GeneratorCache, ModelSource, RegistrySource
 from serving.worker.runner import run_batch
 
 log = logging.getLogger(__name__)
+# Other workers silent for this many heartbeat intervals are dead to affinity, as they are
+# `stale` in /v1/admin/workers.
+LIVE_HEARTBEATS = 3
 
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def device_label(device: Device) -> str:
+    """Where the worker computes: "cpu", or "cuda:N" with N the GPU it is pinned to
+    (CUDA_VISIBLE_DEVICES, as `goshen worker --gpus` sets it; in the process it is device 0)."""
+    if device.kind != "cuda":
+        return device.kind
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return f"cuda:{visible}" if visible and "," not in visible else "cuda:0"
+
+
+def memory_in_use(device: Device) -> int | None:
+    """What the worker holds now: CUDA's allocated memory on a GPU, else the process's RSS."""
+    try:
+        if device.kind == "cuda":
+            import torch
+
+            return int(torch.cuda.memory_allocated())
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        # Not Linux: the peak (ru_maxrss, KiB on Linux, bytes on macOS) is the best there is.
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def register_worker(factory: sessionmaker[Session], worker_id: str) -> Worker:
@@ -54,6 +81,8 @@ def register_worker(factory: sessionmaker[Session], worker_id: str) -> Worker:
             pid=os.getpid(),
             device_name=device.name,
             device_memory_bytes=device.memory_bytes,
+            device=device_label(device),
+            memory_used_bytes=memory_in_use(device),
             loaded_models=[],
             status=WorkerStatus.idle,
         )
@@ -67,9 +96,10 @@ def heartbeat(
     status: WorkerStatus,
     loaded_models: list[dict[str, str]] | None = None,
     detail: str | None = None,
+    memory_used_bytes: int | None = None,
 ) -> None:
     """Write the worker's row: alive now, its status, why it is unhealthy (`detail`, None when
-    it is not) and, when given, what it has loaded."""
+    it is not) and, when given, what it has loaded and the memory it uses."""
     values: dict[str, object] = {
         "heartbeat_at": utcnow(),
         "status": status,
@@ -77,6 +107,8 @@ def heartbeat(
     }
     if loaded_models is not None:
         values["loaded_models"] = loaded_models
+    if memory_used_bytes is not None:
+        values["memory_used_bytes"] = memory_used_bytes
     with session_scope(factory) as session:
         session.execute(update(Worker).where(Worker.id == worker_id).values(**values))
 
@@ -86,11 +118,33 @@ class _WorkerHeartbeat(threading.Thread):
     `unhealthy`, naming the dependency, while one it found down does not answer its check (checked
     in the background, at most one pass at a time: serving.worker.outages)."""
 
-    def __init__(self, context: WorkerContext) -> None:
+    def __init__(self, context: WorkerContext, device: Device) -> None:
         super().__init__(name="worker-heartbeat", daemon=True)
         self.context = context
+        self.device = device
         self.busy = False
         self.finished = threading.Event()
+        self._beat_lock = threading.Lock()  # a beat now (models changed) and the timed one
+
+    def beat(self) -> None:
+        """Report alive now, with the models loaded and the memory in use."""
+        down = self.context.health.unhealthy_because()
+        with self._beat_lock:
+            heartbeat(
+                self.context.factory,
+                self.context.worker_id,
+                self.status(unhealthy=down is not None),
+                self.context.generators.loaded(),
+                down,
+                memory_in_use(self.device),
+            )
+
+    def models_changed(self) -> None:
+        """A model was loaded (and maybe one unloaded): tell the other workers' claims now."""
+        try:
+            self.beat()
+        except Exception:
+            log.exception("could not report the loaded models; the next heartbeat will")
 
     def status(self, unhealthy: bool) -> WorkerStatus:
         if self.context.stop.is_set():
@@ -108,14 +162,7 @@ class _WorkerHeartbeat(threading.Thread):
             try:
                 if now >= next_beat:
                     next_beat = now + settings.worker_heartbeat_seconds
-                    down = self.context.health.unhealthy_because()
-                    heartbeat(
-                        self.context.factory,
-                        self.context.worker_id,
-                        self.status(unhealthy=down is not None),
-                        self.context.generators.loaded(),
-                        down,
-                    )
+                    self.beat()
                 # Here, not between batches: a worker busy with a long batch still returns
                 # the jobs of dead workers within the lease TTL and the recovery interval.
                 if now >= next_recovery:
@@ -148,8 +195,9 @@ def run_worker(
         context = WorkerContext(
             settings, factory, make_store(settings), worker.id, generators, stop, hurry
         )
-        log.info("worker %s ready on %s", worker.id, worker.device_name)
-        beat = _WorkerHeartbeat(context)
+        log.info("worker %s ready on %s (%s)", worker.id, worker.device, worker.device_name)
+        beat = _WorkerHeartbeat(context, detect_device())
+        generators.on_change = beat.models_changed
         beat.start()
         try:
             _work(context, listener, beat)
@@ -215,13 +263,17 @@ def _work(context: WorkerContext, listener: Listener, beat: _WorkerHeartbeat) ->
 
 
 def claim(context: WorkerContext) -> list[Claim]:
-    """Claim a batch, waiting up to GOSHEN_WORKER_BATCH_WAIT_SECONDS for compatible jobs."""
+    """Claim a batch, waiting up to GOSHEN_WORKER_BATCH_WAIT_SECONDS for compatible jobs; jobs
+    for the models this worker has loaded first (serving.jobs.claim's model affinity)."""
     settings = context.settings
     with session_scope(context.factory) as session:
-        claims = claim_batch(
+        claims = claim_affine(
             session,
             context.worker_id,
             context.effects,
+            own=context.generators.model_ids(),
+            affinity_seconds=settings.worker_affinity_seconds,
+            stale_after_seconds=LIVE_HEARTBEATS * settings.worker_heartbeat_seconds,
             max_images=settings.worker_max_batch_size,
             lease_seconds=settings.job_lease_seconds,
         )

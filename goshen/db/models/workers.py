@@ -30,6 +30,11 @@ class Worker(Base):
     pid: Mapped[int] = mapped_column(Integer)
     device_name: Mapped[str] = mapped_column(String(200))
     device_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Where it computes ("cuda:0", "cpu") and how much memory it uses now: CUDA's allocator
+    # on a GPU, else the process's resident set. Both come with every heartbeat.
+    device: Mapped[str | None] = mapped_column(String(50))
+    memory_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # `{model, model_id, version}` per loaded generator: claims prefer jobs for these models.
     loaded_models: Mapped[list[Any]] = mapped_column(default=list)
     status: Mapped[WorkerStatus] = mapped_column(enum_type(WorkerStatus), default=WorkerStatus.idle)
     status_detail: Mapped[str | None] = mapped_column(Text)  # why it is unhealthy
