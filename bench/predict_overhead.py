@@ -3,7 +3,10 @@
 both off (the second measures how far identical processes differ), under the same wrk load.
 
     sudo apt-get install wrk
-    python bench/predict_overhead.py [--duration 10] [--repeats 5] [--concurrency 1 64]
+    python bench/predict_overhead.py [--duration 10] [--repeats 5] [--concurrency 1 64] [--servers]
+
+With --servers it compares instead the two ways to serve the API, with billing and rate limits
+on: `uvicorn serving.app:create_app --factory` (httptools) and `goshen api` (serving.server, h11).
 
 The setup is bench/predict_vs_mlflow.py's (an MLflow server, the digits classifier registered and
 deployed, one uvicorn process per API on one SQLite home, a developer key with credit enough that
@@ -56,16 +59,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# With --servers: the same settings (billing and rate limits on) under the two ways to serve the
+# API. uvicorn picks httptools; `goshen api` (serving.server) serves with an h11 protocol of its
+# own, which bounds header time and connections per client.
+UVICORN = "uvicorn --factory"
+GOSHEN_API = "goshen api"
+SERVERS = {UVICORN: UNLIMITED, GOSHEN_API: UNLIMITED}
+
+
 def serve(
-    stack: ExitStack, home: Path, tracking_uri: str, changes: dict[str, str]
+    stack: ExitStack, home: Path, tracking_uri: str, changes: dict[str, str], server: str = UVICORN
 ) -> tuple[str, int]:
     """Start an API process on `home` for as long as `stack` is open; its URL and process id."""
     port = free_port()
     env = {**goshen_environment(home, tracking_uri, port), **changes}
     log = home.parent / f"api-{port}.log"
-    uvicorn = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory"]
-    uvicorn += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    pid = stack.enter_context(process(uvicorn, env, log)).pid
+    if server == GOSHEN_API:
+        command = [sys.executable, "-m", "goshen_launcher.cli", "api"]
+    else:
+        command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory"]
+        command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    pid = stack.enter_context(process(command, env, log)).pid
     wait_until(f"http://127.0.0.1:{port}/healthz", log)
     return f"http://127.0.0.1:{port}", pid
 
@@ -91,18 +105,20 @@ def measure(args: argparse.Namespace) -> dict[str, dict[int, list[tuple[float, f
                 timeout=120,
             )
             assert deployed.json()["status"] == "ready", deployed.text
+        modes = SERVERS if args.servers else MODES
         urls: dict[str, str] = {}
         pids: dict[str, int] = {}
-        for mode, changes in MODES.items():
-            urls[mode], pids[mode] = serve(stack, home, tracking_uri, changes)
+        for mode, changes in modes.items():
+            server = mode if args.servers else UVICORN
+            urls[mode], pids[mode] = serve(stack, home, tracking_uri, changes, server)
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         for url in urls.values():  # each process loads the model on its first request
             answer = httpx.post(f"{url}/v1/models/{MODEL}/predict", content=body, headers=headers)
             assert answer.status_code == 200, answer.text
-        results: dict[str, dict[int, list[tuple[float, float]]]] = {mode: {} for mode in MODES}
+        results: dict[str, dict[int, list[tuple[float, float]]]] = {mode: {} for mode in modes}
         for repeat in range(args.repeats):
             for connections in args.concurrency:
-                order = list(MODES)[repeat % len(MODES) :] + list(MODES)[: repeat % len(MODES)]
+                order = list(modes)[repeat % len(modes) :] + list(modes)[: repeat % len(modes)]
                 for mode in order:
                     url = f"{urls[mode]}/v1/models/{MODEL}/predict"
                     before = cpu_seconds(pids[mode])
@@ -123,17 +139,24 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per run")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
-    results = measure(parser.parse_args())
-    print(
-        "| concurrency | API process | requests/s | x both off | CPU µs per request "
-        "| x both off |\n|---|---|---|---|---|---|"
+    parser.add_argument(
+        "--servers",
+        action="store_true",
+        help=f"compare {UVICORN!r} with {GOSHEN_API!r} (billing and rate limits on) instead",
     )
-    for connections in results[OFF]:
+    args = parser.parse_args()
+    results = measure(args)
+    base = UVICORN if args.servers else OFF
+    print(
+        f"| concurrency | API process | requests/s | x {base} | CPU µs per request "
+        f"| x {base} |\n|---|---|---|---|---|---|"
+    )
+    for connections in results[base]:
         medians = {
             mode: [statistics.median(figures) for figures in zip(*runs[connections], strict=True)]
             for mode, runs in results.items()
         }
-        off = medians[OFF]
+        off = medians[base]
         for mode, (rps, cpu_us) in medians.items():
             print(
                 f"| {connections} | {mode} | {rps:.0f} | {rps / off[0]:.3f} | "

@@ -17,7 +17,8 @@
   and behind a proxy the proxy's own limits are the ones that count (set the cap above what the
   proxy opens).
 
-Both limits live in an h11 protocol of our own (uvicorn would pick httptools when installed).
+Both limits live in uvicorn's HTTP protocols, subclassed: httptools' when it is installed (as
+uvicorn would pick), else h11's.
 `uvicorn serving.app:create_app --factory` serves the same app without these protections.
 """
 
@@ -36,6 +37,7 @@ import h11
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from goshen.config import Settings
@@ -57,8 +59,11 @@ def serve(settings: Settings) -> int:
     return 130 if signal.SIGINT in server.stop_signals else 0
 
 
-def api_config(app: FastAPI, settings: Settings) -> ApiConfig:
-    """uvicorn's settings for `app` under Goshen's: address, log level, shutdown and limits."""
+def api_config(
+    app: FastAPI, settings: Settings, protocol: type[asyncio.Protocol] | None = None
+) -> ApiConfig:
+    """uvicorn's settings for `app` under Goshen's: address, log level, shutdown and limits
+    (`protocol`: a guarded one; by default guarded_protocol())."""
     return ApiConfig(
         app,
         host=settings.host,
@@ -67,6 +72,7 @@ def api_config(app: FastAPI, settings: Settings) -> ApiConfig:
         timeout_graceful_shutdown=graceful_shutdown_seconds(settings.shutdown_grace_seconds),
         header_timeout=settings.api_header_timeout_seconds,
         max_connections_per_client=settings.api_max_connections_per_client,
+        protocol=protocol,
     )
 
 
@@ -108,60 +114,69 @@ class ClientConnections:
 
 
 class ApiConfig(uvicorn.Config):
-    """uvicorn's Config, on GuardedH11Protocol, carrying the limits that protocol enforces."""
+    """uvicorn's Config, on a guarded protocol (httptools' when installed, as uvicorn would pick,
+    else h11's), carrying the limits that protocol enforces."""
 
     def __init__(
-        self, app: Any, *, header_timeout: float, max_connections_per_client: int, **options: Any
+        self,
+        app: Any,
+        *,
+        header_timeout: float,
+        max_connections_per_client: int,
+        protocol: type[asyncio.Protocol] | None = None,
+        **options: Any,
     ) -> None:
         # No WebSocket routes: an upgraded connection would leave the protocol and its count.
-        super().__init__(app, http=GuardedH11Protocol, ws="none", **options)
+        http = protocol or guarded_protocol()
+        super().__init__(app, http=http, ws="none", **options)
         self.header_timeout = header_timeout
         self.clients = ClientConnections(max_connections_per_client)
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request's headers and a cap on the
-    connections per client address (see the module docstring)."""
+def guarded_protocol() -> type[asyncio.Protocol]:
+    """httptools' protocol when httptools is installed (it parses faster: bench/predict_overhead.py
+    --servers), else h11's; each with the limits of _Guard."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return GuardedH11Protocol
+    return GuardedHttpToolsProtocol
 
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        assert isinstance(config, ApiConfig), "GuardedH11Protocol serves an ApiConfig"
+
+class _Guard:
+    """A deadline for each request's headers and a cap on the connections per client address,
+    for a uvicorn HTTP protocol (see the module docstring). The protocol calls `_guard_open`,
+    `_guard_closed`, `_start_header_deadline` when a request (or a new connection) begins and
+    `_cancel_header_deadline` when its headers are in, and says through `_awaiting_headers` and
+    `_may_answer` whether a 408 is due and may be written."""
+
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    client: tuple[str, int] | None
+
+    def _guard_config(self, config: uvicorn.Config) -> None:
+        assert isinstance(config, ApiConfig), f"{type(self).__name__} serves an ApiConfig"
         self.header_timeout = config.header_timeout
         self.clients = config.clients
         self.counted_as: str | None = None
         self.header_deadline: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def _guard_open(self) -> bool:
+        """Count the new connection, or close it when its address is at the cap."""
         address = self.client[0] if self.client else None  # None on a Unix socket: not capped
         if address is not None:
             if not self.clients.admit(address):
                 self.transport.close()
-                return
+                return False
             self.counted_as = address
         self._start_header_deadline()
+        return True
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _guard_closed(self) -> None:
         self._cancel_header_deadline()
         if self.counted_as is not None:
             self.clients.release(self.counted_as)
             self.counted_as = None
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self.conn.their_state is h11.IDLE:
-            # The first bytes of a request on a kept-alive connection start its deadline (on a
-            # new connection it has been running since it opened).
-            self._start_header_deadline()
-        super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
-            self._cancel_header_deadline()  # the headers are in (or the request was refused)
 
     def _start_header_deadline(self) -> None:
         if self.header_deadline is None:
@@ -174,11 +189,17 @@ class GuardedH11Protocol(H11Protocol):
             self.header_deadline.cancel()
             self.header_deadline = None
 
+    def _awaiting_headers(self) -> bool:
+        raise NotImplementedError
+
+    def _may_answer(self) -> bool:
+        raise NotImplementedError
+
     def _headers_timed_out(self) -> None:
         self.header_deadline = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+        if self.transport.is_closing() or not self._awaiting_headers():
             return
-        if self.conn.our_state is h11.IDLE:
+        if self._may_answer():
             self.transport.write(self._request_timeout_response())
         self.transport.close()
 
@@ -190,17 +211,90 @@ class GuardedH11Protocol(H11Protocol):
         body = Problem(title="Request Timeout", status=408, detail=detail).model_dump_json(
             exclude_none=True
         )
-        headers = [
-            (b"content-type", PROBLEM_JSON.encode()),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        events = (
-            h11.Response(status_code=408, headers=headers, reason=b"Request Timeout"),
-            h11.Data(data=body.encode()),
-            h11.EndOfMessage(),
+        return (
+            b"HTTP/1.1 408 Request Timeout\r\n"
+            + f"content-type: {PROBLEM_JSON}\r\ncontent-length: {len(body)}\r\n".encode()
+            + b"connection: close\r\n\r\n"
+            + body.encode()
         )
-        return b"".join(self.conn.send(event) or b"" for event in events)
+
+
+class GuardedH11Protocol(_Guard, H11Protocol):
+    """uvicorn's h11 protocol, guarded (_Guard)."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._guard_config(config)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._guard_open()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._guard_closed()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            # The first bytes of a request on a kept-alive connection start its deadline (on a
+            # new connection it has been running since it opened).
+            self._start_header_deadline()
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._cancel_header_deadline()  # the headers are in (or the request was refused)
+
+    def _awaiting_headers(self) -> bool:
+        return self.conn.their_state is h11.IDLE
+
+    def _may_answer(self) -> bool:
+        return self.conn.our_state is h11.IDLE
+
+
+class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
+    """uvicorn's httptools protocol, guarded (_Guard)."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._guard_config(config)
+        self.headers_pending = True  # a new connection owes its first request's headers
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._guard_open()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._guard_closed()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        # A request's first byte (on a new connection its deadline has been running since it
+        # opened).
+        self.headers_pending = True
+        self._start_header_deadline()
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self.headers_pending = False
+        self._cancel_header_deadline()
+        super().on_headers_complete()
+
+    def _awaiting_headers(self) -> bool:
+        return self.headers_pending
+
+    def _may_answer(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
 
 
 class ApiServer(uvicorn.Server):

@@ -4,6 +4,7 @@ and one address holds at most GOSHEN_API_MAX_CONNECTIONS_PER_CLIENT connections.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -15,7 +16,13 @@ import pytest
 
 from goshen.config import Settings
 from serving.app import create_app
-from serving.server import ApiServer, api_config
+from serving.server import (
+    ApiServer,
+    GuardedH11Protocol,
+    GuardedHttpToolsProtocol,
+    api_config,
+    guarded_protocol,
+)
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])  # connections, not the database
 
@@ -25,15 +32,25 @@ SLACK = 3.0
 SLOW_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: goshen.test\r\nUser-Agent: a-byte-a-second\r\n\r\n"
 
 
+@pytest.fixture(params=[GuardedHttpToolsProtocol, GuardedH11Protocol], ids=["httptools", "h11"])
+def protocol(request: pytest.FixtureRequest) -> type[asyncio.Protocol]:
+    """Each guarded protocol: httptools' is what `goshen api` runs, h11's where httptools is not
+    installed."""
+    chosen: type[asyncio.Protocol] = request.param
+    return chosen
+
+
 @contextmanager
-def guarded_api(settings: Settings, **overrides: object) -> Iterator[tuple[str, int]]:
+def guarded_api(
+    settings: Settings, protocol: type[asyncio.Protocol], **overrides: object
+) -> Iterator[tuple[str, int]]:
     """`goshen api`'s server (in a thread, so without its signal handling) on a free port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     served = Settings(**{**settings.model_dump(), "_env_file": None, "api_port": port, **overrides})
     app = create_app(served)
-    server = ApiServer(api_config(app, served), app.state.streams)
+    server = ApiServer(api_config(app, served, protocol), app.state.streams)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -96,10 +113,12 @@ def _get(sock: socket.socket) -> bytes:
     return head.split(b"\r\n")[0]
 
 
-def test_a_client_sending_its_headers_a_byte_a_second_is_cut_off(settings: Settings) -> None:
+def test_a_client_sending_its_headers_a_byte_a_second_is_cut_off(
+    settings: Settings, protocol: type[asyncio.Protocol]
+) -> None:
     stop = threading.Event()
     with (
-        guarded_api(settings, api_header_timeout_seconds=HEADER_TIMEOUT) as address,
+        guarded_api(settings, protocol, api_header_timeout_seconds=HEADER_TIMEOUT) as address,
         ExitStack() as cleanup,
     ):
         cleanup.callback(stop.set)
@@ -134,10 +153,10 @@ def test_a_client_sending_its_headers_a_byte_a_second_is_cut_off(settings: Setti
 
 
 def test_a_client_that_opens_a_connection_and_says_nothing_is_cut_off(
-    settings: Settings,
+    settings: Settings, protocol: type[asyncio.Protocol]
 ) -> None:
     with (
-        guarded_api(settings, api_header_timeout_seconds=HEADER_TIMEOUT) as address,
+        guarded_api(settings, protocol, api_header_timeout_seconds=HEADER_TIMEOUT) as address,
         socket.create_connection(address) as silent,
     ):
         started = time.monotonic()
@@ -147,10 +166,12 @@ def test_a_client_that_opens_a_connection_and_says_nothing_is_cut_off(
     assert seconds < HEADER_TIMEOUT + SLACK, f"cut off after {seconds:.1f} s"
 
 
-def test_one_address_holds_at_most_the_cap_of_connections(settings: Settings) -> None:
+def test_one_address_holds_at_most_the_cap_of_connections(
+    settings: Settings, protocol: type[asyncio.Protocol]
+) -> None:
     cap = 5
     overrides = {"api_max_connections_per_client": cap, "api_header_timeout_seconds": 60}
-    with guarded_api(settings, **overrides) as address, ExitStack() as cleanup:
+    with guarded_api(settings, protocol, **overrides) as address, ExitStack() as cleanup:
         held = [cleanup.enter_context(socket.create_connection(address)) for _ in range(cap)]
         # Each is accepted, in order, before the next one is: the first `cap` are counted.
         with socket.create_connection(address) as one_too_many:
@@ -175,3 +196,8 @@ def _served(address: tuple[str, int]) -> bool:
             return _get(sock) == b"HTTP/1.1 200 OK"
         except (ConnectionClosedError, ConnectionResetError):
             return False
+
+
+def test_goshen_api_serves_with_httptools_when_it_is_installed(settings: Settings) -> None:
+    assert guarded_protocol() is GuardedHttpToolsProtocol
+    assert api_config(create_app(settings), settings).http is GuardedHttpToolsProtocol
