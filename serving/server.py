@@ -154,12 +154,28 @@ class _Guard:
     loop: asyncio.AbstractEventLoop
     client: tuple[str, int] | None
 
-    def _guard_config(self, config: uvicorn.Config) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # Cooperative: the next class in the protocol's MRO is uvicorn's protocol.
+        super().__init__(config, server_state, app_state, _loop)  # type: ignore[call-arg]
         assert isinstance(config, ApiConfig), f"{type(self).__name__} serves an ApiConfig"
         self.header_timeout = config.header_timeout
         self.clients = config.clients
         self.counted_as: str | None = None
         self.header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._guard_open()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._guard_closed()
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _guard_open(self) -> bool:
         """Count the new connection, or close it when its address is at the cap."""
@@ -222,24 +238,6 @@ class _Guard:
 class GuardedH11Protocol(_Guard, H11Protocol):
     """uvicorn's h11 protocol, guarded (_Guard)."""
 
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._guard_config(config)
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._guard_open()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._guard_closed()
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
         if self.conn.their_state is h11.IDLE:
             # The first bytes of a request on a kept-alive connection start its deadline (on a
@@ -259,24 +257,7 @@ class GuardedH11Protocol(_Guard, H11Protocol):
 class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
     """uvicorn's httptools protocol, guarded (_Guard)."""
 
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._guard_config(config)
-        self.headers_pending = True  # a new connection owes its first request's headers
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._guard_open()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._guard_closed()
-        super().connection_lost(exc)
+    headers_pending = True  # a new connection owes its first request's headers
 
     def on_message_begin(self) -> None:
         # A request's first byte (on a new connection its deadline has been running since it
