@@ -42,6 +42,21 @@ def highlight_stale(frame: pd.DataFrame) -> Styler:
     )
 
 
+def device(worker: dict[str, Any]) -> str:
+    """`cuda:1 · NVIDIA H100`: where it computes and on what; the name alone from workers that
+    started before devices were reported."""
+    where = worker.get("device")
+    return f"{where} · {worker['device_name']}" if where else worker["device_name"]
+
+
+def memory_use(worker: dict[str, Any]) -> str:
+    """`12 GiB of 80 GiB`: what it holds now of the device's total, as far as it reported."""
+    used, total = worker.get("memory_used_bytes"), worker["device_memory_bytes"]
+    if used is None:
+        return memory(total)
+    return f"{memory(used)} of {memory(total)}" if total is not None else f"{memory(used)} used"
+
+
 def memory(size_bytes: int | None) -> str:
     """Device memory as `80 GiB`, `512 MiB`; `—` when the worker did not report it."""
     if size_bytes is None:
@@ -61,8 +76,8 @@ def _row(worker: dict[str, Any]) -> dict[str, Any]:
         "Stale": STALE if worker["stale"] else "",
         "Host": worker["host"],
         "PID": worker["pid"],
-        "Device": worker["device_name"],
-        "Memory": memory(worker["device_memory_bytes"]),
+        "Device": device(worker),
+        "Memory": memory_use(worker),
         "Loaded models": loaded or "—",
         "Running jobs": running or "—",
         "Heartbeat": f"{duration(worker['heartbeat_age_seconds'])} ago",

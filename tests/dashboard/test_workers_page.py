@@ -34,6 +34,8 @@ def _worker(worker_id: str, host: str, status: WorkerStatus, silent: timedelta) 
         pid=4242,
         device_name="NVIDIA H100",
         device_memory_bytes=80 * 2**30,
+        device="cuda:1" if status is WorkerStatus.busy else None,
+        memory_used_bytes=12 * 2**30 if status is WorkerStatus.busy else None,
         loaded_models=[{"model": "digits", "version": "3"}],
         status=status,
         started_at=now - timedelta(days=3),
@@ -78,7 +80,9 @@ def test_workers_show_their_batch_and_stale_ones_are_marked(
     fresh, silent = rows["gpu-fresh"], rows["gpu-silent"]
     assert fresh["Stale"] == "" and silent["Stale"] == "⚠️ stale"
     assert fresh["Running jobs"] == f"{running.id} ({model.name})"
-    assert fresh["Device"] == "NVIDIA H100" and fresh["Memory"] == "80 GiB"
+    assert fresh["Device"] == "cuda:1 · NVIDIA H100" and fresh["Memory"] == "12 GiB of 80 GiB"
+    # Workers that started before devices were reported: the device's name and total.
+    assert silent["Device"] == "NVIDIA H100" and silent["Memory"] == "80 GiB"
     assert fresh["Loaded models"] == "digits v3" and fresh["Status"] == "busy"
     assert str(silent["Heartbeat"]).startswith("10 min")
     assert "Stale workers: 1 of 2" in texts(app.warning)
