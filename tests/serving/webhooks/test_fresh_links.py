@@ -73,7 +73,9 @@ def test_a_retry_after_the_link_ttl_carries_links_that_download(
         # seconds), too little to fetch it on a loaded machine; reused links would still 403.
         retry = delivery_of(sessions, job).next_attempt_at
         retry_store = make_store(with_settings(served, signed_url_ttl_seconds=600))
-        assert deliver_due(sessions, served, now=retry + timedelta(seconds=1), store=retry_store) == 1
+        assert (
+            deliver_due(sessions, served, now=retry + timedelta(seconds=1), store=retry_store) == 1
+        )
         assert delivery_of(sessions, job).status == DeliveryStatus.delivered
 
         first, second = receiver.received
