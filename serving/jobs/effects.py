@@ -11,8 +11,8 @@ Everything is written in the caller's transaction, together with the transition 
 keyed by job id, so a job that runs or ends twice causes each once and moves credit once; its
 events are written once because a transition by a stale claim changes nothing (fencing) and so
 never reaches here. Only the queue's own modules call this
-(serving.jobs.claim for starts, serving.jobs.transitions for ends); nothing else writes any of
-it.
+(serving.jobs.claim for starts, serving.jobs.transitions and, for a batch's successes at once,
+serving.jobs.completion for ends); nothing else writes any of it.
 """
 
 from __future__ import annotations
@@ -22,11 +22,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from goshen.billing import ledger
-from goshen.db import access
-from goshen.db.models import Job, JobStatus, Model, UsageEvent
+from goshen.db.models import (
+    CreditLedgerEntry,
+    Job,
+    JobStatus,
+    LedgerEntryKind,
+    Model,
+    UsageEvent,
+    utcnow,
+)
+from goshen.ids import new_id
 from goshen.storage import ArtifactStore
 from serving.jobs.events import add_event
 from serving.jobs.views import webhook_payload
@@ -66,11 +76,31 @@ class JobEffects:
 
     def ended(self, session: Session, job: Job, completion: Completion | None = None) -> None:
         """`job` (locked, flushed) reached a terminal status; `completion` when it succeeded."""
-        status = JobStatus(job.status)
         cost = completion.cost_micros if completion is not None else 0
         ledger.settle(session, user_id=job.user_id, job_id=job.id, cost_micros=cost)
         if completion is not None:
-            self._meter(session, job, completion)
+            self._meter(session, [(job, completion)])
+        self._announce(session, job, completion)
+
+    def ended_many(self, session: Session, succeeded: Sequence[tuple[Job, Completion]]) -> None:
+        """ended() for several jobs (locked, flushed) that succeeded, in fewer statements: one
+        read of which of them still hold credit (only those are settled: settling a job with
+        no open hold moves nothing) and one INSERT of their usage events. The caller has locked
+        the users' balances first (ledger.lock_balances), so no hold ends meanwhile."""
+        holding = _holding_credit(session, [job.id for job, _ in succeeded])
+        for job, completion in succeeded:
+            if job.id in holding:
+                ledger.settle(
+                    session, user_id=job.user_id, job_id=job.id, cost_micros=completion.cost_micros
+                )
+        self._meter(session, succeeded)
+        for job, completion in succeeded:
+            self._announce(session, job, completion)
+
+    def _announce(self, session: Session, job: Job, completion: Completion | None) -> None:
+        """The end's events and webhooks."""
+        status = JobStatus(job.status)
+        if completion is not None:
             add_event(session, job.id, "output", completion.output)
         extra = {"error": job.error} if job.error else {}
         add_event(session, job.id, "status", {"status": status.value, **extra})
@@ -80,11 +110,14 @@ class JobEffects:
             self._webhook(session, job, event)
         log.info("job %s ended %s (attempt %d)", job.id, status.value, job.attempt)
 
-    def _meter(self, session: Session, job: Job, completion: Completion) -> None:
-        access.insert_once(
-            session,
-            UsageEvent,
+    def _meter(self, session: Session, succeeded: Sequence[tuple[Job, Completion]]) -> None:
+        """One usage event per job, once however often it ends (unique per job and kind)."""
+        if not succeeded:
+            return
+        rows = [
             {
+                "id": new_id("use"),
+                "created_at": utcnow(),
                 "user_id": job.user_id,
                 "api_key_id": job.api_key_id,
                 "model_id": job.model_id,
@@ -95,9 +128,13 @@ class JobEffects:
                 "cost_micros": completion.cost_micros,
                 "images": completion.images,
                 "seconds": completion.compute_seconds,
-            },
-            ("job_id", "kind"),
-        )
+            }
+            for job, completion in succeeded
+        ]
+        dialect = session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(UsageEvent).values(rows)
+        session.execute(statement.on_conflict_do_nothing(index_elements=["job_id", "kind"]))
 
     def _webhook(self, session: Session, job: Job, event: str) -> None:
         """Queue the job's webhook event in the outbox, if it asked for one."""
@@ -109,3 +146,16 @@ class JobEffects:
         # Stored with the output's storage keys, not links: retries go on for hours, longer
         # than a link lives, so each attempt signs its own (serving.webhooks.payload).
         outbox.enqueue_event(session, job, event, storable(payload, job.output))
+
+
+def _holding_credit(session: Session, job_ids: Sequence[str]) -> set[str]:
+    """Which of the jobs hold credit that was neither captured nor released yet."""
+    sources = {ledger.job_source(job_id): job_id for job_id in job_ids}
+    entries = session.execute(
+        select(CreditLedgerEntry.source, CreditLedgerEntry.kind).where(
+            CreditLedgerEntry.source.in_(sources)
+        )
+    ).all()
+    held = {source for source, kind in entries if kind == LedgerEntryKind.hold}
+    ended = {source for source, kind in entries if kind != LedgerEntryKind.hold}
+    return {sources[source] for source in held - ended}

@@ -29,6 +29,7 @@ from goshen.runtimes.inputs import input_model_for
 from goshen.storage import ArtifactStore, artifact_key
 from serving.jobs import lease, transitions
 from serving.jobs.claim import Claim
+from serving.jobs.completion import Finished, complete_batch
 from serving.jobs.effects import Completion
 from serving.jobs.events import Entry
 from serving.worker.context import WorkerContext, WorkerStopping
@@ -88,9 +89,17 @@ def run_batch(context: WorkerContext, claims: Sequence[Claim]) -> None:
     entries = reporter.take()
     with session_scope(context.factory) as session:
         ledger.lock_balances(session, (claims[i].user_id for i in reporter.unfinished()))
+        succeeded = []
         for index in reporter.unfinished():
             stopped = reporter.stopped.get(index)
-            _finish(context, session, finished, claims[index], outputs[index], stopped, entries)
+            output = outputs[index]
+            if stopped is None and isinstance(output, dict):
+                succeeded.append(_succeeded(finished, claims[index], output, entries))
+            else:
+                _finish(context, session, finished, claims[index], output, stopped, entries)
+        completed = complete_batch(session, succeeded, context.effects)
+    for lost in {item.claim.job_id for item in succeeded} - {job.id for job in completed}:
+        log.warning("job %s: lease lost before completion; another worker owns it", lost)
     _drop_other_attempts(context.store, claims, outputs)
 
 
@@ -226,13 +235,10 @@ def _finish(
     stopped: str | None,
     entries: list[Entry],
 ) -> None:
-    """End one job of a finished batch, in the batch's final transaction, with the batch's
-    last report `entries`."""
+    """End one job of a finished batch that did not succeed, in the batch's final transaction,
+    with the batch's last report `entries`."""
     if stopped == "lost":
         log.warning("job %s: its lease was taken over; its result is dropped", claim.job_id)
-        return
-    if stopped is None and isinstance(output, dict):
-        _complete(context, session, finished, claim, output, entries)
         return
     lease.report(session, claim, entries)
     if stopped is not None:
@@ -247,14 +253,10 @@ def _finish(
         fail_attempt(context, session, claim, error, retryable=True)
 
 
-def _complete(
-    context: WorkerContext,
-    session: Session,
-    finished: _Finished,
-    claim: Claim,
-    output: dict[str, Any],
-    entries: list[Entry],
-) -> None:
+def _succeeded(
+    finished: _Finished, claim: Claim, output: dict[str, Any], entries: list[Entry]
+) -> Finished:
+    """A job of the batch that succeeded, priced, for complete_batch."""
     images = len(output["images"])
     compute = finished.share(claim)
     quantity, cost = catalog.price(finished.model, images=images, seconds=compute)
@@ -270,6 +272,4 @@ def _complete(
         cost_micros=cost,
     )
     line = f"generated {images} images in {compute:.2f} s"
-    job = transitions.complete(session, claim, done, context.effects, [*entries, ("log", line)])
-    if job is None:
-        log.warning("job %s: lease lost before completion; another worker owns it", claim.job_id)
+    return Finished(claim, done, [*entries, ("log", line)])
