@@ -41,6 +41,17 @@ class DiffusionEngine(StrEnum):
     torch = "torch"
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class TracesExporter(StrEnum):
+    none = "none"
+    otlp = "otlp"
+    console = "console"
+
+
 class SettingsError(Exception):
     """A setting is missing or malformed; the message names it and says what to fix."""
 
@@ -57,6 +68,14 @@ class Settings(BaseSettings):
     database_url: str | None = None
     secret_key: str | None = Field(default=None, min_length=32, repr=False)
     log_level: str = "INFO"
+    # "text" for people; "json": one object a line, with request_id and job_id, for collectors.
+    log_format: LogFormat = LogFormat.text
+    # OpenTelemetry spans of submit, claim, run and deliver: "otlp" sends them where the
+    # OTEL_EXPORTER_OTLP_* variables say (pip install 'goshen[otel]'), "console" prints them.
+    traces_exporter: TracesExporter = TracesExporter.none
+    # Where `goshen worker` serves its Prometheus metrics (0: not served); `--gpus` adds the
+    # GPU's position in the list, one port per worker.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     host: str = "127.0.0.1"
     api_port: Port = 8000
@@ -162,6 +181,9 @@ class Settings(BaseSettings):
     # Deliveries one dispatcher has in flight at once, and to one receiver (scheme, host, port).
     webhook_concurrency: int = Field(default=32, ge=1, le=1024)
     webhook_concurrency_per_receiver: int = Field(default=4, ge=1, le=1024)
+    # The wait after a delivery's first failed attempt; later ones keep the Standard Webhooks
+    # schedule's proportions (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h at the default).
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0, le=3600)
     shutdown_grace_seconds: float = Field(default=20.0, gt=0, le=600)
     # The API's connections: time to receive a request's headers, and connections per address.
     api_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)

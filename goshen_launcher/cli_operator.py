@@ -5,6 +5,7 @@ when it runs, so the developer's commands work on a base install."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -13,8 +14,10 @@ from typing import Annotated
 
 import typer
 
-from goshen.config import Settings, SettingsError, load_settings
+from goshen.config import LogFormat, Settings, SettingsError, load_settings
 from goshen.errors import GoshenError
+from goshen.logs import configure_logging
+from goshen.tracing import configure_tracing
 
 OPERATOR_EPILOG = (
     "Settings come from GOSHEN_* variables (and .env). Exit codes: 0 done, 2 a setting or an "
@@ -22,19 +25,25 @@ OPERATOR_EPILOG = (
 )
 
 
-def run_with_settings(command: Callable[[Settings], int]) -> None:
-    """Run an operator command with the settings; its exit status, 2 for an error to fix."""
+def run_with_settings(command: Callable[[Settings], int], service: str | None = None) -> None:
+    """Run an operator command with the settings; its exit status, 2 for an error to fix.
+
+    Its log lines are as GOSHEN_LOG_FORMAT says (goshen.logs); a `service` (a process of the
+    platform that handles jobs) also exports its spans as GOSHEN_TRACES_EXPORTER says."""
     try:
         settings = load_settings()
     except SettingsError as exc:
         print(f"goshen: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.log_format is LogFormat.json:
+        # MLflow's download progress bars (a worker loading a model) are not log lines.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Alembic narrates every plugin and step at INFO; commands report the revision themselves.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
+        if service is not None:
+            configure_tracing(settings.traces_exporter, f"goshen-{service}")
         code = command(settings)
     except (GoshenError, SettingsError) as exc:
         print(f"goshen: {exc}", file=sys.stderr)
@@ -97,7 +106,7 @@ def worker(
 
         return run_worker(settings)
 
-    run_with_settings(run)
+    run_with_settings(run, service="worker")
 
 
 def webhooks() -> None:
@@ -114,7 +123,7 @@ def webhooks() -> None:
             signal.signal(signum, lambda *_: stop.set())
         return run_dispatcher(settings, stop)
 
-    run_with_settings(run)
+    run_with_settings(run, service="webhooks")
 
 
 def api() -> None:
@@ -126,7 +135,7 @@ def api() -> None:
 
         return serve(settings)
 
-    run_with_settings(run)
+    run_with_settings(run, service="api")
 
 
 def mlflow() -> None:

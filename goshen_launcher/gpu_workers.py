@@ -3,7 +3,8 @@ device with CUDA_VISIBLE_DEVICES, supervised together and stopped together.
 
 GPUs are found without importing PyTorch here (the parent only supervises): CUDA_VISIBLE_DEVICES
 when this process is already restricted, else `nvidia-smi -L`. Each worker is a plain
-`goshen worker` in its own process group; its output goes to GOSHEN_HOME/logs/worker-gpuN.log.
+`goshen worker` in its own process group; its output goes to GOSHEN_HOME/logs/worker-gpuN.log,
+and it serves its metrics on GOSHEN_WORKER_METRICS_PORT plus its position in the list (when set).
 One that exits stops the others, and the command fails, so whatever runs it (systemd, the
 orchestrator) restarts the whole set.
 """
@@ -76,6 +77,20 @@ def choose_gpus(spec: str, visible: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(wanted))  # each GPU once, in the order asked
 
 
+def metrics_ports(first: int, workers: int) -> list[int]:
+    """Each worker's GOSHEN_WORKER_METRICS_PORT: `first` plus its position in the GPU list, or
+    0 (none served) for all when `first` is 0."""
+    if not first:
+        return [0] * workers
+    last = first + workers - 1
+    if last > 65535:
+        raise GoshenError(
+            f"GOSHEN_WORKER_METRICS_PORT={first}: {workers} workers need ports {first} to "
+            f"{last}, past 65535; set a lower port"
+        )
+    return list(range(first, first + workers))
+
+
 def run_gpu_workers(
     settings: Settings,
     spec: str,
@@ -85,6 +100,7 @@ def run_gpu_workers(
     """Run one worker per GPU `spec` asks for until a stop signal (0) or one exits (1). `detect`
     and `worker_argv` are what tests replace: no GPU there, and a stand-in worker."""
     gpus = choose_gpus(spec, detect())
+    ports = metrics_ports(settings.worker_metrics_port, len(gpus))
     supervisor = Supervisor(
         env=dict(os.environ),
         cwd=Path.cwd(),
@@ -93,10 +109,9 @@ def run_gpu_workers(
     )
     with supervisor.handling_signals():
         try:
-            for gpu in gpus:
-                running = supervisor.start(
-                    Service(f"worker-gpu{gpu}", tuple(worker_argv), {"CUDA_VISIBLE_DEVICES": gpu})
-                )
+            for gpu, port in zip(gpus, ports, strict=True):
+                env = {"CUDA_VISIBLE_DEVICES": gpu, "GOSHEN_WORKER_METRICS_PORT": str(port)}
+                running = supervisor.start(Service(f"worker-gpu{gpu}", tuple(worker_argv), env))
                 print(f"worker on GPU {gpu}: pid {running.process.pid}, log {running.log_path}")
             supervisor.wait_while_running()
         except PlatformError as exc:

@@ -19,12 +19,14 @@ from serving.catalog.cache import CatalogCache
 from serving.catalog.registry_sync import RegistrySync
 from serving.http.body_limit import BodySizeLimit
 from serving.http.content_type import json_bodies_only
+from serving.http.direct_routes import DirectRoutes
 from serving.http.inflight import Lanes
 from serving.http.metrics import ApiMetrics, install_metrics
 from serving.http.openapi import install_openapi
 from serving.http.principal_cache import PrincipalCache
 from serving.http.problems import install_problem_handlers
 from serving.http.rate_limits import RateLimitPolicyHeader, RateLimits
+from serving.http.request_ids import RequestIds
 from serving.http.state import ApiState
 from serving.http.streams import StreamHub
 from serving.jobs.effects import JobEffects
@@ -70,6 +72,7 @@ def build_state(settings: Settings, metrics: ApiMetrics, streams: StreamHub) -> 
     )
     migrate.upgrade(engine)
     sessions = make_sessionmaker(engine)
+    metrics.credits.watch(sessions)  # /predict's captures, and jobs ended here
     read_engine = make_engine(
         settings.resolved_database_url,
         read_only=True,
@@ -109,7 +112,7 @@ def build_state(settings: Settings, metrics: ApiMetrics, streams: StreamHub) -> 
             if settings.billing_enabled
             else None
         ),
-        rate_limits=RateLimits(settings),
+        rate_limits=RateLimits(settings, on_refusal=metrics.refused),
         streams=streams,
         lanes=Lanes.build(settings.max_requests_in_flight_per_account),
     )
@@ -170,7 +173,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        # The API's spans are goshen.tracing's. FastAPI's own would ask OpenTelemetry's global
+        # providers on every request whether to make some (a few µs of each /predict).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    # Innermost: /predict straight to its route, inside every middleware below.
+    app.add_middleware(DirectRoutes, fastapi=app, routes=predict.router.routes)
     # Dataset uploads stream to disk under GOSHEN_MAX_UPLOAD_BYTES instead.
     app.add_middleware(
         BodySizeLimit,
@@ -178,8 +186,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exempt=(("POST", "/v1/datasets"), ("POST", "/v1/models")),
     )
     app.add_middleware(RateLimitPolicyHeader)
-    metrics = install_metrics(app)
+    metrics = install_metrics(app, settings)
     install_problem_handlers(app)
+    app.add_middleware(RequestIds)  # outermost: the 500s of install_problem_handlers carry it
     routers = (
         predict,  # first: the hottest route, and routes are matched in order
         health,

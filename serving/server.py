@@ -69,6 +69,9 @@ def api_config(
         host=settings.host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
+        # Its lines, access lines included, go through the process's logging (goshen.logs:
+        # GOSHEN_LOG_FORMAT, each request's id), not through handlers of uvicorn's own.
+        log_config=None,
         timeout_graceful_shutdown=graceful_shutdown_seconds(settings.shutdown_grace_seconds),
         header_timeout=settings.api_header_timeout_seconds,
         max_connections_per_client=settings.api_max_connections_per_client,

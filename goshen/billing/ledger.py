@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from goshen.billing import spend_caps
+from goshen.billing import captures, spend_caps
 from goshen.billing.consumption import Movement, expired_remainders
 from goshen.billing.money import credits
 from goshen.db import access
@@ -240,6 +240,7 @@ def settle(
             job_id=job_id,
             api_key_id=api_key_id,
         )
+        captures.noted(session, source, captured)  # counted in metrics once it commits
     if held > captured:
         post(
             session,

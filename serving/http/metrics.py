@@ -1,13 +1,11 @@
-"""Prometheus metrics for the API: request counts and latencies by route template, how many
-requests /predict merged into each model call, and webhook deliveries by status and by why
-they failed (counted in the database at scrape time)."""
+"""Prometheus metrics for the API: request counts and latencies by route template, /predict's
+latency and batching by model, rate-limit refusals, credit captured, and what the database
+holds at scrape time (the queue, workers' heartbeats, the webhook outbox:
+serving.http.metrics_database)."""
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
 
 from fastapi import FastAPI, Response
 from prometheus_client import (
@@ -17,26 +15,26 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.webhooks.stats import DeliveryCounts, delivery_counts
+from goshen.billing.rate_limits import FAILED_AUTH, RouteClass
+from goshen.config import Settings
+from serving.http.metrics_credits import CreditsCaptured
+from serving.http.metrics_database import DatabaseCollector, DatabaseFigures
 
-log = logging.getLogger(__name__)
-# How long /metrics reuses the webhook delivery counts it read.
-WEBHOOK_COUNTS_SECONDS = 15.0
+# A worker silent for this many heartbeat intervals is stale, as in /v1/admin/workers.
+STALE_HEARTBEATS = 3
+PREDICT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class ApiMetrics:
     """One registry per app, so several apps in one process (tests) never collide."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.registry = CollectorRegistry()
-        self._counts: tuple[float, DeliveryCounts] | None = None
-        self._counts_lock = threading.Lock()
+        self.figures = DatabaseFigures()
+        self.stale_after_seconds = STALE_HEARTBEATS * settings.worker_heartbeat_seconds
         self.requests = Counter(
             "goshen_http_requests",
             "HTTP requests answered",
@@ -57,55 +55,48 @@ class ApiMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
+        self.predict_latency = Histogram(
+            "goshen_predict_duration_seconds",
+            "Time to answer a /predict request that succeeded, from its arrival at the route "
+            "(authentication, reserving credit, queueing for and running the model call)",
+            ["model"],
+            buckets=PREDICT_BUCKETS,
+            registry=self.registry,
+        )
+        self._predict_children: dict[str, Histogram] = {}
+        self.rate_limit_refusals = Counter(
+            "goshen_rate_limit_refusals",
+            "Requests refused with 429 by a rate limit, by route class (generate, predict, "
+            "default; failed-auth: an address past its failed authentications)",
+            ["route_class"],
+            registry=self.registry,
+        )
+        for route_class in (*RouteClass, FAILED_AUTH):
+            self.rate_limit_refusals.labels(str(route_class))  # every series from the start
+        self.credits = CreditsCaptured(self.registry)
+
+    def predicted(self, model: str, seconds: float) -> None:
+        """A /predict request for `model` succeeded in `seconds`."""
+        child = self._predict_children.get(model)
+        if child is None:  # once per model: `labels` takes the histogram's lock
+            child = self._predict_children[model] = self.predict_latency.labels(model)
+        child.observe(seconds)
+
+    def refused(self, route_class: str) -> None:
+        """A rate limit refused a request of `route_class`."""
+        self.rate_limit_refusals.labels(route_class).inc()
 
     def render(self, sessions: sessionmaker[Session] | None = None) -> Response:
-        """The exposition; with `sessions`, webhook delivery counts read from the database."""
+        """The exposition; with `sessions`, the figures read from the database."""
         body = generate_latest(self.registry)
         if sessions is not None:
-            webhooks = CollectorRegistry(auto_describe=False)
-            webhooks.register(_WebhookDeliveries(lambda: self._delivery_counts(sessions)))
-            body += generate_latest(webhooks)
+            database = CollectorRegistry(auto_describe=False)
+            collector = DatabaseCollector(
+                lambda: self.figures.get(sessions), self.stale_after_seconds
+            )
+            database.register(collector)
+            body += generate_latest(database)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-    def _delivery_counts(self, sessions: sessionmaker[Session]) -> DeliveryCounts:
-        """The outbox's counts, read at most every WEBHOOK_COUNTS_SECONDS: counting scans the
-        table, and every replica is scraped (the counts are the same from each)."""
-        with self._counts_lock:
-            if self._counts is None or time.monotonic() - self._counts[0] >= WEBHOOK_COUNTS_SECONDS:
-                self._counts = (time.monotonic(), delivery_counts(sessions))
-            return self._counts[1]
-
-
-class _WebhookDeliveries(Collector):
-    """Outbox rows by status, and failed ones by reason; nothing while the database is down
-    (readiness reports that), so a scrape still answers."""
-
-    def __init__(self, counts: Callable[[], DeliveryCounts]) -> None:
-        self.counts = counts
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            by_status, by_reason = self.counts()
-        except SQLAlchemyError as exc:
-            log.warning("webhook delivery counts unavailable: %s", exc)
-            return
-        statuses = GaugeMetricFamily(
-            "goshen_webhook_deliveries",
-            "Webhook deliveries (one per job and event) by status: pending, delivered, failed",
-            labels=["status"],
-        )
-        for status, count in by_status.items():
-            statuses.add_metric([status], count)
-        reasons = GaugeMetricFamily(
-            "goshen_webhook_deliveries_failed",
-            "Failed webhook deliveries by reason: refused (the URL, for good, after one "
-            "attempt), gone (a 410 answer), exhausted (every retry failed)",
-            labels=["reason"],
-        )
-        for reason, count in by_reason.items():
-            reasons.add_metric([reason], count)
-        yield statuses
-        yield reasons
 
 
 class _Measure:
@@ -139,7 +130,7 @@ class _Measure:
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
 
 
-def install_metrics(app: FastAPI) -> ApiMetrics:
-    metrics = ApiMetrics()
+def install_metrics(app: FastAPI, settings: Settings) -> ApiMetrics:
+    metrics = ApiMetrics(settings)
     app.add_middleware(_Measure, metrics=metrics)
     return metrics

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from goshen import logs
 from goshen.billing.rate_limits import Policy
 from goshen.errors import (
     GoshenError,
@@ -54,7 +55,9 @@ class Problem(BaseModel):
         default=None, description="each invalid field, on 422s about fields"
     )
     request_id: str | None = Field(
-        default=None, description="on 500s: the id of the error in the server's log"
+        default=None,
+        description="the request's id (also its `X-Request-Id` header), which the server's log "
+        "lines about it carry: quote it when you report a problem",
     )
 
 
@@ -111,6 +114,7 @@ def problem(
     }
     if errors is not None:
         body["errors"] = errors
+    request_id = request_id or logs.current_request_id()
     if request_id is not None:
         body["request_id"] = request_id
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
@@ -262,7 +266,11 @@ class ServerErrors:
         try:
             await self.app(scope, receive, sending)
         except Exception:
-            request_id = uuid.uuid4().hex
+            request_id = logs.current_request_id()
+            headers = None
+            if request_id is None:  # served without RequestIds, which answers the header
+                request_id = uuid.uuid4().hex
+                headers = {"X-Request-ID": request_id}
             log.exception(
                 "unhandled error on %s %r, request id %s",
                 scope["method"],
@@ -275,9 +283,7 @@ class ServerErrors:
                 "the server failed to handle this request; it has been logged with request id "
                 f"{request_id}: quote it when you report this"
             )
-            answer = problem(
-                500, detail, request_id=request_id, headers={"X-Request-ID": request_id}
-            )
+            answer = problem(500, detail, request_id=request_id, headers=headers)
             await answer(scope, receive, send)
 
 

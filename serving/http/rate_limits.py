@@ -112,8 +112,11 @@ class RateLimits:
     """The API process's rate limiter: `admit` counts a request against its key's quota, and
     `refuse_address`/`count_failure` limit failed authentications per client address."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, on_refusal: Callable[[str], None] = lambda name: None
+    ) -> None:
         self.enabled = settings.rate_limits_enabled
+        self.on_refusal = on_refusal  # told each refusal's policy name (metrics)
         self.policies = policies(settings)
         self._items = {
             name: RateLimitItemPerSecond(policy.quota, policy.window_seconds, namespace=name)
@@ -166,6 +169,7 @@ class RateLimits:
             lambda: self._local.get_window_stats(item, identifier),
         )
         policy = self.policies[item.namespace]
+        self.on_refusal(policy.name)
         retry_after = min(max(1, math.ceil(window.reset_time - time.time())), item.get_expiry())
         counted = (
             "failed authentications from this address"

@@ -42,6 +42,9 @@ class Claim:
     created_at: datetime
     started_at: datetime
     timeout_seconds: float | None
+    # What joins the worker's log lines and spans to the API's (goshen.logs, goshen.tracing).
+    request_id: str | None = None
+    traceparent: str | None = None
 
     @property
     def images(self) -> int:
@@ -320,6 +323,8 @@ def _start_attempts(
             created_at=job.created_at,
             started_at=now,
             timeout_seconds=job.timeout_seconds,
+            request_id=job.request_id,
+            traceparent=job.traceparent,
         )
         for job in jobs
     ]

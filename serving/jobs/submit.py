@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from goshen import catalog, registry
+from goshen import catalog, logs, registry, tracing
 from goshen.accounts import Principal
 from goshen.billing import ledger
 from goshen.billing.pricing import most_a_job_can_cost
@@ -56,9 +56,34 @@ def submit(
     idempotency_key: str | None,
     interactive: bool,
 ) -> Submission:
-    """Validate and queue a generation job, or return the one this Idempotency-Key made.
+    """Validate and queue a generation job, or return the one this Idempotency-Key made; in a
+    `goshen.submit` span, whose trace the job's claim, run and deliveries join (goshen.tracing)."""
+    with tracing.span("goshen.submit", {"goshen.model": body.model}):
+        submission = _submit(
+            session,
+            principal,
+            body,
+            settings,
+            idempotency_key=idempotency_key,
+            interactive=interactive,
+        )
+        job_id = submission.job.id
+        tracing.annotate({"goshen.job_id": job_id, "goshen.replayed": submission.replayed})
+    if not submission.replayed:
+        log.info("queued job %s for %s", job_id, submission.model.name, extra={"job_id": job_id})
+    return submission
 
-    No transaction stays open across the slow parts (the webhook URL's DNS lookup, a registry
+
+def _submit(
+    session: Session,
+    principal: Principal,
+    body: JobCreate,
+    settings: Settings,
+    *,
+    idempotency_key: str | None,
+    interactive: bool,
+) -> Submission:
+    """No transaction stays open across the slow parts (the webhook URL's DNS lookup, a registry
     call): on SQLite every transaction holds the database's write lock.
     """
     user = principal.user
@@ -104,6 +129,8 @@ def submit(
         webhook_events=list(body.webhook_events_filter or []),
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint if idempotency_key else None,
+        request_id=logs.current_request_id(),
+        traceparent=tracing.current_traceparent(),
     )
     try:
         enqueue(session, job)

@@ -46,6 +46,7 @@ def render_job(job: Job, model_name: str, store: ArtifactStore, api_url: str) ->
         webhook=job.webhook,
         webhook_events_filter=list(job.webhook_events),
         cost_micros=job.cost_micros,
+        request_id=job.request_id,
         metrics=JobMetrics(
             queue_seconds=job.queue_seconds,
             run_seconds=job.run_seconds,

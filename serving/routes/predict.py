@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
@@ -25,31 +23,15 @@ from goshen.db.models import Model, ModelKind, ModelStatus
 from goshen.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from serving.catalog.cache import CatalogCache
 from serving.http.content_type import require_json
-from serving.http.dependencies import ApiStateDep, api_state, authenticate
+from serving.http.dependencies import ApiStateDep, authenticate
+from serving.http.direct_routes import DirectRoute
 from serving.http.openapi import problem_response
 from serving.http.paths import ModelName
 from serving.predict.metering import UsageRecorder
 from serving.predict.models import LOAD_RETRY_SECONDS, ModelLoadError
 from serving.schemas import CATALOG_NAME_PATTERN, RequestBody
 
-
-class _DirectRoute(APIRoute):
-    """Calls the endpoint with the path parameters and the request, skipping FastAPI's
-    dependency resolution and validation: the route checks its own body (see `predict`).
-    The OpenAPI document still comes from the endpoint's signature and `openapi_extra`."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        endpoint = self.endpoint
-
-        async def handle(request: Request) -> Response:
-            state = api_state(request)
-            response: Response = await endpoint(request=request, state=state, **request.path_params)
-            return response
-
-        return handle
-
-
-router = APIRouter(prefix="/v1/models", tags=["predict"], route_class=_DirectRoute)
+router = APIRouter(prefix="/v1/models", tags=["predict"], route_class=DirectRoute)
 _CATALOG_NAME = re.compile(CATALOG_NAME_PATTERN)
 
 
@@ -110,6 +92,7 @@ async def predict(name: ModelName, request: Request, state: ApiStateDep) -> Resp
 
     Needs a key with the `predict` scope.
     """
+    arrived = time.perf_counter()
     principal = await authenticate(request, "predict", RouteClass.predict)
     if _CATALOG_NAME.fullmatch(name) is None:  # what FastAPI's validation of the path would do
         raise NotFoundError(f"no model named {name!r}; model names match {CATALOG_NAME_PATTERN}")
@@ -142,7 +125,9 @@ async def predict(name: ModelName, request: Request, state: ApiStateDep) -> Resp
     cost = _meter(state.usage, model, principal, rows, seconds)
     if credit is not None:
         credit.settle(principal, reserved, cost)
-    return Response(loaded.onnx.answer(outputs), media_type="application/json")
+    answer = Response(loaded.onnx.answer(outputs), media_type="application/json")
+    state.metrics.predicted(model.name, time.perf_counter() - arrived)
+    return answer
 
 
 async def _callable_model(cache: CatalogCache, name: str, user_id: str) -> Model:

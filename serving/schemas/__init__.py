@@ -208,6 +208,11 @@ class JobPublic(BaseModel):
     webhook: str | None
     webhook_events_filter: list[str]
     cost_micros: int | None
+    request_id: str | None = Field(
+        default=None,
+        description="the id of the request that submitted it (its `X-Request-Id`), which the "
+        "platform's log lines about the job carry",
+    )
     metrics: JobMetrics
     urls: JobUrls
     created_at: datetime

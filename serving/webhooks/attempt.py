@@ -10,10 +10,13 @@ a failure.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 
+import certifi
 import httpx
 
 from goshen.config import Settings
@@ -36,10 +39,26 @@ class ClaimedDelivery:
     body: bytes
     attempt: int
     secret: str
+    # The job's, and the request that submitted it: the attempt's log lines and span join them.
+    job_id: str | None = None
+    request_id: str | None = None
+    traceparent: str | None = None
 
     @property
     def receiver(self) -> str:
         return receiver_key(self.url)
+
+    @property
+    def span_attributes(self) -> dict[str, str | int]:
+        """What its `goshen.deliver` span says about it (goshen.tracing)."""
+        attributes: dict[str, str | int] = {
+            "goshen.webhook_event_id": self.event_id,
+            "goshen.attempt": self.attempt,
+            "server.address": self.receiver,
+        }
+        if self.job_id is not None:
+            attributes["goshen.job_id"] = self.job_id
+        return attributes
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,14 @@ class AttemptResult:
     def delivered(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
 
+    @property
+    def span_attributes(self) -> dict[str, bool | int]:
+        """What its attempt's span says about the outcome (goshen.tracing)."""
+        attributes: dict[str, bool | int] = {"goshen.delivered": self.delivered}
+        if self.status_code is not None:
+            attributes["http.response.status_code"] = self.status_code
+        return attributes
+
 
 def receiver_key(url: str) -> str:
     """Who receives `url`: scheme, host and port (what the per-receiver limit counts)."""
@@ -62,6 +89,18 @@ def receiver_key(url: str) -> str:
         return url
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     return f"{parsed.scheme}://{parsed.host}:{port}"
+
+
+def tls_context() -> ssl.SSLContext:
+    """What httpx verifies with by default (certifi's CA bundle), loaded once per bundle: loading
+    it costs about 70 ms of CPU, which, once per attempt, held a dispatcher to about 14
+    deliveries a second."""
+    return _tls_context(certifi.where())
+
+
+@functools.cache
+def _tls_context(ca_bundle: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_bundle)
 
 
 def timed_out(settings: Settings) -> AttemptResult:
@@ -94,7 +133,10 @@ async def _post(claim: ClaimedDelivery, settings: Settings, at: datetime) -> Att
         return AttemptResult(None, str(refused))
     # A client per attempt: no pooled connection, verified for one name, is reused for another.
     client = httpx.AsyncClient(
-        follow_redirects=False, timeout=settings.webhook_timeout_seconds, trust_env=False
+        follow_redirects=False,
+        timeout=settings.webhook_timeout_seconds,
+        trust_env=False,
+        verify=tls_context(),
     )
     try:
         async with client, _stream(client, target, claim, at) as response:

@@ -37,11 +37,14 @@ GIVE_UP_STATUS_CODES = frozenset({410})
 SCAN_ROWS = 512
 
 
-def retry_delay(attempt: int) -> float | None:
-    """Seconds to wait after failed attempt number `attempt` (from 1), or None to give up."""
+def retry_delay(attempt: int, base_seconds: float = RETRY_DELAYS_SECONDS[0]) -> float | None:
+    """Seconds to wait after failed attempt number `attempt` (from 1), or None to give up; the
+    schedule scaled so that the first wait is `base_seconds` (GOSHEN_WEBHOOK_RETRY_BASE_SECONDS)."""
     if attempt >= MAX_ATTEMPTS:
         return None
-    return RETRY_DELAYS_SECONDS[attempt - 1] * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
+    scale = base_seconds / RETRY_DELAYS_SECONDS[0]
+    jitter = random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
+    return RETRY_DELAYS_SECONDS[attempt - 1] * scale * jitter
 
 
 def claim_due(
@@ -53,6 +56,7 @@ def claim_due(
     store: ArtifactStore,
     busy: Mapping[str, int] | None = None,
     per_receiver: int | None = None,
+    retry_base_seconds: float = RETRY_DELAYS_SECONDS[0],
 ) -> list[ClaimedDelivery]:
     """Take up to `limit` due deliveries for one attempt each, in one short transaction.
 
@@ -65,7 +69,7 @@ def claim_due(
         if not chosen:
             return []
         due = (
-            select(WebhookDelivery, Job.user_id)
+            select(WebhookDelivery, Job.user_id, Job.request_id, Job.traceparent)
             .join(Job, Job.id == WebhookDelivery.job_id)
             .where(
                 WebhookDelivery.id.in_(chosen),
@@ -79,7 +83,7 @@ def claim_due(
             .with_for_update(skip_locked=True, of=WebhookDelivery)
         )
         claimed = []
-        for delivery, user_id in session.execute(due).all():
+        for delivery, user_id, request_id, traceparent in session.execute(due).all():
             delivery.attempt += 1
             delivery.next_attempt_at = now + lease
             try:
@@ -88,7 +92,7 @@ def claim_due(
                     secret = webhook_secret_for(session, session.get_one(User, user_id))
             except Exception as exc:  # this row alone: one that cannot be sent blocks no other
                 log.exception("webhook %s could not be prepared", delivery.event_id)
-                _unsendable(delivery, now, f"{type(exc).__name__}: {exc}")
+                _unsendable(delivery, now, f"{type(exc).__name__}: {exc}", retry_base_seconds)
                 continue
             claimed.append(
                 ClaimedDelivery(
@@ -98,16 +102,21 @@ def claim_due(
                     body=body,
                     attempt=delivery.attempt,
                     secret=secret,
+                    job_id=delivery.job_id,
+                    request_id=request_id,
+                    traceparent=traceparent,
                 )
             )
     return claimed
 
 
-def _unsendable(delivery: WebhookDelivery, now: datetime, error: str) -> None:
+def _unsendable(
+    delivery: WebhookDelivery, now: datetime, error: str, retry_base_seconds: float
+) -> None:
     """An attempt spent on a delivery whose body or signature could not be made: retried on the
     schedule (the cause may pass, say the artifact store's credentials), then failed."""
     delivery.last_error = f"could not prepare the delivery: {error}"
-    delay = retry_delay(delivery.attempt)
+    delay = retry_delay(delivery.attempt, retry_base_seconds)
     if delay is None:
         delivery.status = DeliveryStatus.failed
     else:
@@ -159,12 +168,17 @@ def _under_limits(
 
 
 def record_attempt(
-    factory: sessionmaker[Session], claim: ClaimedDelivery, result: AttemptResult, *, at: datetime
+    factory: sessionmaker[Session],
+    claim: ClaimedDelivery,
+    result: AttemptResult,
+    *,
+    at: datetime,
+    retry_base_seconds: float = RETRY_DELAYS_SECONDS[0],
 ) -> None:
     """Store an attempt's outcome and schedule what follows, unless the claim was lost."""
     values: dict[str, object] = {"status_code": result.status_code, "last_error": result.error}
     gives_up = result.permanent or result.status_code in GIVE_UP_STATUS_CODES
-    delay = None if gives_up else retry_delay(claim.attempt)
+    delay = None if gives_up else retry_delay(claim.attempt, retry_base_seconds)
     if result.delivered:
         values |= {"status": DeliveryStatus.delivered, "delivered_at": at}
     elif delay is None:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from goshen import logs, tracing
 from goshen.config import Settings
 from goshen.db import make_engine, make_sessionmaker, migrate
 from goshen.db.models import utcnow
@@ -83,22 +84,42 @@ class Dispatcher:
             store=self.store,
             busy=Counter(self.in_flight.values()),
             per_receiver=self.settings.webhook_concurrency_per_receiver,
+            retry_base_seconds=self.settings.webhook_retry_base_seconds,
         )
         return await self.in_database(claim)
 
     def start(self, claim: ClaimedDelivery, at: datetime | None = None) -> asyncio.Task[None]:
-        task = asyncio.create_task(self.attempt(claim, at))
+        task = asyncio.create_task(self.traced_attempt(claim, at))
         self.in_flight[task] = claim.receiver
         task.add_done_callback(self.in_flight.pop)
         return task
+
+    async def traced_attempt(self, claim: ClaimedDelivery, at: datetime | None) -> None:
+        """attempt(), its lines in its job's log context (the request that submitted the job)
+        and in a `goshen.deliver` span of the job's trace; its task's own, none leaks."""
+        with (
+            logs.log_context(
+                job_id=claim.job_id, request_id=claim.request_id, event_id=claim.event_id
+            ),
+            tracing.span("goshen.deliver", claim.span_attributes, parent=claim.traceparent),
+        ):
+            await self.attempt(claim, at)
 
     async def attempt(self, claim: ClaimedDelivery, at: datetime | None) -> None:
         """Post, then record; a failure to record leaves the claim to expire and come back."""
         started, clock = at or utcnow(), time.monotonic()
         try:
             result = await post_delivery(claim, self.settings, at=started)
+            tracing.annotate(result.span_attributes, error=result.error)
             finished = started + timedelta(seconds=time.monotonic() - clock)
-            record = functools.partial(record_attempt, self.factory, claim, result, at=finished)
+            record = functools.partial(
+                record_attempt,
+                self.factory,
+                claim,
+                result,
+                at=finished,
+                retry_base_seconds=self.settings.webhook_retry_base_seconds,
+            )
             await self.in_database(record)
         except OperationalError as exc:
             log.warning("webhook %s: outcome not recorded (%s); it is retried", claim.event_id, exc)

@@ -26,7 +26,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from goshen import registry
+from goshen import logs, registry
 from goshen.config import Settings
 from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
 from goshen.db.models import Worker, WorkerStatus, utcnow
@@ -37,6 +37,8 @@ from serving.jobs import transitions
 from serving.jobs.claim import Claim, claim_affine, claim_compatible
 from serving.worker.context import WorkerContext, WorkerStopping
 from serving.worker.generator_cache import GeneratorCache, ModelSource, RegistrySource
+from serving.worker.job_context import claimed, running
+from serving.worker.metrics import WorkerMetrics
 from serving.worker.runner import run_batch
 
 log = logging.getLogger(__name__)
@@ -154,6 +156,7 @@ class _WorkerHeartbeat(threading.Thread):
         return WorkerStatus.busy if self.busy else WorkerStatus.idle
 
     def run(self) -> None:
+        logs.bind(worker_id=self.context.worker_id)  # this thread's lines, as the loop's
         settings = self.context.settings
         interval = min(settings.worker_heartbeat_seconds, settings.queue_recovery_seconds)
         next_beat = next_recovery = 0.0
@@ -197,11 +200,15 @@ def run_worker(
         )
         log.info("worker %s ready on %s (%s)", worker.id, worker.device, worker.device_name)
         beat = _WorkerHeartbeat(context, detect_device())
+        metrics = WorkerMetrics(worker, beat.device, memory_in_use)
         generators.on_change = beat.models_changed
         beat.start()
         try:
-            _work(context, listener, beat)
+            metrics.start(settings, factory)
+            with logs.log_context(worker_id=worker.id):
+                _work(context, listener, beat, metrics)
         finally:
+            metrics.close()
             beat.finished.set()
             beat.join()
             try:
@@ -216,9 +223,15 @@ def run_worker(
     return 0
 
 
-def _work(context: WorkerContext, listener: Listener, beat: _WorkerHeartbeat) -> None:
+def _work(
+    context: WorkerContext,
+    listener: Listener,
+    beat: _WorkerHeartbeat,
+    metrics: WorkerMetrics,
+) -> None:
     settings = context.settings
     while not context.stop.is_set():
+        claim_started = time.time_ns()
         try:
             claims = claim(context)
         except OperationalError as exc:
@@ -239,9 +252,14 @@ def _work(context: WorkerContext, listener: Listener, beat: _WorkerHeartbeat) ->
         if not claims:
             listener.wait(settings.queue_poll_seconds)
             continue
+        claimed(claims, context.worker_id, claim_started)
         beat.busy = True
         try:
-            run_batch(context, claims)
+            model = context.catalog_entry(claims[0].model_id).name  # the metrics' label
+            started = time.monotonic()
+            with running(claims, context.worker_id):
+                run_batch(context, claims)
+            metrics.batch_ran(model, claims, time.monotonic() - started)
         except WorkerStopping:
             return
         except OperationalError as exc:

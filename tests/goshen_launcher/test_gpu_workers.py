@@ -3,25 +3,30 @@
 This machine has no GPU: the GPU lists are injected, either as a list (choose_gpus) or as a
 fake `nvidia-smi` first on PATH that prints what the real one prints for two GPUs. The workers
 started on them are the real `goshen worker` processes; without CUDA they compute on the CPU,
-each still pinned (CUDA_VISIBLE_DEVICES) to the GPU it was given.
+each still pinned (CUDA_VISIBLE_DEVICES) to the GPU it was given, each serving its metrics on a
+port of its own.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.config import Settings
 from goshen.db.models import Worker, WorkerStatus
-from goshen_launcher.gpu_workers import NoGpuError, choose_gpus, visible_gpus
+from goshen.errors import GoshenError
+from goshen_launcher.gpu_workers import NoGpuError, choose_gpus, metrics_ports, visible_gpus
 
 TWO_GPUS = (
     "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-2222-3333-4444-555555555555)\n"
@@ -146,3 +151,60 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_each_gpu_worker_serves_metrics_on_the_port_plus_its_position() -> None:
+    assert metrics_ports(9400, 3) == [9400, 9401, 9402]
+    assert metrics_ports(0, 2) == [0, 0]  # none served
+    with pytest.raises(GoshenError, match="ports 65535 to 65536, past 65535"):
+        metrics_ports(65535, 2)
+
+
+def _two_free_ports() -> int:
+    """A port that is free, and the one after it."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no two consecutive free ports")
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_gpu_workers_are_scraped_one_port_each(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    port = _two_free_ports()
+    env = _goshen_env(settings, _fake_nvidia_smi(tmp_path, TWO_GPUS))
+    env["GOSHEN_WORKER_METRICS_PORT"] = str(port)
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "goshen_launcher.cli", "worker", "--gpus", "all"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        served: dict[int, str] = {}
+        deadline = time.monotonic() + 120
+        while len(served) < 2:
+            assert parent.poll() is None, parent.communicate()[0]
+            assert time.monotonic() < deadline, f"metrics answered on {sorted(served)} only"
+            for each in (port, port + 1):
+                try:
+                    text = httpx.get(f"http://127.0.0.1:{each}/metrics", timeout=2).text
+                except httpx.TransportError:
+                    continue
+                served[each] = re.findall(r'goshen_worker_info\{.*worker="([^"]+)"', text)[0]
+            time.sleep(0.2)
+        assert set(served.values()) == {worker.id for worker in _workers(sessions)}
+        parent.send_signal(signal.SIGTERM)
+        parent.communicate(timeout=settings.shutdown_grace_seconds + 30)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

@@ -22,6 +22,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from goshen.db.models.base import Base, JSONType, created_at_column, enum_type, id_column, utcnow
 
+# A request id is at most this long (serving.http.request_ids refuses longer ones); a
+# traceparent of version 00 is 55 characters, later versions may add fields.
+REQUEST_ID_MAX_LENGTH = 128
+TRACEPARENT_MAX_LENGTH = 128
+
 
 class JobStatus(StrEnum):
     queued = "queued"
@@ -86,6 +91,10 @@ class Job(Base):
     webhook_events: Mapped[list[Any]] = mapped_column(default=list)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # The X-Request-Id of the request that submitted it and the W3C traceparent of its submit
+    # span: the worker's and the webhook dispatcher's log lines and spans join the API's.
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX_LENGTH))
+    traceparent: Mapped[str | None] = mapped_column(String(TRACEPARENT_MAX_LENGTH))
     created_at: Mapped[datetime] = created_at_column()
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]

@@ -175,6 +175,14 @@ def test_the_retry_schedule_backs_off_for_hours() -> None:
     assert retry_delay(MAX_ATTEMPTS) is None
 
 
+def test_the_retry_base_scales_the_whole_schedule() -> None:
+    """GOSHEN_WEBHOOK_RETRY_BASE_SECONDS=0.05: 0.05 s, 3 s, 18 s, ... (the chaos suite's)."""
+    for attempt, seconds in enumerate(RETRY_DELAYS_SECONDS, start=1):
+        delay = retry_delay(attempt, base_seconds=0.05)
+        assert delay is not None and 0.9 * seconds / 100 <= delay <= 1.1 * seconds / 100
+    assert retry_delay(MAX_ATTEMPTS, base_seconds=0.05) is None
+
+
 def test_a_receiver_that_always_fails_is_given_up_after_the_schedule(
     sessions: Sessions, hook_settings: Settings, receiver: Receiver
 ) -> None:
