@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.fixtures.training",
     "tests.fixtures.cli",
     "tests.fixtures.sdk",
+    "tests.fixtures.private_postgres",
 ]
 
 
