@@ -9,7 +9,7 @@ SHELL  := bash
 # pip.conf on some machines names index folders that do not exist; pip warns once per package.
 QUIET_PIP := { grep -v "^WARNING: Location" || true; }
 
-.PHONY: setup demo up test lint format bench clean browser screenshots notebooks
+.PHONY: setup demo up test lint format bench chaos load clean browser screenshots notebooks
 
 setup: $(STAMP)
 
@@ -38,6 +38,18 @@ notebooks: setup
 
 test: lint browser
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+# The chaos suite's full run (tests/chaos; `make test` runs its short run): 1,000 jobs through
+# three worker kills, a frozen worker and a PostgreSQL restart. Its figures: .goshen/chaos.json.
+chaos: setup
+	@mkdir -p .goshen
+	GOSHEN_TEST_CHAOS=full GOSHEN_TEST_CHAOS_REPORT=$(CURDIR)/.goshen/chaos.json \
+		$(BIN)/python -m pytest -n 0 -s -q tests/chaos
+
+# The load test at fixed rates on PostgreSQL (bench/load/run.py; its table goes to BENCHMARKS.md).
+load: setup
+	@mkdir -p .goshen
+	$(BIN)/python bench/load/run.py --out $(CURDIR)/.goshen/load.json
 
 # The dashboard's browser test drives Debian's Chromium; install it when it is missing and this
 # user may (CI runs as root). Playwright cannot download a browser of its own here.

@@ -37,7 +37,7 @@ from predict_vs_mlflow import (
     goshen_environment,
     process,
     register_classifier,
-    run_wrk,
+    run_load,
     wait_until,
 )
 
@@ -122,7 +122,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict[int, list[tuple[float, f
                 for mode in order:
                     url = f"{urls[mode]}/v1/models/{MODEL}/predict"
                     before = cpu_seconds(pids[mode])
-                    run = run_wrk(url, body, connections, args.duration, key)
+                    run = run_load(url, body, connections, args.duration, key)
                     assert run["errors"] == 0, f"{mode}: {run['errors']} non-2xx answers"
                     run["cpu_us"] = (
                         (cpu_seconds(pids[mode]) - before) / (run["rps"] * args.duration) * 1e6
