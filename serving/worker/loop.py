@@ -26,7 +26,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from goshen import logs, registry
+from goshen import catalog, logs, registry
 from goshen.config import Settings
 from goshen.db import make_engine, make_sessionmaker, migrate, session_scope
 from goshen.db.models import Worker, WorkerStatus, utcnow
@@ -252,10 +252,11 @@ def _work(
         if not claims:
             listener.wait(settings.queue_poll_seconds)
             continue
-        claimed(claims, context.worker_id, claim_started)
         beat.busy = True
         try:
-            model = context.catalog_entry(claims[0].model_id).name  # the metrics' label
+            claimed(claims, context.worker_id, claim_started)
+            entry = context.catalog_entry(claims[0].model_id)
+            model = catalog.metric_label(entry.name, entry.owner_id)  # the metrics' label
             started = time.monotonic()
             with running(claims, context.worker_id):
                 run_batch(context, claims)

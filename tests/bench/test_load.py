@@ -33,6 +33,7 @@ def bench() -> ModuleType:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("platform-processes")  # one platform of processes at a time
 def test_every_route_answers_without_errors_at_a_low_rate(
     bench: ModuleType,
     postgres: Postgres | None,

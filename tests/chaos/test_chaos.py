@@ -49,7 +49,8 @@ from tests.fixtures.accounts import Account, create_account
 from tests.fixtures.models import RegisteredModel
 from tests.fixtures.private_postgres import PrivateCluster, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chaos")]
+# The suites that start a platform of processes run one after another (make test: --dist loadgroup).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("platform-processes")]
 
 PRICE_MICROS = 1000  # per image; every job asks for one
 FAILURE_RATE = 0.3
@@ -78,7 +79,7 @@ SCALES = {
         pause=0.5,
         steps=40,
         clients=4,
-        timeout=150,
+        timeout=240,
     ),
     "full": Scale(
         jobs=1000,

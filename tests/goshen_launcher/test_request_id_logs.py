@@ -34,7 +34,12 @@ from tests.fixtures.accounts import Account
 from tests.fixtures.servers import wait_until_answers
 from tests.serving.webhooks.receivers import Receiver, ReceiverHandler
 
-pytestmark = [pytest.mark.slow, pytest.mark.parametrize("backend", ["postgresql"])]
+# The suites that start a platform of processes run one after another (make test: --dist loadgroup).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("platform-processes"),
+    pytest.mark.parametrize("backend", ["postgresql"]),
+]
 
 SERVICES = ("api", "worker", "webhooks")
 
