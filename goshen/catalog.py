@@ -155,6 +155,17 @@ def owned_name(user_id: str, model_name: str) -> str:
     return f"{user_id}.{model_name}"
 
 
+# What Prometheus labels customers' models with: /metrics takes no key, and their names carry
+# their owners' ids; one label for all of them also keeps the series bounded.
+CUSTOMER_MODELS_LABEL = "customer-models"
+
+
+def metric_label(name: str, owner_id: str | None) -> str:
+    """A model's `model` label in metrics: its name for the operator's models, one shared
+    label for customers' (a customer's model and its owner stay out of an unkeyed endpoint)."""
+    return name if owner_id is None else CUSTOMER_MODELS_LABEL
+
+
 def candidate_names(name: str, user_id: str) -> list[str]:
     """What `name` may mean to this caller, first match wins: a plain name is their own model
     of that name, else the public entry; a qualified one (`usr_....name`) is that entry."""

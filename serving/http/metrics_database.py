@@ -23,6 +23,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from goshen.catalog import metric_label
 from goshen.db.models import (
     DeliveryStatus,
     Job,
@@ -83,16 +84,21 @@ def read_figures(factory: sessionmaker[Session]) -> Figures:
         rows = session.execute(
             select(
                 Model.name,
+                Model.owner_id,
                 Job.status,
                 func.count(),
                 func.min(case((Job.run_after <= now, Job.run_after))),
             )
             .join(Model, Model.id == Job.model_id)
             .where(Job.status.in_([JobStatus.queued, JobStatus.running]))
-            .group_by(Model.name, Job.status)
+            .group_by(Model.name, Model.owner_id, Job.status)
         ).all()
-        for name, status, count, oldest_due in rows:
-            counts[(name, JobStatus(status))] = (count, oldest_due)
+        for name, owner_id, status, count, oldest_due in rows:
+            # Customers' models share one label (goshen.catalog.metric_label): summed here.
+            key = (metric_label(name, owner_id), JobStatus(status))
+            had, had_oldest = counts.get(key, (0, None))
+            dues = [due for due in (had_oldest, oldest_due) if due is not None]
+            counts[key] = (had + count, min(dues) if dues else None)
         workers = [
             WorkerBeat(id, device or "unknown", WorkerStatus(status), beat, memory)
             for id, device, status, beat, memory in session.execute(

@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen import registry
-from goshen.catalog import serving_version
+from goshen.catalog import metric_label, serving_version
 from goshen.config import Settings
 from goshen.db import session_scope
 from goshen.db.models import Model, ModelKind, ModelStatus, Visibility
@@ -145,7 +145,7 @@ class PredictModels:
             executor=self._executor,
             call_seconds=call_seconds,
             on_batch=(
-                self.metrics.predict_batch.labels(model.name).observe
+                self.metrics.predict_batch.labels(metric_label(model.name, model.owner_id)).observe
                 if self.metrics is not None
                 else None
             ),

@@ -126,7 +126,8 @@ async def predict(name: ModelName, request: Request, state: ApiStateDep) -> Resp
     if credit is not None:
         credit.settle(principal, reserved, cost)
     answer = Response(loaded.onnx.answer(outputs), media_type="application/json")
-    state.metrics.predicted(model.name, time.perf_counter() - arrived)
+    label = catalog.metric_label(model.name, model.owner_id)
+    state.metrics.predicted(label, time.perf_counter() - arrived)
     return answer
 
 

@@ -6,7 +6,7 @@ they are `seconds` old."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -14,9 +14,18 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from goshen.catalog import CUSTOMER_MODELS_LABEL
 from goshen.config import Settings
 from goshen.db import make_engine, make_sessionmaker, session_scope
-from goshen.db.models import Job, Model, WebhookDelivery, Worker, WorkerStatus, utcnow
+from goshen.db.models import (
+    Job,
+    Model,
+    Visibility,
+    WebhookDelivery,
+    Worker,
+    WorkerStatus,
+    utcnow,
+)
 from serving.app import create_app
 from serving.http.metrics import ApiMetrics
 from serving.jobs.claim import claim_batch
@@ -70,6 +79,32 @@ def test_queue_depth_running_jobs_and_oldest_due_age_follow_the_queue(
     assert value(scraped, "goshen_jobs_queued", model=name) == 1
     assert value(scraped, "goshen_jobs_running", model=name) == 1
     assert value(scraped, "goshen_jobs_queued_oldest_age_seconds", model=name) == 0  # none due
+
+
+def test_customers_models_share_one_label_that_names_neither_model_nor_owner(
+    api: TestClient,
+    sessions: sessionmaker[Session],
+    developer: Account,
+    make_model: Callable[..., Model],
+) -> None:
+    """/metrics takes no key: a customer's model (`<user id>.<name>`) is never a label."""
+    owned = []
+    for number in range(2):
+        model = make_model(name=f"{developer.user_id}.mine-{number}")
+        with session_scope(sessions) as session:
+            session.execute(
+                update(Model)
+                .where(Model.id == model.id)
+                .values(owner_id=developer.user_id, visibility=Visibility.private)
+            )
+        owned.append(model)
+    queue_jobs(sessions, developer, owned[0], 2)
+    queue_jobs(sessions, developer, owned[1], 1)
+
+    scraped = scrape(api)
+
+    assert value(scraped, "goshen_jobs_queued", model=CUSTOMER_MODELS_LABEL) == 3
+    assert developer.user_id not in str(scraped)
 
 
 def _worker(
