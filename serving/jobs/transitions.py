@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from goshen.billing import ledger
-from goshen.db.models import Job, JobStatus, utcnow
+from goshen.db.models import Job, JobStatus, in_sql, utcnow
 from goshen.db.notifications import JOBS_CHANNEL, notify
 from goshen.errors import ConflictError
 from serving.jobs.claim import Claim
@@ -231,7 +231,7 @@ def recover_stalled(
     now = now or utcnow()
     stalled = session.scalars(
         select(Job)
-        .where(Job.status == JobStatus.running, Job.lease_expires_at < now)
+        .where(Job.status == in_sql(JobStatus.running), Job.lease_expires_at < now)
         .order_by(Job.lease_expires_at)
         .limit(limit)
         .with_for_update(skip_locked=True)

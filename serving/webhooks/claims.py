@@ -17,7 +17,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.db import session_scope
-from goshen.db.models import DeliveryStatus, Job, User, WebhookDelivery
+from goshen.db.models import DeliveryStatus, Job, User, WebhookDelivery, in_sql
 from goshen.storage import ArtifactStore
 from serving.webhooks.attempt import AttemptResult, ClaimedDelivery, receiver_key
 from serving.webhooks.outbox import canonical_body
@@ -73,7 +73,7 @@ def claim_due(
             .join(Job, Job.id == WebhookDelivery.job_id)
             .where(
                 WebhookDelivery.id.in_(chosen),
-                WebhookDelivery.status == DeliveryStatus.pending,
+                WebhookDelivery.status == in_sql(DeliveryStatus.pending),
                 WebhookDelivery.next_attempt_at <= now,
             )
             .order_by(WebhookDelivery.next_attempt_at)
@@ -135,7 +135,7 @@ def _under_limits(
     due = (
         select(WebhookDelivery.id, WebhookDelivery.url, WebhookDelivery.next_attempt_at)
         .where(
-            WebhookDelivery.status == DeliveryStatus.pending,
+            WebhookDelivery.status == in_sql(DeliveryStatus.pending),
             WebhookDelivery.next_attempt_at <= now,
         )
         .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
@@ -191,7 +191,7 @@ def record_attempt(
             .where(
                 WebhookDelivery.id == claim.id,
                 WebhookDelivery.attempt == claim.attempt,
-                WebhookDelivery.status == DeliveryStatus.pending,
+                WebhookDelivery.status == in_sql(DeliveryStatus.pending),
             )
             .values(**values)
         )

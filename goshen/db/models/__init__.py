@@ -5,7 +5,14 @@ Every model module is imported here, so `Base.metadata` holds every table (Alemb
 """
 
 from goshen.db.models.accounts import ApiKey, Role, User
-from goshen.db.models.base import NAMING_CONVENTION, Base, JSONType, UTCDateTime, utcnow
+from goshen.db.models.base import (
+    NAMING_CONVENTION,
+    Base,
+    JSONType,
+    UTCDateTime,
+    in_sql,
+    utcnow,
+)
 from goshen.db.models.billing import (
     ApiKeySpend,
     CreditBalance,
@@ -67,5 +74,6 @@ __all__ = [
     "WebhookDelivery",
     "Worker",
     "WorkerStatus",
+    "in_sql",
     "utcnow",
 ]

@@ -6,7 +6,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, MetaData, String, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    DateTime,
+    Dialect,
+    MetaData,
+    String,
+    TypeDecorator,
+    literal_column,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -59,6 +68,14 @@ def id_column(kind: str) -> Mapped[str]:
 def created_at_column() -> Mapped[datetime]:
     """When the row was made, set on insert."""
     return mapped_column(default=utcnow)
+
+
+def in_sql(value: StrEnum) -> ColumnElement[str]:
+    """An enum constant written into the statement's text rather than sent as a parameter, for
+    the columns of partial indexes (`status = 'queued'`): the plan PostgreSQL keeps for a
+    statement that psycopg prepared (its generic plan) can use such an index only when the
+    predicate's value is in the text."""
+    return literal_column(f"'{value.value}'", String)
 
 
 def enum_type(enum: type[StrEnum]) -> String:

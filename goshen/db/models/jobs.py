@@ -42,14 +42,6 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("user_id", "idempotency_key"),
-        # The claim query: the oldest runnable job of the highest priority.
-        Index(
-            "ix_jobs_claimable",
-            "priority",
-            "run_after",
-            postgresql_where=text("status = 'queued'"),
-            sqlite_where=text("status = 'queued'"),
-        ),
         # Stalled-job recovery: running jobs whose lease ran out.
         Index(
             "ix_jobs_lease_expiry",
@@ -103,6 +95,18 @@ class Job(Base):
     device: Mapped[str | None] = mapped_column(String(200))
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     cost_micros: Mapped[int | None] = mapped_column(BigInteger)
+
+
+# The claim query: the oldest runnable job of the highest priority, in the claim's own order
+# (serving.jobs.claim), so a claim reads the queue's head instead of sorting the whole queue.
+Index(
+    "ix_jobs_claim_order",
+    Job.priority.desc(),
+    Job.run_after,
+    Job.id,
+    postgresql_where=text("status = 'queued'"),
+    sqlite_where=text("status = 'queued'"),
+)
 
 
 class JobEvent(Base):
