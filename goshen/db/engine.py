@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -15,6 +18,9 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from goshen.db import notifications, pending_rows
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A pooled PostgreSQL connection back in the pool for less than this is not pinged before its
+# next use (HikariCP's aliveBypassWindowMs, 500 ms there too): see _ping_when_idle.
+PING_AFTER_IDLE_SECONDS = 0.5
 # GOSHEN_DEPENDENCY_TIMEOUT_SECONDS' default, for callers without settings at hand.
 CONNECT_TIMEOUT_SECONDS = 10.0
 
@@ -47,9 +53,32 @@ def make_engine(
     if read_only:
         # psycopg then opens each transaction READ ONLY: a write fails there too.
         kwargs.setdefault("execution_options", {"postgresql_readonly": True})
-    return create_engine(
+    engine = create_engine(
         parsed, pool_pre_ping=True, connect_args=postgres_connect_args(timeout), **kwargs
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection before its use (pool_pre_ping, which replaces a connection the
+    server dropped, say in a restart) only when it sat in the pool PING_AFTER_IDLE_SECONDS or
+    more: one that was in use a moment ago is as alive as a ping would show, and a ping is a
+    round trip on every transaction of a busy worker or API process. A connection dropped
+    within that window fails its transaction, which the caller retries as any other error."""
+    returned_at: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+    ping = engine.dialect.do_ping
+
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is not None:
+            returned_at[dbapi_connection] = time.monotonic()
+
+    def do_ping(dbapi_connection: Any) -> bool:
+        idle = time.monotonic() - returned_at.get(dbapi_connection, -math.inf)
+        return True if idle < PING_AFTER_IDLE_SECONDS else ping(dbapi_connection)
+
+    engine.dialect.do_ping = do_ping  # type: ignore[method-assign]
 
 
 def postgres_connect_args(timeout: float) -> dict[str, int]:

@@ -37,19 +37,29 @@ def notify(session: Session, channel: str, payload: str = "") -> None:
         session.info.setdefault(_PENDING, set()).add((channel, payload))
 
 
+# Sends the notifications of `:channels` and `:payloads` (two text arrays, paired in order).
+SEND = (
+    "SELECT pg_notify(channel, payload) FROM unnest("
+    "CAST(:channels AS text[]), CAST(:payloads AS text[])) AS t(channel, payload)"
+)
+
+
+def take_pending(session: Session) -> dict[str, list[str]] | None:
+    """What `notify` queued in the session's transaction, now the caller's to send with SEND
+    (goshen.db.pending_rows sends them in the statement that inserts the pending rows)."""
+    pending = sorted(session.info.pop(_PENDING, ()))
+    if not pending:
+        return None
+    channels, payloads = zip(*pending, strict=True)
+    return {"channels": list(channels), "payloads": list(payloads)}
+
+
 def send_pending(session: Session) -> None:
     """Before commit (installed by `goshen.db.make_sessionmaker`): send what `notify` queued."""
     # One statement for a transaction's notifications, however many; delivered at commit.
-    pending = sorted(session.info.pop(_PENDING, ()))
-    if pending:
-        channels, payloads = zip(*pending, strict=True)
-        session.execute(
-            text(
-                "SELECT pg_notify(channel, payload) FROM unnest("
-                "CAST(:channels AS text[]), CAST(:payloads AS text[])) AS t(channel, payload)"
-            ),
-            {"channels": list(channels), "payloads": list(payloads)},
-        )
+    pending = take_pending(session)
+    if pending is not None:
+        session.execute(text(SEND), pending)
 
 
 def drop_pending(session: Session, previous_transaction: SessionTransaction) -> None:
