@@ -14,7 +14,6 @@ other and the first free worker takes it, so nothing waits longer. Without such 
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,7 +22,8 @@ from typing import Any, TypeVarTuple
 from sqlalchemy import ColumnElement, Select, or_, select
 from sqlalchemy.orm import Session
 
-from goshen.db.models import Job, JobStatus, Worker, WorkerStatus, utcnow
+from goshen.db.models import Job, JobStatus, Worker, WorkerStatus, in_sql, utcnow
+from serving.jobs import attempts
 from serving.jobs.effects import JobEffects
 
 
@@ -45,6 +45,8 @@ class Claim:
     # What joins the worker's log lines and spans to the API's (goshen.logs, goshen.tracing).
     request_id: str | None = None
     traceparent: str | None = None
+    # Jobs with the same key (and model version) may share a batch; None: the job runs alone.
+    batch_key: str | None = None
 
     @property
     def images(self) -> int:
@@ -97,7 +99,7 @@ Columns = TypeVarTuple("Columns")
 
 
 def _runnable(query: Select[*Columns], now: datetime) -> Select[*Columns]:
-    return query.where(Job.status == JobStatus.queued, Job.run_after <= now)
+    return query.where(Job.status == in_sql(JobStatus.queued), Job.run_after <= now)
 
 
 def _oldest_first(query: Select[*Columns]) -> Select[*Columns]:
@@ -141,33 +143,24 @@ def claim_affine(
     max_images: int,
     lease_seconds: float,
 ) -> list[Claim]:
-    """claim_batch with model affinity for a worker that has the models `own` loaded, asking
-    which models the other workers hold only when that can change the claim: when the queue's
-    head is for a model this worker has loaded, own-first and oldest-first agree and the plain
-    claim stands (a worker busy with its models pays a savepoint, not a query). When another
-    live worker has a model this one lacks, the plain claim is rolled back to its savepoint,
-    which unlocks its rows for the other workers, and the affine claim is made instead."""
+    """claim_batch with model affinity for a worker that has the models `own` loaded: the
+    plain oldest-first claim unless another live worker has a model this one lacks (one small
+    read of the workers table, before any job row is locked), the affine claim then."""
     now = utcnow()
-    if affinity_seconds <= 0:
+    affinity = None
+    if affinity_seconds > 0:
+        affinity = affinity_for(
+            session,
+            worker_id,
+            own,
+            seconds=affinity_seconds,
+            stale_after_seconds=stale_after_seconds,
+            now=now,
+        )
+    if affinity is None:
         batch = _oldest_batch(session, max_images, now)
     else:
-        plain = session.begin_nested()
-        batch = _oldest_batch(session, max_images, now)
-        affinity = None
-        if batch and batch[0].model_id not in own:
-            affinity = affinity_for(
-                session,
-                worker_id,
-                own,
-                seconds=affinity_seconds,
-                stale_after_seconds=stale_after_seconds,
-                now=now,
-            )
-        if affinity is None:
-            plain.commit()
-        else:
-            plain.rollback()
-            batch = _affine_batch(session, affinity, max_images, now)
+        batch = _affine_batch(session, affinity, max_images, now)
     if not batch:
         return []
     return _start_attempts(session, batch, worker_id, effects, lease_seconds, now)
@@ -285,6 +278,52 @@ def _compatible(session: Session, first: Job, room: int, now: datetime) -> list[
     return picked
 
 
+def claim_following(
+    session: Session,
+    worker_id: str,
+    effects: JobEffects,
+    first: Claim,
+    *,
+    max_jobs: int,
+    lease_seconds: float,
+    now: datetime | None = None,
+) -> list[Claim]:
+    """Claim up to `max_jobs` more runnable jobs for the model and version of `first`, oldest
+    first, whatever their batch keys: the batches that follow `first`'s on a worker that has
+    that model loaded and runs it fast (a worker's prefetch: serving.worker.loop)."""
+    now = now or utcnow()
+    same_version = (
+        Job.model_version.is_(None)
+        if first.model_version is None
+        else Job.model_version == first.model_version
+    )
+    query = _oldest_first(_runnable(select(Job), now).where(Job.model_id == first.model_id))
+    locked = query.where(same_version).limit(max_jobs).with_for_update(skip_locked=True)
+    jobs = session.scalars(locked).all()
+    if not jobs:
+        return []
+    return _start_attempts(session, jobs, worker_id, effects, lease_seconds, now)
+
+
+def split_batches(claims: Sequence[Claim], max_images: int) -> list[list[Claim]]:
+    """`claims` (one model and version) in batches, in order: a job joins the first batch
+    with its batch key that has room for its images, else starts one; a job without a key
+    runs alone."""
+    batches: list[list[Claim]] = []
+    room: list[int] = []
+    for claim in claims:
+        for index, batch in enumerate(batches):
+            key = batch[0].batch_key
+            if key is not None and key == claim.batch_key and claim.images <= room[index]:
+                batch.append(claim)
+                room[index] -= claim.images
+                break
+        else:
+            batches.append([claim])
+            room.append(max_images - claim.images)
+    return batches
+
+
 def _images(job: Job) -> int:
     return int(job.input.get("num_images", 1))
 
@@ -297,18 +336,8 @@ def _start_attempts(
     lease_seconds: float,
     now: datetime,
 ) -> list[Claim]:
-    """Start an attempt of each claimed (locked) job: one flush, then what starting causes."""
-    tokens = {job.id: secrets.token_hex(16) for job in jobs}
-    for job in jobs:
-        job.status = JobStatus.running
-        job.attempt += 1
-        job.claim_token = tokens[job.id]
-        job.lease_owner = worker_id
-        job.lease_expires_at = now + timedelta(seconds=lease_seconds)
-        job.started_at = now
-        job.queue_seconds = (now - job.created_at).total_seconds()
-        job.progress = None
-    session.flush()
+    """Start an attempt of each claimed (locked) job, then write what starting causes."""
+    tokens = attempts.start(session, jobs, worker_id, lease_seconds, now)
     effects.started(session, jobs)
     return [
         Claim(
@@ -325,6 +354,7 @@ def _start_attempts(
             timeout_seconds=job.timeout_seconds,
             request_id=job.request_id,
             traceparent=job.traceparent,
+            batch_key=job.batch_key,
         )
         for job in jobs
     ]

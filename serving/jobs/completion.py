@@ -65,10 +65,12 @@ def complete_batch(
     finished: Sequence[Finished],
     effects: JobEffects,
     now: datetime | None = None,
+    holding: set[str] | None = None,
 ) -> list[Job]:
     """Mark each finished job succeeded with its output and entries, and write what that causes;
     the jobs completed, in order (a stale claim's job is left out). The caller has locked the
-    balances of the jobs' users (ledger.lock_balances)."""
+    balances of the users of the jobs that hold credit (ledger.lock_balances), and may say
+    which those jobs are (`holding`: effects.holding_credit)."""
     now = now or utcnow()
     if not finished:
         return []
@@ -95,7 +97,7 @@ def complete_batch(
     ended = [(by_id[item.claim.job_id], item) for item in finished if item.claim.job_id in by_id]
     for job, item in ended:
         entry_events(session, job.id, item.entries)
-    effects.ended_many(session, [(job, item.done) for job, item in ended])
+    effects.ended_many(session, [(job, item.done) for job, item in ended], holding)
     return [job for job, _ in ended]
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from goshen.billing import ledger
@@ -36,6 +35,7 @@ from goshen.db.models import (
     UsageEvent,
     utcnow,
 )
+from goshen.db.pending_rows import insert_rows
 from goshen.ids import new_id
 from goshen.storage import ArtifactStore
 from serving.jobs.events import add_event
@@ -82,12 +82,19 @@ class JobEffects:
             self._meter(session, [(job, completion)])
         self._announce(session, job, completion)
 
-    def ended_many(self, session: Session, succeeded: Sequence[tuple[Job, Completion]]) -> None:
+    def ended_many(
+        self,
+        session: Session,
+        succeeded: Sequence[tuple[Job, Completion]],
+        holding: set[str] | None = None,
+    ) -> None:
         """ended() for several jobs (locked, flushed) that succeeded, in fewer statements: one
-        read of which of them still hold credit (only those are settled: settling a job with
-        no open hold moves nothing) and one INSERT of their usage events. The caller has locked
-        the users' balances first (ledger.lock_balances), so no hold ends meanwhile."""
-        holding = _holding_credit(session, [job.id for job, _ in succeeded])
+        read of which of them still hold credit (`holding` when the caller read it already;
+        only those are settled: settling a job with no open hold moves nothing) and one INSERT
+        of their usage events. The caller has locked the balances of the users of the jobs that
+        hold credit first (ledger.lock_balances), so no hold ends meanwhile."""
+        if holding is None:
+            holding = holding_credit(session, [job.id for job, _ in succeeded])
         for job, completion in succeeded:
             if job.id in holding:
                 ledger.settle(
@@ -131,10 +138,7 @@ class JobEffects:
             }
             for job, completion in succeeded
         ]
-        dialect = session.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        statement = insert(UsageEvent).values(rows)
-        session.execute(statement.on_conflict_do_nothing(index_elements=["job_id", "kind"]))
+        insert_rows(session, UsageEvent, rows, skip_conflicts_on=("job_id", "kind"))
 
     def _webhook(self, session: Session, job: Job, event: str) -> None:
         """Queue the job's webhook event in the outbox, if it asked for one."""
@@ -148,8 +152,9 @@ class JobEffects:
         outbox.enqueue_event(session, job, event, storable(payload, job.output))
 
 
-def _holding_credit(session: Session, job_ids: Sequence[str]) -> set[str]:
-    """Which of the jobs hold credit that was neither captured nor released yet."""
+def holding_credit(session: Session, job_ids: Sequence[str]) -> set[str]:
+    """Which of the jobs hold credit that was neither captured nor released yet. A job that
+    holds none never will: its hold is placed in the transaction that queues it."""
     sources = {ledger.job_source(job_id): job_id for job_id in job_ids}
     entries = session.execute(
         select(CreditLedgerEntry.source, CreditLedgerEntry.kind).where(
