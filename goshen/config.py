@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
     worker_max_batch_size: int = Field(default=8, ge=1, le=64)
     worker_batch_wait_seconds: float = Field(default=0.0, ge=0, le=10)
+    # A worker whose last batches of a model ran fast claims that model's next batches with a
+    # full one, as many as it expects to run in this long; 0: one batch per claim.
+    worker_prefetch_seconds: float = Field(default=0.05, ge=0, le=10)
     worker_model_cache_size: int = Field(default=2, ge=1, le=64)
     # How long a queued job waits for a worker that has its model loaded; 0: no affinity.
     worker_affinity_seconds: float = Field(default=2.0, ge=0, le=60)

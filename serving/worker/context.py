@@ -37,6 +37,9 @@ class WorkerContext:
     hurry: threading.Event = field(default_factory=threading.Event)  # a second stop signal
     stop_requested_at: float | None = None
     health: DependencyHealth = field(default_factory=DependencyHealth)
+    # Seconds the last batch of each model (by id) took here to generate and store, when it
+    # succeeded (a failed one drops its model's entry): the prefetch's guide.
+    batch_seconds: dict[str, float] = field(default_factory=dict)
     catalog: CatalogCache = field(init=False)
     effects: JobEffects = field(init=False)
 

@@ -34,17 +34,25 @@ from goshen.db.notifications import JOBS_CHANNEL, Listener
 from goshen.runtimes.devices import Device, detect_device
 from goshen.storage import make_store
 from serving.jobs import transitions
-from serving.jobs.claim import Claim, claim_affine, claim_compatible
+from serving.jobs.claim import (
+    Claim,
+    claim_affine,
+    claim_compatible,
+    claim_following,
+    split_batches,
+)
 from serving.worker.context import WorkerContext, WorkerStopping
 from serving.worker.generator_cache import GeneratorCache, ModelSource, RegistrySource
 from serving.worker.job_context import claimed, running
 from serving.worker.metrics import WorkerMetrics
-from serving.worker.runner import run_batch
+from serving.worker.runner import run_batches
 
 log = logging.getLogger(__name__)
 # Other workers silent for this many heartbeat intervals are dead to affinity, as they are
 # `stale` in /v1/admin/workers.
 LIVE_HEARTBEATS = 3
+# The most batches one claim takes (GOSHEN_WORKER_PREFETCH_SECONDS).
+MAX_PREFETCH_BATCHES = 16
 
 
 def new_worker_id() -> str:
@@ -233,7 +241,7 @@ def _work(
     while not context.stop.is_set():
         claim_started = time.time_ns()
         try:
-            claims = claim(context)
+            batches = claim(context)
         except OperationalError as exc:
             # The database went away (a restart, a failover): wait, then try again.
             log.warning(
@@ -249,18 +257,21 @@ def _work(
             )
             time.sleep(settings.queue_poll_seconds)
             continue
-        if not claims:
+        if not batches:
             listener.wait(settings.queue_poll_seconds)
             continue
         beat.busy = True
+        claims = [claim for batch in batches for claim in batch]
         try:
             claimed(claims, context.worker_id, claim_started)
             entry = context.catalog_entry(claims[0].model_id)
             model = catalog.metric_label(entry.name, entry.owner_id)  # the metrics' label
             started = time.monotonic()
             with running(claims, context.worker_id):
-                run_batch(context, claims)
-            metrics.batch_ran(model, claims, time.monotonic() - started)
+                ran = run_batches(context, batches)
+            seconds = (time.monotonic() - started) / max(1, len(ran))
+            for batch in ran:
+                metrics.batch_ran(model, batch, seconds)
         except WorkerStopping:
             return
         except OperationalError as exc:
@@ -281,9 +292,10 @@ def _work(
             beat.busy = False
 
 
-def claim(context: WorkerContext) -> list[Claim]:
+def claim(context: WorkerContext) -> list[list[Claim]]:
     """Claim a batch, waiting up to GOSHEN_WORKER_BATCH_WAIT_SECONDS for compatible jobs; jobs
-    for the models this worker has loaded first (serving.jobs.claim's model affinity)."""
+    for the models this worker has loaded first (serving.jobs.claim's model affinity). A full
+    batch of a model that runs fast here brings the batches that follow it (prefetch)."""
     settings = context.settings
     with session_scope(context.factory) as session:
         claims = claim_affine(
@@ -299,7 +311,7 @@ def claim(context: WorkerContext) -> list[Claim]:
     room = settings.worker_max_batch_size - sum(c.images for c in claims)
     if claims and room > 0 and settings.worker_batch_wait_seconds > 0:
         if context.stop.wait(settings.worker_batch_wait_seconds):
-            return claims  # stopping: run what is claimed, take no more
+            return [claims]  # stopping: run what is claimed, take no more
         with session_scope(context.factory) as session:
             more = claim_compatible(
                 session,
@@ -310,7 +322,38 @@ def claim(context: WorkerContext) -> list[Claim]:
                 lease_seconds=settings.job_lease_seconds,
             )
         claims += more
-    return claims
+    if not claims:
+        return []
+    return [claims, *_prefetch(context, claims)]
+
+
+def _prefetch(context: WorkerContext, first: list[Claim]) -> list[list[Claim]]:
+    """The batches to claim with the full batch `first`: as many of its model's as this worker
+    expects to run in GOSHEN_WORKER_PREFETCH_SECONDS, by how long a batch of that model took
+    here last time (none before it ran here: its first batch may load it)."""
+    settings = context.settings
+    last = context.batch_seconds.get(first[0].model_id)
+    if last is None or sum(c.images for c in first) < settings.worker_max_batch_size:
+        return []
+    batches = min(MAX_PREFETCH_BATCHES, int(settings.worker_prefetch_seconds / max(last, 1e-4)))
+    if batches < 2:
+        return []
+    try:
+        with session_scope(context.factory) as session:
+            following = claim_following(
+                session,
+                context.worker_id,
+                context.effects,
+                first[0],
+                max_jobs=(batches - 1) * settings.worker_max_batch_size,
+                lease_seconds=settings.job_lease_seconds,
+            )
+    except Exception:  # the claimed batch runs all the same; its end will say if the DB is down
+        log.warning(
+            "could not claim the batches that follow; running the one claimed", exc_info=True
+        )
+        return []
+    return split_batches(following, settings.worker_max_batch_size)
 
 
 def recover(context: WorkerContext) -> None:

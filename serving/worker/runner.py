@@ -30,7 +30,7 @@ from goshen.storage import ArtifactStore, artifact_key
 from serving.jobs import lease, transitions
 from serving.jobs.claim import Claim
 from serving.jobs.completion import Finished, complete_batch
-from serving.jobs.effects import Completion
+from serving.jobs.effects import Completion, holding_credit
 from serving.jobs.events import Entry
 from serving.worker.context import WorkerContext, WorkerStopping
 from serving.worker.outages import Outage, registry_outage, store_outage
@@ -57,6 +57,55 @@ class _Finished:
 
 def run_batch(context: WorkerContext, claims: Sequence[Claim]) -> None:
     """Run every job of a claimed batch to its end; raises WorkerStopping after releasing."""
+    run_batches(context, [claims])
+
+
+def run_batches(
+    context: WorkerContext, batches: Sequence[Sequence[Claim]]
+) -> list[Sequence[Claim]]:
+    """Run claimed batches of one model back to back, then end their jobs in one transaction;
+    the batches that ran. A batch that fails ends on its own (_batch_failed).
+
+    Jobs of a batch that ran wait for that transaction with their leases no longer renewed, and
+    those of batches not started yet were leased at the claim: so once GOSHEN_JOB_LEASE_SECONDS
+    / 3 have passed since the first batch started, the batches that ran are ended and the rest
+    go back to the queue, unstarted and uncounted (a model slower than its last batches said).
+    On WorkerStopping the batches that ran are ended and the rest released before it raises."""
+    limit = context.settings.job_lease_seconds / 3
+    started = time.monotonic()
+    ran: list[_Ran] = []
+    done: list[Sequence[Claim]] = []
+    for number, claims in enumerate(batches):
+        if number and time.monotonic() - started > limit:
+            _end_ran(context, ran)
+            reason = "claimed with earlier batches that ran longer than expected"
+            _release_unstarted(context, batches[number:], reason)
+            return done
+        try:
+            outcome = _run(context, claims)
+        except WorkerStopping:
+            _end_ran(context, ran)
+            _release_unstarted(context, batches[number + 1 :], STOPPED)
+            raise
+        done.append(claims)
+        if outcome is not None:
+            ran.append(outcome)
+    _end_ran(context, ran)
+    return done
+
+
+@dataclass(frozen=True)
+class _Ran:
+    """A batch that ran to its end, waiting for the transaction that ends its jobs."""
+
+    finished: _Finished
+    reporter: BatchReporter
+    outputs: list[dict[str, Any] | Exception | Outage | None]
+    entries: list[Entry]
+
+
+def _run(context: WorkerContext, claims: Sequence[Claim]) -> _Ran | None:
+    """Generate and store one batch; None when it failed (its jobs ended here)."""
     model = context.catalog_entry(claims[0].model_id)
     started = time.monotonic()
     failure: BaseException | None = None
@@ -83,24 +132,63 @@ def run_batch(context: WorkerContext, claims: Sequence[Claim]) -> None:
         )
         raise failure
     if failure is not None:
+        context.batch_seconds.pop(model.id, None)  # no prefetch on a model that fails
         _batch_failed(context, reporter, failure)
-        return
+        return None
+    context.batch_seconds[model.id] = time.monotonic() - started
     finished = _Finished(model, generator.device.name, memory.bytes, seconds, claims)
-    entries = reporter.take()
+    return _Ran(finished, reporter, outputs, reporter.take())
+
+
+def _end_ran(context: WorkerContext, ran: Sequence[_Ran]) -> None:
+    """End the jobs of batches that ran, in one transaction: the successes together
+    (complete_batch), the others one by one."""
+    if not ran:
+        return
+    ending = [
+        (batch, _ending(batch, index)) for batch in ran for index in batch.reporter.unfinished()
+    ]
     with session_scope(context.factory) as session:
-        ledger.lock_balances(session, (claims[i].user_id for i in reporter.unfinished()))
+        holding = holding_credit(session, [claim.job_id for _, (claim, _, _) in ending])
+        # Balances first, as every transaction that ends jobs takes them; but only of the
+        # users whose jobs' ends settle credit: a success without a hold settles none (and
+        # never will have one), so a burst of one user's jobs does not queue on its balance.
+        settling = [end for _, end in ending if end[0].job_id in holding or not _succeeds(*end)]
+        ledger.lock_balances(session, (claim.user_id for claim, _, _ in settling))
         succeeded = []
-        for index in reporter.unfinished():
-            stopped = reporter.stopped.get(index)
-            output = outputs[index]
+        for batch, (claim, output, stopped) in ending:
             if stopped is None and isinstance(output, dict):
-                succeeded.append(_succeeded(finished, claims[index], output, entries))
+                succeeded.append(_succeeded(batch.finished, claim, output, batch.entries))
             else:
-                _finish(context, session, finished, claims[index], output, stopped, entries)
-        completed = complete_batch(session, succeeded, context.effects)
+                _finish(context, session, batch.finished, claim, output, stopped, batch.entries)
+        completed = complete_batch(session, succeeded, context.effects, holding=holding)
     for lost in {item.claim.job_id for item in succeeded} - {job.id for job in completed}:
         log.warning("job %s: lease lost before completion; another worker owns it", lost)
-    _drop_other_attempts(context.store, claims, outputs)
+    for batch in ran:
+        _drop_other_attempts(context.store, batch.finished.claims, batch.outputs)
+
+
+def _ending(batch: _Ran, index: int) -> tuple[Claim, Any, str | None]:
+    """A job of a batch that ran: its claim, its stored output (or why there is none) and why
+    it stopped early, if it did."""
+    return batch.finished.claims[index], batch.outputs[index], batch.reporter.stopped.get(index)
+
+
+def _succeeds(claim: Claim, output: Any, stopped: str | None) -> bool:
+    return stopped is None and isinstance(output, dict)
+
+
+def _release_unstarted(
+    context: WorkerContext, batches: Sequence[Sequence[Claim]], reason: str
+) -> None:
+    """Give the jobs of batches that never started back to the queue (their attempts uncounted)."""
+    claims = [claim for batch in batches for claim in batch]
+    if not claims:
+        return
+    with session_scope(context.factory) as session:
+        ledger.lock_balances(session, (claim.user_id for claim in claims))
+        for claim in claims:
+            transitions.release(session, claim, reason, context.effects)
 
 
 def _batch_failed(context: WorkerContext, reporter: BatchReporter, failure: BaseException) -> None:
