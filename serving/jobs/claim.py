@@ -257,17 +257,12 @@ def _compatible(session: Session, first: Job, room: int, now: datetime) -> list[
     """Runnable jobs that may share `first`'s batch, oldest first, within `room` images."""
     if first.batch_key is None or room <= 0:
         return []
-    same_version = (
-        Job.model_version.is_(None)
-        if first.model_version is None
-        else Job.model_version == first.model_version
-    )
     query = _oldest_first(
         _runnable(select(Job), now).where(
             Job.id != first.id,
             Job.model_id == first.model_id,
             Job.batch_key == first.batch_key,
-            same_version,
+            _version_is(first.model_version),
         )
     )
     picked = []
@@ -292,13 +287,9 @@ def claim_following(
     first, whatever their batch keys: the batches that follow `first`'s on a worker that has
     that model loaded and runs it fast (a worker's prefetch: serving.worker.loop)."""
     now = now or utcnow()
-    same_version = (
-        Job.model_version.is_(None)
-        if first.model_version is None
-        else Job.model_version == first.model_version
-    )
     query = _oldest_first(_runnable(select(Job), now).where(Job.model_id == first.model_id))
-    locked = query.where(same_version).limit(max_jobs).with_for_update(skip_locked=True)
+    same_version = query.where(_version_is(first.model_version))
+    locked = same_version.limit(max_jobs).with_for_update(skip_locked=True)
     jobs = session.scalars(locked).all()
     if not jobs:
         return []
@@ -322,6 +313,10 @@ def split_batches(claims: Sequence[Claim], max_images: int) -> list[list[Claim]]
             batches.append([claim])
             room.append(max_images - claim.images)
     return batches
+
+
+def _version_is(version: str | None) -> ColumnElement[bool]:
+    return Job.model_version.is_(None) if version is None else Job.model_version == version
 
 
 def _images(job: Job) -> int:
