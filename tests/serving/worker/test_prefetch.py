@@ -213,6 +213,19 @@ def test_the_batches_that_follow_take_any_batch_key_oldest_first(
     assert _ids(claim(context)) == [first, other_key, same_key]
 
 
+def test_the_batches_that_follow_are_of_the_same_model_version(
+    sessions: sessionmaker[Session], developer: Account, catalog_model: Model, worker: Worker
+) -> None:
+    """Jobs queued before and after a deploy run on different versions: a batch of one version
+    never brings jobs of the other, which the loaded generator would run on the wrong weights."""
+    first = queue_jobs(sessions, developer, catalog_model, 8)
+    catalog_model.live_version = f"{catalog_model.live_version}-next"  # as a deploy leaves it
+    queue_jobs(sessions, developer, catalog_model, 8)
+    context, _ = worker()
+    context.batch_seconds[catalog_model.id] = FAST
+    assert _ids(claim(context)) == [first]
+
+
 @pytest.mark.parametrize(
     ("prefetch_seconds", "last_batch_seconds"),
     [(0.0, FAST), (0.05, None), (0.05, SLOW)],
