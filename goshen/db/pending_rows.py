@@ -39,12 +39,14 @@ def insert_at_commit(session: Session, model: type[Base], row: dict[str, Any]) -
 def insert_pending(session: Session) -> None:
     """Before commit (installed by `goshen.db.make_sessionmaker`, before
     notifications.send_pending): insert the queued rows. On PostgreSQL the last table's
-    statement also sends the transaction's notifications (one round trip fewer per commit)."""
+    statement also sends the transaction's notifications (one round trip fewer per commit);
+    not at a savepoint's release, where a failed insert may be caught and the transaction go
+    on: its notifications then stay queued for send_pending."""
     # Rows of one table go in queue order, so ids follow the order they were added in.
     pending = list(session.info.pop(_PENDING, {}).items())
+    merge = session.get_bind().dialect.name == "postgresql" and not session.in_nested_transaction()
     for number, (model, rows) in enumerate(pending):
-        last = number == len(pending) - 1
-        if last and session.get_bind().dialect.name == "postgresql":
+        if merge and number == len(pending) - 1:
             sending = pg_notifications.take_pending(session)
             insert_rows(session, model, rows, notifications=sending)
         else:
@@ -69,15 +71,21 @@ def insert_rows(
     (serial ids follow the rows' order). With `skip_conflicts_on`, a row that would repeat a
     unique key on those columns is skipped (ON CONFLICT DO NOTHING). Python-side column
     defaults are not applied: a row gives every column that has one. `notifications`
-    (PostgreSQL: goshen.db.notifications.take_pending) are sent by the same statement."""
+    (PostgreSQL: goshen.db.notifications.take_pending) are sent by the same statement.
+
+    On PostgreSQL the values travel as JSON and PostgreSQL reads them by the columns' types, so
+    each must be what JSON carries for that type: a None in a JSON column is SQL NULL (not JSON
+    null), a float is refused by an integer column, and NaN and infinities are refused."""
+    keys = set(rows[0]) if rows else set()
     columns = tuple(rows[0]) if rows else ()
     dialect = session.get_bind().dialect.name
-    if notifications is not None and (not rows or any(len(row) != len(columns) for row in rows)):
+    alike = all(row.keys() == keys for row in rows)
+    if notifications is not None and (not rows or not alike):
         session.execute(text(pg_notifications.SEND), notifications)
         notifications = None
     if not rows:
         return
-    if dialect != "postgresql" or any(len(row) != len(columns) for row in rows):
+    if dialect != "postgresql" or not alike:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         many = insert(model)
         if skip_conflicts_on is not None:

@@ -32,6 +32,7 @@ from goshen.db.models import (
     WebhookDelivery,
     Worker,
     WorkerStatus,
+    in_sql,
     utcnow,
 )
 from serving.webhooks.stats import DeliveryCounts, delivery_counts
@@ -116,7 +117,7 @@ def read_figures(factory: sessionmaker[Session]) -> Figures:
         ]
         due, oldest = session.execute(
             select(func.count(), func.min(WebhookDelivery.next_attempt_at)).where(
-                WebhookDelivery.status == DeliveryStatus.pending,
+                WebhookDelivery.status == in_sql(DeliveryStatus.pending),
                 WebhookDelivery.next_attempt_at <= now,
             )
         ).one()

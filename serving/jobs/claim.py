@@ -273,33 +273,10 @@ def _compatible(session: Session, first: Job, room: int, now: datetime) -> list[
     return picked
 
 
-def claim_following(
-    session: Session,
-    worker_id: str,
-    effects: JobEffects,
-    first: Claim,
-    *,
-    max_jobs: int,
-    lease_seconds: float,
-    now: datetime | None = None,
-) -> list[Claim]:
-    """Claim up to `max_jobs` more runnable jobs for the model and version of `first`, oldest
-    first, whatever their batch keys: the batches that follow `first`'s on a worker that has
-    that model loaded and runs it fast (a worker's prefetch: serving.worker.loop)."""
-    now = now or utcnow()
-    query = _oldest_first(_runnable(select(Job), now).where(Job.model_id == first.model_id))
-    same_version = query.where(_version_is(first.model_version))
-    locked = same_version.limit(max_jobs).with_for_update(skip_locked=True)
-    jobs = session.scalars(locked).all()
-    if not jobs:
-        return []
-    return _start_attempts(session, jobs, worker_id, effects, lease_seconds, now)
-
-
 def split_batches(claims: Sequence[Claim], max_images: int) -> list[list[Claim]]:
     """`claims` (one model and version) in batches, in order: a job joins the first batch
     with its batch key that has room for its images, else starts one; a job without a key
-    runs alone."""
+    runs alone (the batches a worker's prefetch claims: serving.worker.loop)."""
     batches: list[list[Claim]] = []
     room: list[int] = []
     for claim in claims:

@@ -92,7 +92,8 @@ class JobEffects:
         read of which of them still hold credit (`holding` when the caller read it already;
         only those are settled: settling a job with no open hold moves nothing) and one INSERT
         of their usage events. The caller has locked the balances of the users of the jobs that
-        hold credit first (ledger.lock_balances), so no hold ends meanwhile."""
+        hold credit first (ledger.lock_balances); a hold that ended after `holding` was read is
+        found ended by ledger.settle, which reads it again under that lock."""
         if holding is None:
             holding = holding_credit(session, [job.id for job, _ in succeeded])
         for job, completion in succeeded:

@@ -38,7 +38,6 @@ from serving.jobs.claim import (
     Claim,
     claim_affine,
     claim_compatible,
-    claim_following,
     split_batches,
 )
 from serving.worker.context import WorkerContext, WorkerStopping
@@ -328,9 +327,10 @@ def claim(context: WorkerContext) -> list[list[Claim]]:
 
 
 def _prefetch(context: WorkerContext, first: list[Claim]) -> list[list[Claim]]:
-    """The batches to claim with the full batch `first`: as many of its model's as this worker
-    expects to run in GOSHEN_WORKER_PREFETCH_SECONDS, by how long a batch of that model took
-    here last time (none before it ran here: its first batch may load it)."""
+    """The batches to claim with the full batch `first`: queued jobs that may share its batch
+    (its model, version and batch key), in as many full batches as this worker expects to run
+    in GOSHEN_WORKER_PREFETCH_SECONDS, by how long the last full batch of that model took here
+    (none before one ran here: its first batch may load it; none unless two batches fit)."""
     settings = context.settings
     last = context.batch_seconds.get(first[0].model_id)
     if last is None or sum(c.images for c in first) < settings.worker_max_batch_size:
@@ -340,12 +340,12 @@ def _prefetch(context: WorkerContext, first: list[Claim]) -> list[list[Claim]]:
         return []
     try:
         with session_scope(context.factory) as session:
-            following = claim_following(
+            following = claim_compatible(
                 session,
                 context.worker_id,
+                first[0].job_id,
                 context.effects,
-                first[0],
-                max_jobs=(batches - 1) * settings.worker_max_batch_size,
+                max_images=(batches - 1) * settings.worker_max_batch_size,
                 lease_seconds=settings.job_lease_seconds,
             )
     except Exception:  # the claimed batch runs all the same; its end will say if the DB is down

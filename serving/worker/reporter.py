@@ -33,9 +33,14 @@ class BatchReporter:
     stop early (canceled, timed out, or released when the worker's drain period ends), which it
     ends at once, even while the batch is inside a long step."""
 
-    def __init__(self, context: WorkerContext, claims: Sequence[Claim]) -> None:
+    def __init__(
+        self, context: WorkerContext, claims: Sequence[Claim], waiting: Sequence[Claim] = ()
+    ) -> None:
         self.context = context
         self.claims = list(claims)
+        # Jobs of the same claim waiting on this batch (run and not ended yet, or not started:
+        # serving.worker.runner.run_batches): their leases are renewed with the batch's own.
+        self.waiting = list(waiting)
         timeout = context.settings.job_timeout_seconds
         started = time.monotonic()
         self.deadlines = [started + (claim.timeout_seconds or timeout) for claim in claims]
@@ -143,6 +148,8 @@ class BatchReporter:
         with session_scope(self.context.factory) as session:
             for index in self.unfinished():
                 self._note(index, lease.heartbeat(session, self.claims[index], lease_seconds))
+            for claim in self.waiting:  # one taken over meanwhile is fenced out at its end
+                lease.heartbeat(session, claim, lease_seconds)
         self._last_heartbeat = time.monotonic()
 
     def _note(self, index: int, state: lease.LeaseState) -> None:

@@ -66,32 +66,56 @@ def run_batches(
     """Run claimed batches of one model back to back, then end their jobs in one transaction;
     the batches that ran. A batch that fails ends on its own (_batch_failed).
 
-    Jobs of a batch that ran wait for that transaction with their leases no longer renewed, and
-    those of batches not started yet were leased at the claim: so once GOSHEN_JOB_LEASE_SECONDS
-    / 3 have passed since the first batch started, the batches that ran are ended and the rest
-    go back to the queue, unstarted and uncounted (a model slower than its last batches said).
-    On WorkerStopping the batches that ran are ended and the rest released before it raises."""
+    While a batch runs, its reporter renews the leases of the claim's other jobs too (those
+    that ran and wait for the end, and those not started). The batches not started go back to
+    the queue, unstarted and uncounted, once GOSHEN_JOB_LEASE_SECONDS / 3 have passed since the
+    first one started (a model slower than its last batch said: other workers may run them) or
+    once the worker is told to stop; the batches that ran are ended first. On any error the
+    same is tried before it is raised: what ran is not run again."""
     limit = context.settings.job_lease_seconds / 3
     started = time.monotonic()
     ran: list[_Ran] = []
     done: list[Sequence[Claim]] = []
     for number, claims in enumerate(batches):
-        if number and time.monotonic() - started > limit:
+        if number and (context.stop.is_set() or time.monotonic() - started > limit):
             _end_ran(context, ran)
-            reason = "claimed with earlier batches that ran longer than expected"
-            _release_unstarted(context, batches[number:], reason)
+            late = "claimed with earlier batches that ran longer than expected"
+            _release_unstarted(
+                context, batches[number:], STOPPED if context.stop.is_set() else late
+            )
             return done
+        waiting = [c for batch in ran for c in batch.finished.claims] + [
+            c for batch in batches[number + 1 :] for c in batch
+        ]
         try:
-            outcome = _run(context, claims)
-        except WorkerStopping:
-            _end_ran(context, ran)
-            _release_unstarted(context, batches[number + 1 :], STOPPED)
+            outcome = _run(context, claims, waiting)
+        except BaseException as exc:
+            _end_before_raising(context, ran, batches[number + 1 :], exc)
             raise
         done.append(claims)
         if outcome is not None:
             ran.append(outcome)
     _end_ran(context, ran)
     return done
+
+
+def _end_before_raising(
+    context: WorkerContext,
+    ran: Sequence[_Ran],
+    unstarted: Sequence[Sequence[Claim]],
+    exc: BaseException,
+) -> None:
+    """The batch being run raised `exc`: end the batches that ran and give back those not
+    started, as far as the database lets (what it refuses waits for recovery, as before)."""
+    reason = STOPPED if isinstance(exc, WorkerStopping) else "its worker could not go on"
+    try:
+        _end_ran(context, ran)
+    except Exception:
+        log.exception("could not end the batches that ran; recovery will take their jobs")
+    try:
+        _release_unstarted(context, unstarted, reason)
+    except Exception:
+        log.exception("could not give back the batches not started; recovery will take them")
 
 
 @dataclass(frozen=True)
@@ -104,12 +128,15 @@ class _Ran:
     entries: list[Entry]
 
 
-def _run(context: WorkerContext, claims: Sequence[Claim]) -> _Ran | None:
-    """Generate and store one batch; None when it failed (its jobs ended here)."""
+def _run(
+    context: WorkerContext, claims: Sequence[Claim], waiting: Sequence[Claim] = ()
+) -> _Ran | None:
+    """Generate and store one batch (renewing the leases of `waiting` meanwhile); None when it
+    failed (its jobs ended here)."""
     model = context.catalog_entry(claims[0].model_id)
     started = time.monotonic()
     failure: BaseException | None = None
-    with BatchReporter(context, claims) as reporter:
+    with BatchReporter(context, claims, waiting) as reporter:
         try:
             generator = _generator(context, model, claims)
             parse = input_model_for(model.runtime, model.classes).model_validate
@@ -135,7 +162,9 @@ def _run(context: WorkerContext, claims: Sequence[Claim]) -> _Ran | None:
         context.batch_seconds.pop(model.id, None)  # no prefetch on a model that fails
         _batch_failed(context, reporter, failure)
         return None
-    context.batch_seconds[model.id] = time.monotonic() - started
+    if sum(claim.images for claim in claims) >= context.settings.worker_max_batch_size:
+        # Full batches only: prefetch brings full batches, and a smaller one may take less.
+        context.batch_seconds[model.id] = time.monotonic() - started
     finished = _Finished(model, generator.device.name, memory.bytes, seconds, claims)
     return _Ran(finished, reporter, outputs, reporter.take())
 

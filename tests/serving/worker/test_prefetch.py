@@ -22,15 +22,18 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from goshen.config import Settings
+from goshen.db import session_scope
 from goshen.db.models import Job, JobEvent, JobStatus, Model, UsageEvent
 from goshen.runtimes.base import ImageGenerator, StepReport
 from goshen.runtimes.devices import cpu_device
 from goshen.runtimes.inputs import GenerationInput
 from goshen.storage import make_store
+from serving.jobs import transitions
 from serving.jobs.claim import Claim, split_batches
 from serving.worker.context import WorkerContext, WorkerStopping
 from serving.worker.generator_cache import GeneratorCache
 from serving.worker.loop import claim, new_worker_id, register_worker
+from serving.worker.reporter import STOPPED
 from serving.worker.runner import run_batches
 from tests.fixtures.accounts import Account
 from tests.serving.worker.jobs import queue_jobs
@@ -202,15 +205,18 @@ def test_a_full_batch_of_a_fast_model_brings_the_batches_that_follow(
         assert job.claim_token == tokens[job.id]
 
 
-def test_the_batches_that_follow_take_any_batch_key_oldest_first(
+def test_the_batches_that_follow_are_of_the_first_batchs_key(
     sessions: sessionmaker[Session], developer: Account, catalog_model: Model, worker: Worker
 ) -> None:
+    """The model's last full batch says how long one of these takes; jobs with other
+    parameters (more steps, another size) may take far longer, and stay for other workers."""
     first = queue_jobs(sessions, developer, catalog_model, 8, num_inference_steps=4)
     other_key = queue_jobs(sessions, developer, catalog_model, 3, num_inference_steps=8)
     same_key = queue_jobs(sessions, developer, catalog_model, 2, num_inference_steps=4)
     context, _ = worker()
     context.batch_seconds[catalog_model.id] = FAST
-    assert _ids(claim(context)) == [first, other_key, same_key]
+    assert _ids(claim(context)) == [first, same_key]
+    assert all(_back_in_the_queue(job) for job in _jobs(sessions, other_key))
 
 
 def test_the_batches_that_follow_are_of_the_same_model_version(
@@ -327,13 +333,83 @@ def test_a_worker_stopping_in_the_second_batch_ends_the_first_and_releases_the_r
         assert _events(sessions, job.id)[-1] == ("status", "queued")
 
 
+def test_a_slow_batch_renews_the_leases_of_the_batches_waiting_on_it(
+    sessions: sessionmaker[Session], developer: Account, catalog_model: Model, worker: Worker
+) -> None:
+    """The second batch runs past the lease the claim gave every job: its reporter renews the
+    first batch's (ran, waiting for the end) and the third's (not started), so another worker's
+    recovery pass then takes none of them, and all 20 end succeeded on their first attempt."""
+    ids = queue_jobs(sessions, developer, catalog_model, 20)
+    context, source = worker(job_lease_seconds=3)
+    context.batch_seconds[catalog_model.id] = FAST
+    recovered: list[str] = []
+
+    def slow_second(number: int) -> None:
+        if number == 2:
+            time.sleep(3.5)
+            with session_scope(sessions) as session:
+                stalled = transitions.recover_stalled(
+                    session, context.effects, retry_base_seconds=0.01
+                )
+                recovered.extend(job.id for job in stalled)
+
+    source.during = slow_second
+    batches = claim(context)
+    assert len(batches) == 3
+    run_batches(context, batches)
+    assert recovered == []
+    jobs = _jobs(sessions, ids[:16])  # the third batch started after a third of the lease
+    assert [(job.status, job.attempt) for job in jobs] == [(JobStatus.succeeded, 1)] * 16
+    assert all(_back_in_the_queue(job) for job in _jobs(sessions, ids[16:]))
+
+
+def test_a_worker_told_to_stop_starts_no_more_of_its_batches(
+    sessions: sessionmaker[Session], developer: Account, catalog_model: Model, worker: Worker
+) -> None:
+    ids = queue_jobs(sessions, developer, catalog_model, 20)
+    context, source = worker()
+    context.batch_seconds[catalog_model.id] = FAST
+    source.during = lambda number: context.stop.set()  # SIGTERM while the first batch runs
+    batches = claim(context)
+    assert run_batches(context, batches) == batches[:1]
+    assert source.generated == [8]
+    jobs = _jobs(sessions, ids)
+    assert [job.status for job in jobs[:8]] == [JobStatus.succeeded] * 8
+    for job in jobs[8:]:
+        assert _back_in_the_queue(job), (job.id, job.status, job.attempt)
+        assert STOPPED in job.logs
+
+
+def test_a_batch_that_raises_past_its_own_handling_still_ends_the_others(
+    sessions: sessionmaker[Session], developer: Account, catalog_model: Model, worker: Worker
+) -> None:
+    """What the batch's own failure handling does not catch (here an interrupt; in life a
+    database error while it ends its jobs) leaves that batch to recovery, but not the others:
+    the batch that ran is ended and the one not started given back before it propagates."""
+    ids = queue_jobs(sessions, developer, catalog_model, 20)
+    context, source = worker()
+    context.batch_seconds[catalog_model.id] = FAST
+
+    def interrupt_the_second(number: int) -> None:
+        if number == 2:
+            raise KeyboardInterrupt
+
+    source.during = interrupt_the_second
+    batches = claim(context)
+    with pytest.raises(KeyboardInterrupt):
+        run_batches(context, batches)
+    jobs = _jobs(sessions, ids)
+    assert [job.status for job in jobs[:8]] == [JobStatus.succeeded] * 8
+    assert [job.status for job in jobs[8:16]] == [JobStatus.running] * 8  # for recovery
+    assert all(_back_in_the_queue(job) for job in jobs[16:])
+
+
 def test_batches_left_when_a_third_of_the_lease_has_passed_go_back_to_the_queue(
     sessions: sessionmaker[Session], developer: Account, catalog_model: Model, worker: Worker
 ) -> None:
-    """The batches not started were leased at the claim and nobody renews their leases while
-    the others run: once GOSHEN_JOB_LEASE_SECONDS / 3 have passed (here a first batch slower
-    than the model's last), the batches that ran end and the others are released, before
-    another worker's recovery would have to take them."""
+    """Once GOSHEN_JOB_LEASE_SECONDS / 3 have passed (here a first batch slower than the
+    model's last), the batches that ran end and those not started are released, for other
+    workers to run."""
     ids = queue_jobs(sessions, developer, catalog_model, 20)
     context, source = worker(job_lease_seconds=3)
     context.batch_seconds[catalog_model.id] = FAST
