@@ -229,15 +229,33 @@ def recover_stalled(
     """Running jobs whose lease expired (their worker died or hung): back to the queue with
     backoff while attempts remain, else failed; a job whose cancel was asked ends canceled."""
     now = now or utcnow()
-    stalled = session.scalars(
-        select(Job)
-        .where(Job.status == in_sql(JobStatus.running), Job.lease_expires_at < now)
+    expired = (Job.status == in_sql(JobStatus.running), Job.lease_expires_at < now)
+    # Jobs that end here settle their credit, so their users' balances are locked first, as
+    # every transaction that ends jobs takes them (a worker ending its batch, a cancel): the
+    # stalled jobs are read unlocked, the balances of those that would end locked, then the
+    # jobs. One that changed meanwhile so that it would end unlocked waits for the next pass.
+    candidates = session.execute(
+        select(Job.id, Job.user_id, Job.attempt, Job.max_attempts, Job.cancel_requested)
+        .where(*expired)
         .order_by(Job.lease_expires_at)
         .limit(limit)
-        .with_for_update(skip_locked=True)
     ).all()
-    # Jobs that end here settle their credit: their users' balances, all at once, in order.
-    ledger.lock_balances(session, (job.user_id for job in stalled if _ends(job)))
+    if not candidates:
+        return []
+    locked = {
+        row.user_id for row in candidates if row.attempt >= row.max_attempts or row.cancel_requested
+    }
+    ledger.lock_balances(session, locked)
+    stalled = [
+        job
+        for job in session.scalars(
+            select(Job)
+            .where(Job.id.in_([row.id for row in candidates]), *expired)
+            .order_by(Job.lease_expires_at)
+            .with_for_update(skip_locked=True)
+        )
+        if not _ends(job) or job.user_id in locked
+    ]
     for job in stalled:
         # Which worker it was is for operators (attempt_errors); users see what happened.
         _keep_attempt_error(job, f"worker {job.lease_owner} stopped renewing its lease", now)

@@ -10,9 +10,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from goshen.billing import ledger
 from goshen.db import session_scope
 from goshen.db.models import Job, JobEvent, JobStatus, Model, UsageEvent, utcnow
 from goshen.errors import ConflictError
@@ -310,6 +311,48 @@ def test_stalled_jobs_are_queued_again_or_failed_when_out_of_attempts(
     failed = _job(sessions, exhausted)
     assert failed.status == JobStatus.failed and "stopped responding" in failed.error
     assert "dead-worker stopped renewing its lease" in failed.attempt_errors[0]["error"]
+
+
+def test_recovery_takes_balances_before_jobs_as_a_worker_ending_them_does(
+    job_effects: JobEffects,
+    sessions: sessionmaker[Session],
+    new_job: Callable[..., str],
+    developer: Account,
+) -> None:
+    """A worker ending jobs locks their users' balances, then the job rows. Recovery ending a
+    stalled job of the same user meanwhile waits for the balance before it locks the job, so
+    the worker's transaction goes through; had it locked the job first, each would wait for
+    the other and PostgreSQL would abort one as a deadlock (SQLite serializes transactions)."""
+    if sessions.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("row locks are PostgreSQL's; SQLite serializes whole transactions")
+    job_id = new_job(max_attempts=1)
+    _claim(sessions, job_effects, "dead-worker", max_images=1)
+    later = utcnow() + timedelta(seconds=LEASE + 1)
+    recovered: list[str] = []
+    failures: list[BaseException] = []
+
+    def recover() -> None:
+        try:
+            with session_scope(sessions) as session:
+                stalled = transitions.recover_stalled(
+                    session, job_effects, retry_base_seconds=0, now=later
+                )
+                recovered.extend(job.id for job in stalled)
+        except BaseException as exc:  # noqa: BLE001 - the test reports it below
+            failures.append(exc)
+
+    with session_scope(sessions) as worker:
+        ledger.lock_balances(worker, [developer.user_id])
+        recovery = threading.Thread(target=recover)
+        recovery.start()
+        recovery.join(timeout=1.5)  # it waits on the balance: past PostgreSQL's deadlock check
+        assert recovery.is_alive()
+        worker.execute(text("SET LOCAL lock_timeout = '5s'"))
+        worker.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+    recovery.join(timeout=10)
+    assert failures == []
+    assert recovered == [job_id]
+    assert _job(sessions, job_id).status == JobStatus.failed
 
 
 def test_cancel_ends_a_queued_job_at_once_and_flags_a_running_one(

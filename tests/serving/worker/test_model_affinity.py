@@ -284,9 +284,9 @@ def test_a_held_back_job_is_left_unlocked_for_the_worker_that_has_its_model(
     make_model: Callable[..., Model],
     effects: JobEffects,
 ) -> None:
-    """The claim that holds a job back took its row lock first: rolling back to the savepoint
-    releases it while the claim's transaction is still open (PostgreSQL row locks; SQLite
-    serializes whole transactions instead)."""
+    """The claim that holds a job back never locks its row, while the claim's transaction is
+    still open: it reads which workers hold which models before it locks anything (PostgreSQL
+    row locks; SQLite serializes whole transactions instead)."""
     if not settings.resolved_database_url.startswith("postgresql"):
         pytest.skip("row locks are PostgreSQL's; SQLite serializes claims")
     theirs = make_model()
