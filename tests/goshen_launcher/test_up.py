@@ -47,6 +47,10 @@ class Platform:
         return self.output.read_text(errors="replace")
 
 
+# How long goshen up takes at most to refuse a port that is taken (it checks them first).
+PORT_CHECK_SECONDS = 15
+
+
 def _free_ports(count: int) -> list[int]:
     with ExitStack() as stack:
         sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
@@ -123,24 +127,40 @@ def demo_platform(tmp_path: Path) -> Iterator[Platform]:
 
 
 def _run(command: list[str], tmp_path: Path) -> Iterator[Platform]:
-    ports = dict(zip(PORT_SETTINGS, _free_ports(len(PORT_SETTINGS)), strict=True))
-    output = tmp_path / "goshen-up.out"
-    with output.open("wb") as sink:
-        process = subprocess.Popen(
-            command,
-            env=_environment(tmp_path / "home", ports),
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    # start_new_session: goshen up leads its own session, so it and its steps can be found.
-    platform = Platform(process, output, ports, sessions={process.pid})
+    platform = _start(command, tmp_path)
     try:
         yield platform
     finally:
         _stop(platform)
+
+
+def _start(command: list[str], tmp_path: Path, tries: int = 3) -> Platform:
+    """Start `command` on free ports. A port found free can be taken before goshen up checks
+    it (another test binding port 0 gets it too): goshen up then refuses to start, and it is
+    started again on other ports."""
+    for attempt in range(1, tries + 1):
+        ports = dict(zip(PORT_SETTINGS, _free_ports(len(PORT_SETTINGS)), strict=True))
+        output = tmp_path / f"goshen-up-{attempt}.out"
+        with output.open("wb") as sink:
+            process = subprocess.Popen(
+                command,
+                env=_environment(tmp_path / "home", ports),
+                cwd=tmp_path,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        # start_new_session: goshen up leads its own session, so it and its steps can be found.
+        platform = Platform(process, output, ports, sessions={process.pid})
+        try:
+            # Its ports are checked before anything starts: a refusal comes within seconds.
+            process.wait(timeout=PORT_CHECK_SECONDS)
+        except subprocess.TimeoutExpired:
+            return platform
+        if attempt == tries or "is already in use" not in platform.text():
+            return platform  # a failure for the test to report
+    raise AssertionError("unreachable")
 
 
 @pytest.mark.slow
