@@ -311,19 +311,23 @@ def claim(context: WorkerContext) -> list[list[Claim]]:
     if claims and room > 0 and settings.worker_batch_wait_seconds > 0:
         if context.stop.wait(settings.worker_batch_wait_seconds):
             return [claims]  # stopping: run what is claimed, take no more
-        with session_scope(context.factory) as session:
-            more = claim_compatible(
-                session,
-                context.worker_id,
-                claims[0].job_id,
-                context.effects,
-                max_images=room,
-                lease_seconds=settings.job_lease_seconds,
-            )
-        claims += more
+        claims += _claim_more(context, claims[0], room)
     if not claims:
         return []
     return [claims, *_prefetch(context, claims)]
+
+
+def _claim_more(context: WorkerContext, first: Claim, images: int) -> list[Claim]:
+    """Queued jobs that may share `first`'s batch, up to `images` images, claimed now."""
+    with session_scope(context.factory) as session:
+        return claim_compatible(
+            session,
+            context.worker_id,
+            first.job_id,
+            context.effects,
+            max_images=images,
+            lease_seconds=context.settings.job_lease_seconds,
+        )
 
 
 def _prefetch(context: WorkerContext, first: list[Claim]) -> list[list[Claim]]:
@@ -339,15 +343,7 @@ def _prefetch(context: WorkerContext, first: list[Claim]) -> list[list[Claim]]:
     if batches < 2:
         return []
     try:
-        with session_scope(context.factory) as session:
-            following = claim_compatible(
-                session,
-                context.worker_id,
-                first[0].job_id,
-                context.effects,
-                max_images=(batches - 1) * settings.worker_max_batch_size,
-                lease_seconds=settings.job_lease_seconds,
-            )
+        following = _claim_more(context, first[0], (batches - 1) * settings.worker_max_batch_size)
     except Exception:  # the claimed batch runs all the same; its end will say if the DB is down
         log.warning(
             "could not claim the batches that follow; running the one claimed", exc_info=True
