@@ -134,9 +134,7 @@ async def predict(name: ModelName, request: Request, state: ApiStateDep) -> Resp
 async def _callable_model(cache: CatalogCache, name: str, user_id: str) -> Model:
     model = None
     for candidate in catalog.candidate_names(name, user_id):
-        hit, model = cache.fresh(candidate)
-        if not hit:
-            model = await run_in_threadpool(cache.get, candidate)
+        model = await cache.lookup(candidate)
         if model is not None and catalog.is_visible(model, user_id):
             break
     if model is None or not catalog.is_visible(model, user_id):
