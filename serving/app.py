@@ -6,6 +6,7 @@ import gc
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 
 import mlflow
 from fastapi import Depends, FastAPI
@@ -17,16 +18,16 @@ from goshen.db.notifications import KEYS_CHANNEL, is_postgres
 from goshen.storage import make_store
 from serving.catalog.cache import CatalogCache
 from serving.catalog.registry_sync import RegistrySync
-from serving.http.body_limit import BodySizeLimit
+from serving.http.body_limit import BodyLimit
 from serving.http.content_type import json_bodies_only
-from serving.http.direct_routes import DirectRoutes
+from serving.http.direct_routes import DirectRoutesApp
+from serving.http.edge import Edge
 from serving.http.inflight import Lanes
-from serving.http.metrics import ApiMetrics, install_metrics
+from serving.http.metrics import ApiMetrics
 from serving.http.openapi import install_openapi
 from serving.http.principal_cache import PrincipalCache
 from serving.http.problems import install_problem_handlers
-from serving.http.rate_limits import RateLimitPolicyHeader, RateLimits
-from serving.http.request_ids import RequestIds
+from serving.http.rate_limits import RateLimits
 from serving.http.state import ApiState
 from serving.http.streams import StreamHub
 from serving.jobs.effects import JobEffects
@@ -168,7 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 streams.begin_shutdown()  # a server that did not tell them (serving.server)
 
-    app = FastAPI(
+    app = DirectRoutesApp(
         title="Goshen",
         version="1",
         description=API_DESCRIPTION,
@@ -177,18 +178,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # providers on every request whether to make some (a few µs of each /predict).
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    # Innermost: /predict straight to its route, inside every middleware below.
-    app.add_middleware(DirectRoutes, fastapi=app, routes=predict.router.routes)
-    # Dataset uploads stream to disk under GOSHEN_MAX_UPLOAD_BYTES instead.
-    app.add_middleware(
-        BodySizeLimit,
-        max_bytes=settings.max_request_bytes,
-        exempt=(("POST", "/v1/datasets"), ("POST", "/v1/models")),
+    metrics = ApiMetrics(settings)
+    edge = partial(
+        Edge,
+        metrics=metrics,
+        # Dataset and model uploads stream to disk under GOSHEN_MAX_UPLOAD_BYTES instead.
+        body_limit=BodyLimit(
+            max_bytes=settings.max_request_bytes,
+            exempt=(("POST", "/v1/datasets"), ("POST", "/v1/models")),
+        ),
     )
-    app.add_middleware(RateLimitPolicyHeader)
-    metrics = install_metrics(app, settings)
+    app.add_middleware(edge)  # every request's id, body cap, headers, metrics, 500 problems
+    # /predict straight to its route, inside the edge alone.
+    app.serve_directly(predict.router.routes, edge)
     install_problem_handlers(app)
-    app.add_middleware(RequestIds)  # outermost: the 500s of install_problem_handlers carry it
     routers = (
         predict,  # first: the hottest route, and routes are matched in order
         health,

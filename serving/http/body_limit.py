@@ -1,9 +1,9 @@
 """A cap on request bodies (GOSHEN_MAX_REQUEST_BYTES), enforced before the route sees them.
 
 JSON bodies are parsed whole in memory, so an unbounded one is a way to exhaust a replica. The
-middleware reads the body first (by Content-Length when one is sent, else as it streams) and
-answers 413 past the cap; the route gets the body it read. Routes that stream uploads to disk
-with limits of their own (datasets) are left to those limits.
+API's edge (serving.http.edge) reads the body first (by Content-Length when one is sent, else as
+it streams) and answers 413 past the cap; the route gets the body it read. Routes that stream
+uploads to disk with limits of their own (datasets) are left to those limits.
 """
 
 from __future__ import annotations
@@ -17,23 +17,20 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class BodySizeLimit:
-    """ASGI middleware: 413 for a body over `max_bytes`, by its Content-Length or as it streams."""
+class BodyLimit:
+    """413 for a body over `max_bytes`, by its Content-Length or as it streams."""
 
-    def __init__(
-        self, app: ASGIApp, *, max_bytes: int, exempt: tuple[tuple[str, str], ...] = ()
-    ) -> None:
-        self.app = app
+    def __init__(self, *, max_bytes: int, exempt: tuple[tuple[str, str], ...] = ()) -> None:
         self.max_bytes = max_bytes
         self.exempt = exempt  # (method, path) of routes with limits of their own
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._exempt(scope):
-            await self.app(scope, receive, send)
-            return
+    async def admit(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """`receive` for the app: one that hands it the body read already (the client's own for
+        exempt routes); or None, when the body was over the cap and `send` answered 413."""
+        if self._exempt(scope):
+            return receive
         declared = _content_length(scope)
         body = (
             None
@@ -42,8 +39,8 @@ class BodySizeLimit:
         )
         if body is None:
             await problem(413, self._detail(), title="Content too large")(scope, receive, send)
-            return
-        await self.app(scope, _replaying(body, receive), send)
+            return None
+        return _replaying(body, receive)
 
     def _exempt(self, scope: Scope) -> bool:
         # Behind a proxy prefix (uvicorn --root-path) the route's own path follows it.

@@ -1,15 +1,16 @@
-"""Direct routes, for the hottest path (/predict): no FastAPI dependency resolution, and no trip
-through Starlette's routing either.
+"""Direct routes, for the hottest path (/predict): served ahead of FastAPI's own stack, with no
+FastAPI dependency resolution and no trip through Starlette's routing either.
 
 A `DirectRoute` calls its endpoint with the request, the API's state and the path parameters;
-the route checks its own body. `DirectRoutes`, the innermost middleware, hands the requests such
-a route matches straight to it. Starlette would take them through its exception middleware,
-FastAPI's exit stack, the router (which tries the docs routes first) and FastAPI's route
-wrappers: layers that cost /predict about a fifth of its time in the API process (cProfile on
-the loaded server). Everything outside still applies (body size limit, rate-limit headers,
-metrics, request ids, problem answers to unexpected errors), and the route's errors are answered
-by the app's exception handlers as Starlette's exception middleware would answer them. Every
-other request goes on through the app unchanged.
+the route checks its own body. `DirectRoutesApp` is the FastAPI app whose outermost layer,
+`DirectRoutes`, hands the requests such a route matches straight to it, inside the API's edge
+(serving.http.edge: request id, body cap, rate-limit and metrics headers, 500 problems). Without
+it they would take Starlette's outer middlewares, FastAPI's (telemetry, body limit: both idle
+here), the edge, Starlette's exception middleware, FastAPI's exit stack, the router (which tries
+the docs routes first) and FastAPI's route wrappers: layers that cost /predict about half of its
+time in the API process (cProfile and py-spy on the loaded server). The route's errors are
+answered by the app's exception handlers, as Starlette's exception middleware would answer them.
+Every other request goes on through the app unchanged.
 """
 
 from __future__ import annotations
@@ -48,14 +49,22 @@ class DirectRoute(APIRoute):
 
 
 class DirectRoutes:
-    """ASGI middleware: requests for one of `routes`' DirectRoutes go straight to it (see the
-    module's docstring); `app` is the FastAPI app whose exception handlers answer their errors.
-    Add it before every other middleware, so that it runs inside them all."""
+    """ASGI: requests for one of `routes`' DirectRoutes go straight to it, inside `edge` (see the
+    module's docstring); every other request to `app`. `fastapi`'s exception handlers answer the
+    direct routes' errors."""
 
-    def __init__(self, app: ASGIApp, fastapi: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        fastapi: FastAPI,
+        routes: Sequence[BaseRoute],
+        edge: Callable[[ASGIApp], ASGIApp],
+    ) -> None:
         self.app = app
         self.routes = [
-            (route, route.get_route_handler()) for route in routes if isinstance(route, DirectRoute)
+            (route, edge(self._endpoint(route.get_route_handler())))
+            for route in routes
+            if isinstance(route, DirectRoute)
         ]
         self.status_handlers: dict[int, Handler] = {}
         self.exception_handlers: dict[type[Exception], Handler] = {}
@@ -67,15 +76,21 @@ class DirectRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            for route, handle in self.routes:
+            for route, serve in self.routes:
                 # Starlette's own matching (path and method), without FastAPI's route contexts.
                 match, child_scope = Route.matches(route, scope)
                 if match is Match.FULL:
                     scope.update(child_scope)
                     scope["route"] = route
-                    await self._serve(handle, scope, receive, send)
+                    await serve(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+    def _endpoint(self, handle: Callable[[Request], Coroutine[Any, Any, Response]]) -> ASGIApp:
+        async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+            await self._serve(handle, scope, receive, send)
+
+        return serve
 
     async def _serve(
         self,
@@ -106,3 +121,23 @@ class DirectRoutes:
             if cls in self.exception_handlers:
                 return self.exception_handlers[cls]
         return None
+
+
+class DirectRoutesApp(FastAPI):
+    """FastAPI, with the routes given to `serve_directly` served ahead of its middleware stack."""
+
+    _direct: tuple[Sequence[BaseRoute], Callable[[ASGIApp], ASGIApp]] | None = None
+
+    def serve_directly(
+        self, routes: Sequence[BaseRoute], edge: Callable[[ASGIApp], ASGIApp]
+    ) -> None:
+        """Serve `routes`' DirectRoutes through `edge` alone (call it before the first request)."""
+        self._direct = (routes, edge)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        if self._direct is None:
+            return stack
+        # FastAPI's own body limit would sit in the stack the direct routes skip.
+        assert self.max_body_size is None, "the edge caps bodies (GOSHEN_MAX_REQUEST_BYTES)"
+        return DirectRoutes(stack, self, *self._direct)

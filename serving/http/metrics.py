@@ -5,9 +5,7 @@ serving.http.metrics_database)."""
 
 from __future__ import annotations
 
-import time
-
-from fastapi import FastAPI, Response
+from fastapi import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -16,7 +14,6 @@ from prometheus_client import (
     generate_latest,
 )
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from goshen.billing.rate_limits import FAILED_AUTH, RouteClass
 from goshen.config import Settings
@@ -64,6 +61,9 @@ class ApiMetrics:
             registry=self.registry,
         )
         self._predict_children: dict[str, Histogram] = {}
+        # Series by labels: `labels` takes the metric's lock and builds its key on every call.
+        self._request_counts: dict[tuple[str, str, str], Counter] = {}
+        self._request_latencies: dict[tuple[str, str], Histogram] = {}
         self.rate_limit_refusals = Counter(
             "goshen_rate_limit_refusals",
             "Requests refused with 429 by a rate limit, by route class (generate, predict, "
@@ -82,6 +82,20 @@ class ApiMetrics:
             child = self._predict_children[model] = self.predict_latency.labels(model)
         child.observe(seconds)
 
+    def answered(self, method: str, route: str, status: int, seconds: float) -> None:
+        """An HTTP request answered `status` in `seconds`; `route` is its template
+        (/v1/keys/{key_id}), never the raw path, so the series stay few."""
+        counted = (method, route, str(status))
+        count = self._request_counts.get(counted)
+        if count is None:
+            count = self._request_counts[counted] = self.requests.labels(*counted)
+        count.inc()
+        timed = (method, route)
+        latency = self._request_latencies.get(timed)
+        if latency is None:
+            latency = self._request_latencies[timed] = self.latency.labels(*timed)
+        latency.observe(seconds)
+
     def refused(self, route_class: str) -> None:
         """A rate limit refused a request of `route_class`."""
         self.rate_limit_refusals.labels(route_class).inc()
@@ -97,40 +111,3 @@ class ApiMetrics:
             database.register(collector)
             body += generate_latest(database)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-
-class _Measure:
-    """Pure ASGI middleware (no per-request task or body buffering, unlike BaseHTTPMiddleware):
-    counts and times every HTTP request by method, route template and status."""
-
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # what the client gets if the app raises before answering
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            # Label by template (/v1/keys/{key_id}), never by raw path: bounded cardinality.
-            template = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"]
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
-
-
-def install_metrics(app: FastAPI, settings: Settings) -> ApiMetrics:
-    metrics = ApiMetrics(settings)
-    app.add_middleware(_Measure, metrics=metrics)
-    return metrics

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
@@ -15,7 +14,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import exc as database_errors
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from goshen import logs
 from goshen.billing.rate_limits import Policy
@@ -203,7 +202,7 @@ def database_unavailable(exc: Exception) -> bool:
 
 async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
     if not database_unavailable(exc):
-        raise exc  # a bug: ServerErrors answers 500 with a request id and logs the traceback
+        raise exc  # a bug: the edge answers 500 with a request id and logs the traceback
     # The driver's message can name hosts and users: it goes to the log, not to the caller.
     log.warning("the database did not answer: %s", exc)
     return problem(
@@ -240,60 +239,31 @@ async def _goshen_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-class ServerErrors:
-    """ASGI middleware: an unexpected error answers 500 problem+json with a request id, which
-    the log line with the traceback and the X-Request-ID header carry too.
+def server_error(scope: Scope, request_id: str) -> JSONResponse:
+    """The answer to an error nothing handled (call it from an `except` block): logged with its
+    traceback and the request's id, then a 500 problem+json that carries the id.
 
+    The API's edge (serving.http.edge) sends it for whatever the app raised before answering.
     Starlette runs a handler for bare `Exception` in its outermost middleware and re-raises after
     answering, and uvicorn then drops the connection: the client's next request on it would fail.
-    Answered here, the error ends with its response and the connection stays usable.
+    Answered by the edge, the error ends with its response and the connection stays usable.
     """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def sending(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        except Exception:
-            request_id = logs.current_request_id()
-            headers = None
-            if request_id is None:  # served without RequestIds, which answers the header
-                request_id = uuid.uuid4().hex
-                headers = {"X-Request-ID": request_id}
-            log.exception(
-                "unhandled error on %s %r, request id %s",
-                scope["method"],
-                scope["path"],
-                request_id,
-            )
-            if started:
-                raise  # part of the answer is out: only the server closing the connection ends it
-            detail = (
-                "the server failed to handle this request; it has been logged with request id "
-                f"{request_id}: quote it when you report this"
-            )
-            answer = problem(500, detail, request_id=request_id, headers=headers)
-            await answer(scope, receive, send)
+    log.exception(
+        "unhandled error on %s %r, request id %s", scope["method"], scope["path"], request_id
+    )
+    detail = (
+        "the server failed to handle this request; it has been logged with request id "
+        f"{request_id}: quote it when you report this"
+    )
+    return problem(500, detail, request_id=request_id)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    """Answer every error as problem+json. Call it after adding the other middleware, so that
-    `ServerErrors` wraps them and answers their errors too."""
+    """Answer every error as problem+json (the API's edge answers the unexpected ones:
+    `answer_unhandled`)."""
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(GoshenError, _goshen_error)
     # A lost connection, a server that does not answer, a pool that ran dry, SQLite's lock.
     for unavailable in (database_errors.DBAPIError, database_errors.TimeoutError):
         app.add_exception_handler(unavailable, _database_error)
-    app.add_middleware(ServerErrors)

@@ -11,7 +11,7 @@ Where the counts live:
 
 Over a limit, a request answers 429 (goshen.errors.RateLimitExceededError) with `Retry-After`,
 `RateLimit-Policy` and `RateLimit`; every other answer to an authenticated request carries its
-`RateLimit-Policy` (RateLimitPolicyHeader), which costs no count: the remaining count would cost
+`RateLimit-Policy` (`policy_header`), which costs no count: the remaining count would cost
 a read per request (two round trips on Redis), so `RateLimit` comes with the 429 only.
 
 Failed authentications count per client address (`request.client.host`: behind a proxy, the
@@ -35,7 +35,7 @@ from limits.aio.strategies import FixedWindowRateLimiter as SharedLimiter
 from limits.errors import StorageError
 from limits.storage import Storage
 from limits.strategies import FixedWindowRateLimiter as LocalLimiter
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from goshen.billing.rate_limits import FAILED_AUTH, RouteClass, policies
 from goshen.config import Settings
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 REDIS_RETRY_SECONDS = 5.0
 # Most keys remembered as having authenticated (a key's hash each); past it, the memory restarts.
 MAX_KNOWN_KEYS = 100_000
-# Where a request's policy waits for RateLimitPolicyHeader.
+# Where a request's policy waits for `policy_header`.
 _POLICY_FIELD = "goshen.rate_limit_policy"
 # How often LoopMemoryStorage drops the windows that ended.
 SWEEP_SECONDS = 60.0
@@ -244,23 +244,8 @@ def _redis_storage(settings: Settings) -> RedisStorage:
     )
 
 
-class RateLimitPolicyHeader:
-    """ASGI middleware: an answer to a request that `admit` counted carries the request's
-    `RateLimit-Policy` (pure ASGI, so that it costs /predict next to nothing)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                field = scope.get(_POLICY_FIELD)
-                if field is not None:
-                    message["headers"] = [*message["headers"], (b"ratelimit-policy", field)]
-            await send(message)
-
-        await self.app(scope, receive, sending)
+def policy_header(scope: Scope) -> tuple[bytes, bytes] | None:
+    """The `RateLimit-Policy` header for the answer to a request that `admit` counted (the
+    API's edge adds it), else None."""
+    field = scope.get(_POLICY_FIELD)
+    return None if field is None else (b"ratelimit-policy", field)

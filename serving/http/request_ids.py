@@ -5,6 +5,9 @@ the webhook dispatcher's lines about the job carry it too.
 A client (or the proxy in front of the API) may send its own `X-Request-Id`: one of at most
 REQUEST_ID_MAX_LENGTH letters, digits and `._:-` is kept, anything else is replaced by a new id
 (never echoed: it would reach logs and other clients' views of the job).
+
+The API's edge (serving.http.edge) gives each request its id, in the log context while the app
+handles it (uvicorn's access line included) and in the answer's header.
 """
 
 from __future__ import annotations
@@ -12,9 +15,6 @@ from __future__ import annotations
 import re
 import secrets
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from goshen import logs
 from goshen.db.models.jobs import REQUEST_ID_MAX_LENGTH
 
 HEADER = b"x-request-id"
@@ -32,30 +32,3 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
         if name == HEADER:
             return value.decode("ascii") if _SAFE.fullmatch(value) else new_request_id()
     return new_request_id()
-
-
-class RequestIds:
-    """Pure ASGI middleware (no task or buffering per request: /predict goes through it): the
-    request's id in the log context while the app handles it (uvicorn's access line included)
-    and in the answer's X-Request-Id header. Outermost, so the 500s of ServerErrors carry it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = request_id_from(scope["headers"])
-        header = (HEADER, request_id.encode("ascii"))
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
-
-        token = logs.bind_request(request_id)
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            logs.unbind(token)
