@@ -17,8 +17,11 @@
   and behind a proxy the proxy's own limits are the ones that count (set the cap above what the
   proxy opens).
 
-Both limits live in uvicorn's HTTP protocols, subclassed: httptools' when it is installed (as
-uvicorn would pick), else h11's.
+- **What a turn of the event loop writes to a connection goes out in one write**
+  (serving.http.coalesced_writes): an answer's head and body in one system call and one segment.
+
+The limits and the writes live in uvicorn's HTTP protocols, subclassed: httptools' when it is
+installed (as uvicorn would pick), else h11's.
 `uvicorn serving.app:create_app --factory` serves the same app without these protections.
 """
 
@@ -31,7 +34,7 @@ import signal
 import socket
 from collections import Counter
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import h11
 import uvicorn
@@ -42,6 +45,7 @@ from uvicorn.server import ServerState
 
 from goshen.config import Settings
 from serving.app import create_app
+from serving.http.coalesced_writes import CoalescedWrites
 from serving.http.problems import PROBLEM_JSON, Problem
 from serving.http.streams import StreamHub
 
@@ -173,7 +177,10 @@ class _Guard:
         self.header_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[misc]
+        # One write per turn of the loop: an answer's head and body go out together. (uvloop's
+        # transports are not asyncio.Transport subclasses, though they have all of its methods.)
+        coalesced = CoalescedWrites(cast(asyncio.Transport, transport), self.loop)
+        super().connection_made(coalesced)  # type: ignore[misc]
         self._guard_open()
 
     def connection_lost(self, exc: Exception | None) -> None:
