@@ -9,9 +9,11 @@ length a reader takes in at once.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import math
 import os
+import ssl
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -88,6 +90,7 @@ def _rest_get(
             json=None if query else params,
             headers=_mlflow_auth_headers(),
             timeout=timeout,
+            verify=_tls(),
         )
     except httpx.HTTPError as exc:
         raise RegistryUnavailableError(
@@ -105,6 +108,14 @@ def _rest_get(
             f"to {endpoint}"
         )
     return response
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every call, as httpx would build it (CA bundle, SSL_CERT_FILE). httpx
+    builds one per call otherwise, loading the CA bundle each time: about 30 ms of CPU, taken
+    from the API's event loop every time the catalog follows the registry."""
+    return httpx.create_ssl_context()
 
 
 def _mlflow_auth_headers() -> dict[str, str]:
