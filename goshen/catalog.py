@@ -315,9 +315,13 @@ def start_serving(session: Session, model_id: str, alias: str, version: str) -> 
 
 def price(model: Model, *, images: int, seconds: float) -> tuple[float, int]:
     """(quantity in the model's pricing unit, cost in micro-credits) of one job or request."""
-    quantity = {
-        PricingUnit.image: float(images),
-        PricingUnit.second: seconds,
-        PricingUnit.request: 1.0,
-    }[model.pricing_unit]
+    unit = model.pricing_unit
+    if unit == PricingUnit.image:
+        quantity = float(images)
+    elif unit == PricingUnit.second:
+        quantity = seconds
+    elif unit == PricingUnit.request:
+        quantity = 1.0
+    else:
+        raise ValueError(f"no price for pricing unit {unit!r}")
     return quantity, round(quantity * model.price_micros)
