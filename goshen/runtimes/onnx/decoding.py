@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -14,8 +15,9 @@ from goshen.runtimes.onnx.signature import TensorSpec
 def to_array(value: Any, spec: TensorSpec, max_rows: int, allow_nan: bool = False) -> np.ndarray:
     """One input's nested list as an array of its dtype and shape, or InvalidInputError."""
     field_name = f"inputs.{spec.name}"
+    batched = spec.batched
     # Counted before converting, so an oversized request costs no conversion.
-    if spec.batched and isinstance(value, list):
+    if batched and isinstance(value, list):
         _check_row_count(len(value), max_rows, field_name)
     try:
         array = np.asarray(value)
@@ -24,11 +26,14 @@ def to_array(value: Any, spec: TensorSpec, max_rows: int, allow_nan: bool = Fals
             field_name,
             f"is not a regular nested list (rows of unequal length?): send an {spec.describe()}",
         ) from exc
-    if spec.batched and array.ndim >= 1 and array.shape[0] == 0:
+    if batched and array.ndim >= 1 and array.shape[0] == 0:
         raise _invalid(field_name, f"has no rows; send at least one row of an {spec.describe()}")
     _check_shape(array, spec)
-    if spec.batched:
+    if batched:
         _check_row_count(len(array), max_rows, field_name)
+    cast = _plain_floats(array, spec.dtype)
+    if cast is not None:
+        return cast
     return _cast(array, spec, allow_nan)
 
 
@@ -44,18 +49,62 @@ def _check_row_count(rows: int, max_rows: int, field_name: str) -> None:
 def _check_shape(array: np.ndarray, spec: TensorSpec) -> None:
     if spec.shape is None:
         return
-    got = f"[{', '.join(str(size) for size in array.shape)}]"
     if array.ndim != len(spec.shape):
         hint = ""
         if spec.batched and array.ndim == len(spec.shape) - 1:
             hint = " (wrap a single row in a list)"
-        raise _invalid(f"inputs.{spec.name}", f"has shape {got}; send an {spec.describe()}{hint}")
+        raise _invalid(
+            f"inputs.{spec.name}", f"has shape {_shape(array)}; send an {spec.describe()}{hint}"
+        )
     for axis, dim in enumerate(spec.shape):
         if isinstance(dim, int) and array.shape[axis] != dim:
             raise _invalid(
                 f"inputs.{spec.name}",
-                f"has shape {got}, but dimension {axis} must be {dim}: send an {spec.describe()}",
+                f"has shape {_shape(array)}, but dimension {axis} must be {dim}: "
+                f"send an {spec.describe()}",
             )
+
+
+def _shape(array: np.ndarray) -> str:
+    return f"[{', '.join(str(size) for size in array.shape)}]"
+
+
+# Float dtypes the fast path casts to, each with the largest sum of squares of float64 values
+# that proves every value casts to a finite number of that dtype: the square of half its
+# largest value, so that rounding in the sum cannot let a value past the largest one.
+_SQUARES_PROVING_FINITE = {
+    "float16": (float(np.finfo(np.float16).max) / 2) ** 2,
+    "float32": (float(np.finfo(np.float32).max) / 2) ** 2,
+    # For float64 itself, any finite sum will do.
+    "float64": sys.float_info.max,
+}
+# Float dtypes whose range spans every 64-bit integer, so integers cast to them without a check.
+_SPAN_64_BIT_INTEGERS = {"float32", "float64"}
+# Past this many values, BLAS may run the dot product on its thread pool, which costs
+# milliseconds on a busy host; arrays that large spend their time converting the lists anyway.
+_FAST_PATH_MAX_SIZE = 8192
+
+
+def _plain_floats(array: np.ndarray, dtype: str) -> np.ndarray | None:
+    """`array` as float `dtype` when one pass proves no rule can refuse it, else None.
+
+    /predict's common request is a few rows of finite numbers for a float input: this answers
+    it without the floating-point error state and the checks `_cast` makes, each a call that
+    costs more than the cast itself at this size. Anything else (NaN, infinity, values near or
+    past the dtype's range, booleans, text, nulls) is left to `_cast`, which accepts or refuses
+    it with its own messages."""
+    squares_limit = _SQUARES_PROVING_FINITE.get(dtype)
+    if squares_limit is None or array.size > _FAST_PATH_MAX_SIZE:
+        return None
+    kind = array.dtype.kind
+    if kind == "f":
+        # NaN or infinity makes the sum of squares NaN or infinite, and so fail the comparison.
+        if np.vdot(array, array) <= squares_limit:
+            return array.astype(dtype, copy=False)
+        return None
+    if kind in "iu" and dtype in _SPAN_64_BIT_INTEGERS:
+        return array.astype(dtype)
+    return None
 
 
 def _cast(array: np.ndarray, spec: TensorSpec, allow_nan: bool) -> np.ndarray:
