@@ -3,7 +3,8 @@ counted with the `limits` library in fixed windows (goshen.billing.rate_limits h
 
 Where the counts live:
 - in this process's memory by default (one API process: the embedded setup), in LoopMemoryStorage
-  under `limits`' fixed-window strategy, called inline on the event loop: a dict lookup, no I/O;
+  counted as `limits`' fixed-window strategy counts, under the keys it builds (each built once),
+  inline on the event loop: a dict lookup, no I/O;
 - in Redis when GOSHEN_REDIS_URL is set, through `limits.aio`, so every API process counts against
   the same limits. A Redis that does not answer within GOSHEN_REDIS_TIMEOUT_SECONDS does not take
   the API down: each process falls back to its own memory (the limits then hold per process), logs
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 REDIS_RETRY_SECONDS = 5.0
 # Most keys remembered as having authenticated (a key's hash each); past it, the memory restarts.
 MAX_KNOWN_KEYS = 100_000
+# Most storage keys kept per policy for counting in memory (an API key's id or a client address
+# each); past it, they are built again as they come.
+MAX_LOCAL_KEYS = 100_000
 # Where a request's policy waits for `policy_header`.
 _POLICY_FIELD = "goshen.rate_limit_policy"
 # How often LoopMemoryStorage drops the windows that ended.
@@ -125,7 +129,9 @@ class RateLimits:
         self._policy_fields = {
             name: policy.policy_field.encode() for name, policy in self.policies.items()
         }
-        self._local = LocalLimiter(LoopMemoryStorage())
+        self._memory = LoopMemoryStorage()
+        self._local = LocalLimiter(self._memory)
+        self._local_keys: dict[str, dict[str, str]] = {name: {} for name in self._items}
         self._shared: SharedLimiter | None = None
         if settings.redis_url is not None and self.enabled:
             self._shared = SharedLimiter(_redis_storage(settings))
@@ -138,7 +144,11 @@ class RateLimits:
         if not self.enabled:
             return
         item = self._items[route_class]
-        if not await self._hit(item, key_id):
+        if self._shared is None:  # the embedded setup: not even `_hit`'s coroutine per request
+            admitted = self._hit_locally(item, key_id)
+        else:
+            admitted = await self._hit(item, key_id)
+        if not admitted:
             await self._refuse(item, key_id)
         scope[_POLICY_FIELD] = self._policy_fields[route_class]
 
@@ -186,18 +196,39 @@ class RateLimits:
         )
 
     async def _hit(self, item: RateLimitItem, identifier: str) -> bool:
-        if self._shared is None:  # the embedded setup: no coroutine or closure on the hot path
-            return self._local.hit(item, identifier)
+        if self._shared is None:  # the embedded setup: no closure per count
+            return self._hit_locally(item, identifier)
         return await self._on_shared(
             lambda shared: shared.hit(item, identifier),
-            lambda: self._local.hit(item, identifier),
+            lambda: self._hit_locally(item, identifier),
         )
 
     async def _test(self, item: RateLimitItem, identifier: str) -> bool:
         return await self._on_shared(
             lambda shared: shared.test(item, identifier),
-            lambda: self._local.test(item, identifier),
+            lambda: self._test_locally(item, identifier),
         )
+
+    def _hit_locally(self, item: RateLimitItem, identifier: str) -> bool:
+        """`limits`' FixedWindowRateLimiter.hit in this process's memory, less the storage key it
+        builds at every count (the largest cost of counting a /predict request)."""
+        count = self._memory.incr(self._local_key(item, identifier), item.get_expiry())
+        return count <= item.amount
+
+    def _test_locally(self, item: RateLimitItem, identifier: str) -> bool:
+        """`limits`' FixedWindowRateLimiter.test in this process's memory, with the kept key."""
+        return self._memory.get(self._local_key(item, identifier)) < item.amount
+
+    def _local_key(self, item: RateLimitItem, identifier: str) -> str:
+        """`item.key_for(identifier)`, built once per identifier, so that the windows counted
+        are the ones `limits` counts (and `get_window_stats` reads) under the same key."""
+        keys = self._local_keys[item.namespace]
+        key = keys.get(identifier)
+        if key is None:
+            if len(keys) >= MAX_LOCAL_KEYS:
+                keys.clear()  # rare; each identifier's key is built again at its next count
+            key = keys[identifier] = item.key_for(identifier)
+        return key
 
     async def _on_shared(
         self, shared: Callable[[SharedLimiter], Awaitable[T]], local: Callable[[], T]
