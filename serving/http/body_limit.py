@@ -11,7 +11,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from starlette.requests import Request
+
 from serving.http.problems import problem
+
+# Where the body read waits for `body_of`.
+_BODY_FIELD = "goshen.body"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -40,6 +45,7 @@ class BodyLimit:
         if body is None:
             await problem(413, self._detail(), title="Content too large")(scope, receive, send)
             return None
+        scope[_BODY_FIELD] = body
         return _replaying(body, receive)
 
     def _exempt(self, scope: Scope) -> bool:
@@ -69,6 +75,13 @@ class BodyLimit:
             f"the request body is larger than {self.max_bytes} bytes "
             "(GOSHEN_MAX_REQUEST_BYTES); send less"
         )
+
+
+async def body_of(request: Request) -> bytes:
+    """The request's body: the one `BodyLimit.admit` read, without a second pass through
+    Starlette's stream (the hottest route's), else read now."""
+    body = request.scope.get(_BODY_FIELD)
+    return body if isinstance(body, bytes) else await request.body()
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:

@@ -110,23 +110,28 @@ async def get_principal(
 _Principal = Annotated[Principal, Depends(get_principal, scope="function")]
 
 
-async def authenticate(request: Request, scope: str, counted_as: RouteClass) -> Principal:
+async def authenticate(
+    request: Request, state: ApiState, scope: str, counted_as: RouteClass
+) -> Principal:
     """What `require_scope(scope)` checks, called directly by the hottest route (/predict),
     where FastAPI's dependency resolution would cost more than the prediction; the request
-    counts against the key's `counted_as` rate limit."""
+    counts against the key's `counted_as` rate limit. `state` is the API's (`api_state`)."""
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key:
         raise _unauthorized("missing API key: send `Authorization: Bearer gsk_...`")
-    principal = await principal_for(request, key.strip())
+    principal = await principal_for(request, key.strip(), state)
     if not principal.has_scope(scope):
         raise HTTPException(403, f"this API key lacks the '{scope}' scope")
-    await api_state(request).rate_limits.admit(request.scope, principal.key.id, counted_as)
+    await state.rate_limits.admit(request.scope, principal.key.id, counted_as)
     return principal
 
 
-async def principal_for(request: Request, plaintext: str) -> Principal:
-    """The principal of a presented key: from the cache, else the read-only engine."""
-    principal = api_state(request).principals.get(plaintext)
+async def principal_for(
+    request: Request, plaintext: str, state: ApiState | None = None
+) -> Principal:
+    """The principal of a presented key: from the cache, else the read-only engine. (`state`:
+    the API's, when the caller has it at hand.)"""
+    principal = (state or api_state(request)).principals.get(plaintext)
     if principal is None:
         principal = await _look_up_unless_refused(request, plaintext)
     if accounts.needs_touch(principal.key):

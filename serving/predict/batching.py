@@ -75,7 +75,7 @@ class DynamicBatcher:
         """The model's outputs for these rows, computed in a batch with whoever else is waiting,
         and this request's share of the call's seconds (by rows), for metering."""
         future: asyncio.Future[tuple[Arrays, float]] = asyncio.get_running_loop().create_future()
-        shapes = tuple(array.shape[1:] for array in feeds.values())
+        shapes = tuple([array.shape[1:] for array in feeds.values()])
         self._queue.append(_Request(feeds, rows, future, shapes))
         self._queued_rows += rows
         self._arrived.set()

@@ -22,6 +22,7 @@ from goshen.billing.rate_limits import RouteClass
 from goshen.db.models import Model, ModelKind, ModelStatus
 from goshen.errors import ConflictError, InvalidInputError, NotFoundError, UnavailableError
 from serving.catalog.cache import CatalogCache
+from serving.http.body_limit import body_of
 from serving.http.content_type import require_json
 from serving.http.dependencies import ApiStateDep, authenticate
 from serving.http.direct_routes import DirectRoute
@@ -57,8 +58,8 @@ def _body_inputs(raw: bytes) -> Any:
         raise InvalidInputError(
             'send {"inputs": {"<input name>": [...]}} (MLflow\'s tensor format)', field="inputs"
         )
-    unknown = sorted(set(body) - {"inputs"})
-    if unknown:
+    if len(body) > 1:
+        unknown = sorted(set(body) - {"inputs"})
         raise InvalidInputError(f"unknown fields {unknown}; send only `inputs`", field=unknown[0])
     return body["inputs"]
 
@@ -93,11 +94,11 @@ async def predict(name: ModelName, request: Request, state: ApiStateDep) -> Resp
     Needs a key with the `predict` scope.
     """
     arrived = time.perf_counter()
-    principal = await authenticate(request, "predict", RouteClass.predict)
+    principal = await authenticate(request, state, "predict", RouteClass.predict)
     if _CATALOG_NAME.fullmatch(name) is None:  # what FastAPI's validation of the path would do
         raise NotFoundError(f"no model named {name!r}; model names match {CATALOG_NAME_PATTERN}")
     require_json(request)
-    inputs = _body_inputs(await request.body())
+    inputs = _body_inputs(await body_of(request))
     model = await _callable_model(state.catalog, name, principal.user.id)
     version = catalog.serving_version(model)
     assert version is not None, "a ready entry has a live version"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,9 +90,10 @@ class OnnxModel:
         """How many rows a request holds: its batch size, or 1 for a model without a batch axis."""
         return len(feeds[self.inputs[0].name]) if self._has_rows else 1
 
-    @property
+    @functools.cached_property
     def _has_rows(self) -> bool:
-        """Whether every input's first dim is symbolic: rows, which must agree across inputs."""
+        """Whether every input's first dim is symbolic: rows, which must agree across inputs
+        (asked twice per request: kept)."""
         return all(spec.batched for spec in self.inputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
