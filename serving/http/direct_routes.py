@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -30,6 +31,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serving.http.dependencies import api_state
 
 Handler = Callable[[Request, Exception], Any]
+# URLs whose match DirectRoutes keeps; past it, it starts over.
+MAX_MATCHED_URLS = 10_000
 
 
 class DirectRoute(APIRoute):
@@ -48,6 +51,12 @@ class DirectRoute(APIRoute):
         return handle
 
 
+class _Matched(NamedTuple):
+    route: DirectRoute
+    serve: ASGIApp  # the route's endpoint inside the edge
+    path_params: dict[str, Any]
+
+
 class DirectRoutes:
     """ASGI: requests for one of `routes`' DirectRoutes go straight to it, inside `edge` (see the
     module's docstring); every other request to `app`. `fastapi`'s exception handlers answer the
@@ -62,10 +71,13 @@ class DirectRoutes:
     ) -> None:
         self.app = app
         self.routes = [
-            (route, edge(self._endpoint(route.get_route_handler())))
+            (route, edge(partial(self._serve, route.get_route_handler())))
             for route in routes
             if isinstance(route, DirectRoute)
         ]
+        # What each recent (method, root path, path) matched: a request for the same URL costs a
+        # dict lookup instead of the routes' regular expressions (most are the same few URLs).
+        self._matched: dict[tuple[str, str, str], _Matched | None] = {}
         self.status_handlers: dict[int, Handler] = {}
         self.exception_handlers: dict[type[Exception], Handler] = {}
         for key, handler in fastapi.exception_handlers.items():
@@ -75,22 +87,32 @@ class DirectRoutes:
                 self.exception_handlers[key] = handler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for route, serve in self.routes:
-                # Starlette's own matching (path and method), without FastAPI's route contexts.
-                match, child_scope = Route.matches(route, scope)
-                if match is Match.FULL:
-                    scope.update(child_scope)
-                    scope["route"] = route
-                    await serve(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        matched = self._match(scope) if scope["type"] == "http" else None
+        if matched is None:
+            await self.app(scope, receive, send)
+            return
+        route, serve, path_params = matched
+        scope["endpoint"] = route.endpoint
+        scope["path_params"] = dict(path_params)
+        scope["route"] = route
+        await serve(scope, receive, send)
 
-    def _endpoint(self, handle: Callable[[Request], Coroutine[Any, Any, Response]]) -> ASGIApp:
-        async def serve(scope: Scope, receive: Receive, send: Send) -> None:
-            await self._serve(handle, scope, receive, send)
-
-        return serve
+    def _match(self, scope: Scope) -> _Matched | None:
+        """The direct route this request is for (Starlette's own matching of path and method,
+        without FastAPI's route contexts), with its path parameters; None for any other."""
+        url = (scope["method"], scope.get("root_path", ""), scope["path"])
+        if url in self._matched:
+            return self._matched[url]
+        matched = None
+        for route, serve in self.routes:
+            match, child_scope = Route.matches(route, scope)
+            if match is Match.FULL:
+                matched = _Matched(route, serve, child_scope["path_params"])
+                break
+        if len(self._matched) >= MAX_MATCHED_URLS:
+            self._matched.clear()  # rare: URLs are matched again as they come
+        self._matched[url] = matched
+        return matched
 
     async def _serve(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +188,10 @@ class OnnxModel:
             return [None] * len(probabilities)
         names = self.classes or [str(index) for index in range(width)]
         best = probabilities.argmax(axis=1).tolist()
+        # A finite sum proves every value finite (NaN and infinity spread); float32 values summed
+        # as float64 cannot overflow, so the sum warns of nothing.
+        if probabilities.dtype.itemsize <= 4 and math.isfinite(probabilities.sum(dtype=np.float64)):
+            return [names[index] if index < len(names) else None for index in best]
         finite = np.isfinite(probabilities).all(axis=1).tolist()
         return [
             names[index] if ok and index < len(names) else None

@@ -135,6 +135,21 @@ def test_classifiers_answer_labels_and_probabilities(classifier: OnnxModel) -> N
     assert all(math.isclose(sum(row), 1.0, rel_tol=1e-5) for row in answer["probabilities"])
 
 
+def test_a_row_whose_probabilities_are_not_finite_gets_no_label(classifier: OnnxModel) -> None:
+    nan, inf = float("nan"), float("inf")
+    rows = [[0.1, nan, 0.2], [0.1, 0.7, 0.2], [inf, 0.0, 0.0], [0.2, 0.3, 0.5]]
+    probabilities = np.array(rows, dtype=np.float32)
+    assert classifier.present({"probabilities": probabilities})["labels"] == [
+        None,
+        CLASSES[1],
+        None,
+        CLASSES[2],
+    ]
+    # Finite values whose sum overflows: every row still gets its label.
+    huge = np.array([[3e38, 3e38, 0.0], [0.0, 1.0, 3e38]], dtype=np.float32)
+    assert classifier.present({"probabilities": huge})["labels"] == [CLASSES[0], CLASSES[2]]
+
+
 def test_concurrent_runs_from_threads_each_get_their_own_rows(classifier: OnnxModel) -> None:
     batches = [np.random.default_rng(seed).normal(size=(seed % 5 + 1, 4)) for seed in range(64)]
     feeds = [classifier.check_inputs(batch.tolist(), max_rows=8) for batch in batches]
