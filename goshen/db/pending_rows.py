@@ -92,11 +92,34 @@ def insert_rows(
             many = many.on_conflict_do_nothing(index_elements=list(skip_conflicts_on))
         session.execute(many, list(rows))
         return
+    plain = json.dumps([_plain(row, columns) for row in rows], allow_nan=False)
+    insert_json_rows(
+        session,
+        model,
+        columns,
+        plain,
+        skip_conflicts_on=skip_conflicts_on,
+        notifications=notifications,
+    )
+
+
+def insert_json_rows(
+    session: Session,
+    model: type[Base],
+    columns: tuple[str, ...],
+    rows: str | bytes,
+    *,
+    skip_conflicts_on: tuple[str, ...] | None = None,
+    notifications: dict[str, list[str]] | None = None,
+) -> None:
+    """PostgreSQL: insert rows given as a JSON array of objects with the keys `columns` (encoded
+    by the caller, who vouches for what `insert_rows`' docstring asks of each value), in
+    order, in one statement; the rest as `insert_rows`."""
     table = model.__table__
     assert isinstance(table, Table)
     statement = _recordset_insert(table, columns, skip_conflicts_on, notifications is not None)
-    plain = json.dumps([_plain(row, columns) for row in rows], allow_nan=False)
-    session.execute(statement, {"rows": plain, **(notifications or {})})
+    text_rows = rows.decode() if isinstance(rows, bytes) else rows
+    session.execute(statement, {"rows": text_rows, **(notifications or {})})
 
 
 @cache

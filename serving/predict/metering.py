@@ -4,10 +4,12 @@ A write per request would put a database round trip on every prediction; instead
 memory and a thread inserts them every FLUSH_SECONDS in one statement, and on shutdown. A process
 killed outright loses at most that interval's events.
 
-On PostgreSQL the batch is sent with COPY: the thread holds the GIL, which the event loop serving
-/predict needs, for about a quarter of the time an INSERT of the same rows takes SQLAlchemy to
-build (bench/predict_vs_mlflow.py). A retry of rows that did land (a commit whose answer was
-lost) cannot COPY them again, so such a batch goes again as INSERT ... ON CONFLICT DO NOTHING.
+The thread holds the GIL, which the event loop serving /predict needs, for as long as it spends
+in Python: on PostgreSQL the batch therefore goes as one JSON array, encoded by orjson (in C),
+that the server turns back into rows (goshen.db.pending_rows.insert_json_rows). That costs the
+API process a fraction of what COPY cost (psycopg formats each row of a COPY in Python: 9 % of
+the loaded API's GIL time, bench/predict_vs_mlflow.py). ON CONFLICT DO NOTHING on the id makes a
+retry of rows that did land (a commit whose answer was lost) write only the ones that did not.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import logging
 import threading
 from typing import Any
 
-import psycopg
+import orjson
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Executable
 
 from goshen.db import session_scope
 from goshen.db.models import UsageEvent, utcnow
+from goshen.db.pending_rows import insert_json_rows
 from goshen.ids import new_id
 
 FLUSH_SECONDS = 0.2
@@ -81,27 +84,19 @@ class UsageRecorder:
 
 def _write(session: Session, events: list[dict[str, Any]]) -> None:
     """Insert the events; those whose ids are already in the table (a retry) are skipped."""
+    columns = tuple(events[0])
+    if session.get_bind().dialect.name == "postgresql" and all(
+        tuple(event) == columns for event in events
+    ):
+        # Events hold ids, text, numbers, None and aware datetimes, which orjson writes as
+        # PostgreSQL reads them (ISO 8601 with the offset); `seconds` is measured, never NaN.
+        encoded = orjson.dumps(events)
+        insert_json_rows(session, UsageEvent, columns, encoded, skip_conflicts_on=("id",))
+        return
+    statement: Executable
     if session.get_bind().dialect.name == "postgresql":
-        try:
-            with session.begin_nested():
-                _copy(session, events)
-            return
-        except psycopg.errors.UniqueViolation:
-            pass  # a retry of rows that landed: insert what did not
-        statement: Executable = postgresql.insert(_USAGE_EVENTS).on_conflict_do_nothing(
-            index_elements=["id"]
-        )
+        statement = postgresql.insert(_USAGE_EVENTS).on_conflict_do_nothing(index_elements=["id"])
     else:
         statement = sqlite.insert(_USAGE_EVENTS).on_conflict_do_nothing(index_elements=["id"])
     # Core, not the ORM's bulk insert: one executemany, no objects built.
     session.execute(statement, events)
-
-
-def _copy(session: Session, events: list[dict[str, Any]]) -> None:
-    columns = list(dict.fromkeys(column for event in events for column in event))
-    statement = f"COPY {_USAGE_EVENTS.name} ({', '.join(columns)}) FROM STDIN"
-    connection = session.connection().connection.driver_connection
-    assert isinstance(connection, psycopg.Connection), "PostgreSQL is reached with psycopg 3"
-    with connection.cursor() as cursor, cursor.copy(statement) as copy:
-        for event in events:
-            copy.write_row([event.get(column) for column in columns])
