@@ -150,6 +150,7 @@ def running(state: ApiState) -> Iterator[None]:
         state.usage.stop()
         state.predict_models.close()
         state.job_watcher.stop()
+        state.catalog.close()
         state.read_engine.dispose()
         state.engine.dispose()
 

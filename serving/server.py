@@ -76,7 +76,7 @@ def api_config(
         # Its lines, access lines included, go through the process's logging (goshen.logs:
         # GOSHEN_LOG_FORMAT, each request's id), not through handlers of uvicorn's own.
         log_config=None,
-        # Below INFO no access line is written: uvicorn would still format one per answer.
+        # At WARNING and above no access line is written, but uvicorn would format one per answer.
         access_log=logging.getLevelName(settings.log_level) <= logging.INFO,
         timeout_graceful_shutdown=graceful_shutdown_seconds(settings.shutdown_grace_seconds),
         header_timeout=settings.api_header_timeout_seconds,

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import NamedTuple
 
 from sqlalchemy import select
@@ -38,7 +38,8 @@ TTL_SECONDS = 1.0
 # wait on a read of their own, and a change still reaches every API process well within the 5 s
 # the README promises for following the catalog.
 STALE_SECONDS = 3.0
-MAX_ENTRIES = 10_000  # keys asked for, found or not; past it the cache starts over
+MAX_ENTRIES = 10_000
+READER_THREADS = 4  # keys asked for, found or not; past it the cache starts over
 
 
 class _Entry(NamedTuple):
@@ -67,6 +68,9 @@ class CatalogCache:
         # Bumped by every invalidation: a read that began before one must not store what it read.
         self._generation = 0
         self._lock = threading.Lock()
+        # Reads for `lookup`, a few at a time (one per key): a burst of distinct names waits
+        # its turn instead of starting a thread each.
+        self._readers = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="catalog")
 
     def fresh(self, key: str) -> tuple[bool, Model | None]:
         """(whether a fresh copy is cached, the cached entry); never touches the database."""
@@ -114,19 +118,26 @@ class CatalogCache:
             self._reads.pop(key, None)
 
     def _start_read(self, key: str) -> Future[Model | None]:
-        """Read `key` in a thread of its own; callers hold the lock."""
+        """Read `key` on the cache's threads; callers hold the lock."""
         read: Future[Model | None] = Future()
         # Running from the start: a waiter that is cancelled cannot cancel it for the others.
         read.set_running_or_notify_cancel()
+        try:
+            self._readers.submit(self._read_into, key, read, self._generation)
+        except RuntimeError as exc:  # shut down, or no thread could start: nobody may wait on it
+            read.set_exception(exc)
+            return read
         self._reads[key] = read
-        thread = threading.Thread(
-            target=self._read_into,
-            args=(key, read, self._generation),
-            name=f"catalog-read-{key}",
-            daemon=True,
-        )
-        thread.start()
         return read
+
+    def close(self) -> None:
+        """Stop the reader threads: reads not started are dropped, and whoever waits on a read
+        gets an error."""
+        with self._lock:
+            reads, self._reads = list(self._reads.values()), {}
+        self._readers.shutdown(wait=False, cancel_futures=True)
+        for read in reads:
+            _settle(read, error=RuntimeError("the catalog cache was closed"))
 
     def _read_into(self, key: str, read: Future[Model | None], generation: int) -> None:
         try:
@@ -136,12 +147,12 @@ class CatalogCache:
             log.warning("reading catalog entry %s=%r failed: %r", self.by.key, key, exc)
             with self._lock:
                 self._end_read(key, read)
-            read.set_exception(exc)
+            _settle(read, error=exc)
             return
         with self._lock:
             self._end_read(key, read)
             self._store(key, read_at, model, generation)
-        read.set_result(model)
+        _settle(read, model)
 
     def _read(self, key: str) -> tuple[float, Model | None]:
         read_at = time.monotonic()
@@ -161,3 +172,16 @@ class CatalogCache:
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
         self._entries[key] = _Entry(read_at, model, read_at + self.ttl)
+
+
+def _settle(
+    read: Future[Model | None], model: Model | None = None, error: BaseException | None = None
+) -> None:
+    """Complete `read` unless `close` completed it first."""
+    try:
+        if error is not None:
+            read.set_exception(error)
+        else:
+            read.set_result(model)
+    except InvalidStateError:
+        pass

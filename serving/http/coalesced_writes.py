@@ -46,6 +46,8 @@ class CoalescedWrites(asyncio.Transport):
             return
         held = self._held[0] if len(self._held) == 1 else b"".join(self._held)
         self._held, self._held_bytes = [], 0
+        if self.transport.is_closing():
+            return  # the client went away: uvloop refuses writes to a closed connection
         self.transport.write(held)
 
     def close(self) -> None:

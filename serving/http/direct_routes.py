@@ -4,7 +4,7 @@ FastAPI dependency resolution and no trip through Starlette's routing either.
 A `DirectRoute` calls its endpoint with the request, the API's state and the path parameters;
 the route checks its own body. `DirectRoutesApp` is the FastAPI app whose outermost layer,
 `DirectRoutes`, hands the requests such a route matches straight to it, inside the API's edge
-(serving.http.edge: request id, body cap, rate-limit and metrics headers, 500 problems). Without
+(serving.http.edge: request id, body cap, rate-limit header, metrics, 500 problems). Without
 it they would take Starlette's outer middlewares, FastAPI's (telemetry, body limit: both idle
 here), the edge, Starlette's exception middleware, FastAPI's exit stack, the router (which tries
 the docs routes first) and FastAPI's route wrappers: layers that cost /predict about half of its
@@ -31,8 +31,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serving.http.dependencies import api_state
 
 Handler = Callable[[Request, Exception], Any]
-# URLs whose match DirectRoutes keeps; past it, it starts over.
+# URLs whose match DirectRoutes keeps (past it, it starts over), and the longest path kept.
 MAX_MATCHED_URLS = 10_000
+MAX_KEPT_PATH = 256
 
 
 class DirectRoute(APIRoute):
@@ -75,9 +76,9 @@ class DirectRoutes:
             for route in routes
             if isinstance(route, DirectRoute)
         ]
-        # What each recent (method, root path, path) matched: a request for the same URL costs a
-        # dict lookup instead of the routes' regular expressions (most are the same few URLs).
-        self._matched: dict[tuple[str, str, str], _Matched | None] = {}
+        # The direct route each recent (method, root path, path) matched: a request for the same
+        # URL costs a dict lookup instead of the routes' regular expressions.
+        self._matched: dict[tuple[str, str, str], _Matched] = {}
         self.status_handlers: dict[int, Handler] = {}
         self.exception_handlers: dict[type[Exception], Handler] = {}
         for key, handler in fastapi.exception_handlers.items():
@@ -101,18 +102,21 @@ class DirectRoutes:
         """The direct route this request is for (Starlette's own matching of path and method,
         without FastAPI's route contexts), with its path parameters; None for any other."""
         url = (scope["method"], scope.get("root_path", ""), scope["path"])
-        if url in self._matched:
-            return self._matched[url]
-        matched = None
+        matched = self._matched.get(url)
+        if matched is not None:
+            return matched
         for route, serve in self.routes:
             match, child_scope = Route.matches(route, scope)
             if match is Match.FULL:
                 matched = _Matched(route, serve, child_scope["path_params"])
-                break
-        if len(self._matched) >= MAX_MATCHED_URLS:
-            self._matched.clear()  # rare: URLs are matched again as they come
-        self._matched[url] = matched
-        return matched
+                # Only matches are kept, and only short URLs: a client must not fill memory
+                # with URLs of its choosing before it has even authenticated.
+                if len(scope["path"]) <= MAX_KEPT_PATH:
+                    if len(self._matched) >= MAX_MATCHED_URLS:
+                        self._matched.clear()  # rare: URLs are matched again as they come
+                    self._matched[url] = matched
+                return matched
+        return None
 
     async def _serve(
         self,
@@ -160,6 +164,6 @@ class DirectRoutesApp(FastAPI):
         stack = super().build_middleware_stack()
         if self._direct is None:
             return stack
-        # FastAPI's own body limit would sit in the stack the direct routes skip.
-        assert self.max_body_size is None, "the edge caps bodies (GOSHEN_MAX_REQUEST_BYTES)"
+        if self.max_body_size is not None:  # it would sit in the stack the direct routes skip
+            raise RuntimeError("the edge caps bodies (GOSHEN_MAX_REQUEST_BYTES), not FastAPI")
         return DirectRoutes(stack, self, *self._direct)

@@ -259,8 +259,8 @@ def server_error(scope: Scope, request_id: str) -> JSONResponse:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    """Answer every error as problem+json (the API's edge answers the unexpected ones:
-    `answer_unhandled`)."""
+    """Answer every error as problem+json (the API's edge, serving.http.edge, answers the
+    unexpected ones with `server_error`)."""
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(GoshenError, _goshen_error)

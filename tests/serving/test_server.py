@@ -201,3 +201,42 @@ def _served(address: tuple[str, int]) -> bool:
 def test_goshen_api_serves_with_httptools_when_it_is_installed(settings: Settings) -> None:
     assert guarded_protocol() is GuardedHttpToolsProtocol
     assert api_config(create_app(settings), settings).http is GuardedHttpToolsProtocol
+
+
+def _responses(sock: socket.socket, count: int) -> list[bytes]:
+    """The next `count` responses on a connection, each head and body, in the order they came."""
+    sock.settimeout(10)
+    received, answers = b"", []
+    while len(answers) < count:
+        head, separator, rest = received.partition(b"\r\n\r\n")
+        if separator:
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            if len(rest) >= length:
+                answers.append(head + separator + rest[:length])
+                received = rest[length:]
+                continue
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionClosedError(f"the connection closed after {received!r}")
+        received += chunk
+    return answers
+
+
+def test_pipelined_requests_are_answered_whole_and_in_order(
+    settings: Settings, protocol: type[asyncio.Protocol]
+) -> None:
+    """Two requests sent at once on one connection: two whole answers, in the order asked
+    (the writes of a turn of the loop go out together, never out of order)."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: goshen.test\r\nX-Request-ID: %s\r\n\r\n"
+    with guarded_api(settings, protocol) as address, socket.create_connection(address) as sock:
+        sock.sendall(request % b"first" + request % b"second")
+        answers = _responses(sock, 2)
+        sock.sendall(request % b"third")
+        answers += _responses(sock, 1)
+    for answer, request_id in zip(answers, (b"first", b"second", b"third"), strict=True):
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\nx-request-id: " + request_id + b"\r\n" in answer

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from goshen.config import Settings
 from goshen.db import make_engine, make_sessionmaker, session_scope
 from goshen.db.models import Model
-from serving.catalog.cache import CatalogCache
+from serving.catalog.cache import READER_THREADS, CatalogCache
 
 
 class ModelReads:
@@ -60,14 +60,16 @@ def model_reads(read_sessions: sessionmaker[Session]) -> Iterator[ModelReads]:
     event.listen(engine, "after_cursor_execute", reads)
     yield reads
     reads.release.set()
-    _join_background_reads()
     event.remove(engine, "after_cursor_execute", reads)
 
 
-def _join_background_reads() -> None:
-    for thread in threading.enumerate():
-        if thread.name.startswith("catalog-read-"):
-            thread.join(10)
+def _join_background_reads(cache: CatalogCache) -> None:
+    """Wait until the cache's reads in flight have ended (white box: its table of reads, which
+    a read leaves when it has stored what it read)."""
+    deadline = time.monotonic() + 10
+    while cache._reads:
+        assert time.monotonic() < deadline, "a catalog read did not end"
+        time.sleep(0.01)
 
 
 def _set_price(sessions: sessionmaker[Session], model: Model, price_micros: int) -> None:
@@ -124,7 +126,7 @@ def test_a_stale_entry_is_served_at_once_while_one_refresh_runs(
         served += [_price(await cache.lookup(catalog_model.name)) for _ in range(10)]
         assert model_reads.count == 2  # the first read and one refresh
         model_reads.release.set()
-        _join_background_reads()
+        _join_background_reads(cache)
         return [first, *served, _price(await cache.lookup(catalog_model.name))]
 
     prices = asyncio.run(main())
@@ -149,7 +151,7 @@ def test_an_invalidation_during_a_refresh_is_not_undone(
         cache.invalidate(catalog_model.name)
         after = _price(await cache.lookup(catalog_model.name))
         model_reads.release.set()
-        _join_background_reads()
+        _join_background_reads(cache)
         return [stale, after, _price(await cache.lookup(catalog_model.name))]
 
     assert asyncio.run(main()) == [1000, 2000, 2000]
@@ -177,7 +179,7 @@ def test_a_failing_refresh_fails_no_request_until_the_entry_is_past_its_bound(
             while time.monotonic() - asked < 0.5:
                 assert _price(await cache.lookup(catalog_model.name)) == 1000
                 await asyncio.sleep(0.01)
-            _join_background_reads()
+            _join_background_reads(cache)
         assert any(catalog_model.name in record.getMessage() for record in caplog.records)
         await asyncio.sleep(answered + 1.05 - time.monotonic())
         with pytest.raises(OperationalError):
@@ -204,3 +206,25 @@ def test_past_the_bound_a_caller_waits_for_a_read(
 
     assert asyncio.run(main()) == [1000, 2000]
     assert model_reads.count == 2
+
+
+def test_reads_of_many_names_share_a_few_threads_and_closing_answers_their_waiters(
+    read_sessions: sessionmaker[Session], model_reads: ModelReads, catalog_model: Model
+) -> None:
+    """A burst of distinct names (each a miss) queues on READER_THREADS threads rather than
+    starting one each; closing the cache (the API's shutdown) answers every waiter."""
+    cache = CatalogCache(read_sessions)
+    model_reads.hold = set(range(1, 100))  # every read waits once it has run
+
+    async def main() -> list[BaseException | Model | None]:
+        names = [f"{catalog_model.name}-{number}" for number in range(12)]
+        lookups = [asyncio.ensure_future(cache.lookup(name)) for name in names]
+        await _until(lambda: model_reads.count >= READER_THREADS)
+        await asyncio.sleep(0.1)  # time for any other read to start
+        assert model_reads.count == READER_THREADS
+        cache.close()
+        model_reads.release.set()
+        return await asyncio.gather(*lookups, return_exceptions=True)
+
+    answers = asyncio.run(main())
+    assert all(isinstance(answer, RuntimeError) for answer in answers[READER_THREADS:])

@@ -14,30 +14,40 @@ class Recording(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.events: list[Any] = []
+        self.closing = False
 
     def write(self, data: Any) -> None:
+        if self.closing:  # as uvloop's, once the connection is lost
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
         self.events.append(bytes(data))
 
     def close(self) -> None:
         self.events.append("close")
+        self.closing = True
 
     def abort(self) -> None:
         self.events.append("abort")
 
     def is_closing(self) -> bool:
-        return False
+        return self.closing
 
     def get_write_buffer_size(self) -> int:
         return 0
 
 
 def _run(body: Any) -> Recording:
+    """Run `body` on a new loop; no callback of the loop may fail (a failed flush would)."""
     recording = Recording()
+    errors: list[dict[str, Any]] = []
 
     async def main() -> None:
-        await body(CoalescedWrites(recording, asyncio.get_running_loop()), recording)
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        await body(CoalescedWrites(recording, loop), recording)
+        await asyncio.sleep(0)
 
     asyncio.run(main())
+    assert errors == []
     return recording
 
 
@@ -81,3 +91,13 @@ def test_close_writes_what_is_held_first_and_abort_drops_it() -> None:
         assert recording.events == ["abort"]
 
     _run(aborted)
+
+
+def test_what_is_held_when_the_client_goes_away_is_dropped_without_an_error() -> None:
+    async def body(writes: CoalescedWrites, recording: Recording) -> None:
+        writes.write(b"answer")
+        recording.closing = True  # the connection was lost before the turn ended
+        await asyncio.sleep(0)
+        assert recording.events == []
+
+    _run(body)
