@@ -19,19 +19,15 @@ import threading
 from typing import Any
 
 import orjson
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql import Executable
 
 from goshen.db import session_scope
 from goshen.db.models import UsageEvent, utcnow
-from goshen.db.pending_rows import insert_json_rows
+from goshen.db.pending_rows import insert_json_rows, insert_rows
 from goshen.ids import new_id
 
 FLUSH_SECONDS = 0.2
 log = logging.getLogger(__name__)
-# The Table itself: a mapped class's __table__ is typed as any FROM clause.
-_USAGE_EVENTS = UsageEvent.metadata.tables[UsageEvent.__tablename__]
 
 
 class UsageRecorder:
@@ -93,10 +89,4 @@ def _write(session: Session, events: list[dict[str, Any]]) -> None:
         encoded = orjson.dumps(events)
         insert_json_rows(session, UsageEvent, columns, encoded, skip_conflicts_on=("id",))
         return
-    statement: Executable
-    if session.get_bind().dialect.name == "postgresql":
-        statement = postgresql.insert(_USAGE_EVENTS).on_conflict_do_nothing(index_elements=["id"])
-    else:
-        statement = sqlite.insert(_USAGE_EVENTS).on_conflict_do_nothing(index_elements=["id"])
-    # Core, not the ORM's bulk insert: one executemany, no objects built.
-    session.execute(statement, events)
+    insert_rows(session, UsageEvent, events, skip_conflicts_on=("id",))
